@@ -1,0 +1,165 @@
+"""Names -> entry points, and the dispatch that runs one and exits with its status."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # mypy treats this name as True; importing typing would cost ~25 ms here
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    EntryPoint = Callable[..., int | None]
+
+#: Environment variable that hands the name to another build started normally
+#: (``command(..., program=PATH)``); :func:`init` removes it at once so it never leaks.
+ENV_VAR = "REEXEC_CORE_ENTRY"
+_ENV_FORMAT_VERSION = "1"
+
+_entries: dict[str, EntryPoint] = {}
+# (name, args) handed over by the fast child bootstrap (_child.boot) before main runs.
+_pending: tuple[str, list[str]] | None = None
+# The name this process was started under, once known.
+_current: str | None = None
+# True once init() has started dispatching; _child.boot uses it to tell "main exited through
+# the entry point" from "main returned without ever calling init()".
+_dispatched = False
+
+
+def check_name(name: object) -> str:
+    """Validate an entry-point name and return it.
+
+    Raises:
+        TypeError: the name is not a str.
+        ValueError: the name is empty or contains ``/`` or NUL.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"entry point name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("entry point name must not be empty")
+    if "/" in name or "\0" in name:
+        raise ValueError(f"entry point name {name!r} must not contain '/' or NUL")
+    return name
+
+
+def register(name: str, fn: EntryPoint) -> None:
+    """Register ``fn`` as the entry point run when this program is started under ``name``.
+
+    Call it at import time (module level), before :func:`init`, as Go's ``reexec.Register``.
+    Not safe for concurrent use.
+
+    Args:
+        name: the entry point's name; non-empty, without ``/`` or NUL.
+        fn: called as ``fn(*args)`` with the str arguments given to ``command()`` or
+            ``exec_into()``; its return value (int, or None for 0) is the exit status.
+
+    Raises:
+        ValueError: the name is empty, contains ``/`` or NUL, or is already registered.
+        TypeError: ``fn`` is not callable or the name is not a str.
+    """
+    check_name(name)
+    if not callable(fn):
+        raise TypeError(f"entry point {name!r} must be callable, not {type(fn).__name__}")
+    if name in _entries:
+        raise ValueError(f"reexec entry point {name!r} is already registered")
+    _entries[name] = fn
+
+
+def registered() -> list[str]:
+    """Return the registered names, sorted."""
+    return sorted(_entries)
+
+
+def set_pending(name: str, args: list[str]) -> None:
+    """Remember the name and arguments the fast child was started with (see _child.boot)."""
+    global _pending, _current
+    _pending = (name, args)
+    _current = name
+
+
+def current_name() -> str | None:
+    """Return the name this process was started under, or None for an ordinary start.
+
+    Returns:
+        The registered name (also while its entry point runs), or None.
+    """
+    return _current
+
+
+def encode_env(name: str, ppid: int, pdeathsig: int | None) -> str:
+    """Encode what a normally started build needs to dispatch (value of :data:`ENV_VAR`)."""
+    return f"{_ENV_FORMAT_VERSION}:{ppid}:{pdeathsig or 0}:{name}"
+
+
+def init() -> bool:
+    """Dispatch to a registered entry point if this process was started under a name.
+
+    Call it first thing in the program's main, after every entry point has been registered.
+    When started under a name it runs that entry point with the arguments given to
+    ``command()``/``exec_into()`` and then exits the process with its status (an int return
+    value; None means 0; ``SystemExit`` as usual; status 1 and the traceback on stderr for an
+    uncaught exception); an unknown name prints a message and exits with status 127. It does
+    so by raising ``SystemExit``: do not catch it around ``init()``.
+
+    Returns:
+        False, at once and having done nothing, for an ordinary start (so
+        ``if reexec_core.init(): sys.exit(0)`` reads as in Go). It never returns otherwise.
+
+    Raises:
+        SystemExit: always, when this process was started under a name.
+    """
+    global _pending
+    pending = _pending
+    if pending is not None:
+        _pending = None
+        _dispatch(*pending)
+    raw = os.environ.pop(ENV_VAR, None)
+    if raw is None:
+        return False
+    _dispatch(*_from_env(raw))
+
+
+def _from_env(raw: str) -> tuple[str, list[str]]:
+    """Decode :data:`ENV_VAR`; set up name and parent-death signal as a fast child does."""
+    from reexec_core import _prctl
+
+    parts = raw.split(":", 3)
+    try:
+        if len(parts) != 4 or parts[0] != _ENV_FORMAT_VERSION:
+            raise ValueError(raw)
+        ppid, sig, name = int(parts[1]), int(parts[2]), check_name(parts[3])
+    except (TypeError, ValueError):
+        sys.stderr.write(
+            f"reexec_core: malformed {ENV_VAR}={raw!r} in the environment; "
+            "it is set by reexec_core.command() and must not be set by hand\n"
+        )
+        raise SystemExit(127) from None
+    _prctl.start_child(name, sig, ppid)
+    return name, sys.argv[1:]
+
+
+def _dispatch(name: str, args: list[str]) -> NoReturn:
+    """Run the entry point ``name`` with ``args`` and exit with its status."""
+    global _dispatched, _current
+    _dispatched = True
+    _current = name
+    fn = _entries.get(name)
+    if fn is None:
+        known = ", ".join(registered()) or "none"
+        sys.stderr.write(
+            f"reexec_core: this program was started under the name {name!r}, but no entry "
+            f"point is registered under that name (registered: {known})\n"
+        )
+        sys.stderr.flush()
+        raise SystemExit(127)
+    sys.argv = [name, *args]
+    try:
+        status = fn(*args)
+    except SystemExit:
+        raise
+    except Exception:
+        # sys.excepthook prints the traceback without importing the traceback module.
+        sys.excepthook(*sys.exc_info())
+        raise SystemExit(1) from None
+    raise SystemExit(status)
