@@ -1,0 +1,8 @@
+"""``python -m nsapp``."""
+
+import sys
+
+from nsapp.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
