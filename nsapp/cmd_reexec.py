@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import reexec_core
@@ -16,15 +15,25 @@ CHILD = "reexec-demo-child"
 
 def demo_child(*args: str) -> int:
     """The registered child: print this process's PID and argv, then return 0."""
+    import os
+
     print(f"pid={os.getpid()} argv={sys.argv!r}")
     return 0
 
 
+def true_child(*args: str) -> int:
+    """A registered child that does nothing: the reexec ``true(1)`` (start-up cost, health)."""
+    return 0
+
+
 reexec_core.register(CHILD, demo_child)
+reexec_core.register("reexec-true", true_child)
 
 
 def run_demo(ns: argparse.Namespace) -> int:
     """Start the child, wait for it, print both PIDs and the child's output."""
+    import os
+
     args = list(ns.args) if ns.args else ["hello", "wörld with spaces"]
     proc = reexec_core.command(CHILD, *args).popen(stdout=-1, text=True)
     out, _ = proc.communicate()

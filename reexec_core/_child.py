@@ -13,13 +13,13 @@ name in ``REEXEC_CORE_ENTRY``, which ``init()`` removes from the environment.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from reexec_core import _prctl, _registry, _self
 
 TYPE_CHECKING = False  # mypy treats this name as True; importing typing would cost ~25 ms here
 if TYPE_CHECKING:
+    import os
     import subprocess
     from typing import Any, NoReturn
 
@@ -76,6 +76,10 @@ def _build(
     name: str, args: list[str], program: str | os.PathLike[str] | None, ppid: int, sig: int
 ) -> tuple[list[str], str | None]:
     """Return (argv, value of REEXEC_CORE_ENTRY or None) for starting ``name``."""
+    # os is imported where needed, not at module level, so that a fast child, which only
+    # runs boot(), does not pay for it (see _prctl).
+    import os
+
     if program is None:
         argv = _fast_argv(name, args, ppid, sig)
         if argv is not None:
@@ -108,6 +112,8 @@ class Command:
         program: str | os.PathLike[str] | None = None,
         pdeathsig: int | None = _SIGKILL,
     ) -> None:
+        import os
+
         self.name = _registry.check_name(name)
         self.args = _check_args(tuple(args))
         self.program = program
@@ -125,6 +131,8 @@ class Command:
         )
 
     def _prepare(self, kw: dict[str, Any]) -> list[str]:
+        import os
+
         if "args" in kw or "executable" in kw:
             raise TypeError("Command.run()/popen() take no 'args' or 'executable' keyword")
         if os.getpid() != self._pid:
@@ -223,6 +231,8 @@ def exec_into(name: str, *args: str, program: str | os.PathLike[str] | None = No
         OSError: ``execve`` failed (the process is then unchanged).
         ValueError, TypeError, RuntimeError: as for :func:`command`.
     """
+    import os
+
     _registry.check_name(name)
     argv, handover = _build(name, _check_args(args), program, 0, 0)
     env = dict(os.environ)

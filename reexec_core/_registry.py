@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 TYPE_CHECKING = False  # mypy treats this name as True; importing typing would cost ~25 ms here
@@ -114,6 +113,8 @@ def init() -> bool:
     if pending is not None:
         _pending = None
         _dispatch(*pending)
+    import os  # not at module level: a fast child never needs it here (see _prctl)
+
     raw = os.environ.pop(ENV_VAR, None)
     if raw is None:
         return False

@@ -24,13 +24,12 @@ the zip importer's archive path), so a later ``os.chdir`` does not change "self"
 
 from __future__ import annotations
 
-import os
 import sys
 
 TYPE_CHECKING = False  # mypy treats this name as True; importing typing would cost ~25 ms here
 if TYPE_CHECKING:
-    # kind, target, self argv, sys.path entry not to hand to a fast child
-    OriginSpec = tuple[str, str, list[str], str | None]
+    # kind, target, self argv, sys.path entry not to hand to a fast child, start directory
+    OriginSpec = tuple[str, str, list[str], str | None, str | None]
 
 # Set by a fast child (see _child.boot): it has no __main__ of its own to inspect and takes the
 # parent's description of "self" instead.
@@ -41,9 +40,16 @@ _detected: Origin | None = None
 class Origin:
     """How this program was started: enough to start it again, normally or as a fast child."""
 
-    __slots__ = ("kind", "target", "argv", "drop")
+    __slots__ = ("kind", "target", "argv", "drop", "start_dir")
 
-    def __init__(self, kind: str, target: str, argv: list[str], drop: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        target: str,
+        argv: list[str],
+        drop: str | None = None,
+        start_dir: str | None = None,
+    ) -> None:
         self.kind = kind
         self.target = target
         self.argv = argv
@@ -51,10 +57,12 @@ class Origin:
         # shiv's bootstrap; leaving it on sys.path would make the child read the archive's
         # whole zip directory on its first import).
         self.drop = drop
+        # python -m found the module through sys.path[0], the directory it was started in.
+        self.start_dir = start_dir
 
     def spec(self) -> OriginSpec:
         """Return the origin as plain data for the fast child's bootstrap code."""
-        return (self.kind, self.target, list(self.argv), self.drop)
+        return (self.kind, self.target, list(self.argv), self.drop, self.start_dir)
 
     def __repr__(self) -> str:
         return f"Origin(kind={self.kind!r}, target={self.target!r}, argv={self.argv!r})"
@@ -63,8 +71,8 @@ class Origin:
 def adopt(spec: OriginSpec) -> None:
     """Take the parent's description of "self" (called by a fast child before main runs)."""
     global _adopted
-    kind, target, argv, drop = spec
-    _adopted = Origin(kind, target, list(argv), drop)
+    kind, target, argv, drop, start_dir = spec
+    _adopted = Origin(kind, target, list(argv), drop, start_dir)
 
 
 def origin() -> Origin:
@@ -83,6 +91,10 @@ def origin() -> Origin:
 
 
 def _detect() -> Origin:
+    # os is imported here, not at module level: a fast child adopts its parent's origin and
+    # never needs it (importing os costs ~2 ms of a child started with -S; see _prctl).
+    import os
+
     exe = sys.executable
     if not exe:
         raise RuntimeError(
@@ -100,7 +112,8 @@ def _detect() -> Origin:
         # python -m pkg: spec.name is "pkg.__main__"; python -m mod: "mod".
         name: str = spec.name
         runname = name[: -len(".__main__")] if name.endswith(".__main__") else name
-        return Origin("module", name, [exe, *_flags(), "-m", runname])
+        start_dir = _module_start_dir(spec)
+        return Origin("module", name, [exe, *_flags(), "-m", runname], start_dir=start_dir)
     if spec is not None and spec.origin:
         # python DIR or python ARCHIVE.zip: runpy ran DIR/__main__.py as __main__.
         path = os.path.dirname(os.path.abspath(spec.origin))
@@ -117,8 +130,21 @@ def _detect() -> Origin:
     )
 
 
+def _module_start_dir(spec: object) -> str | None:
+    """The directory ``python -m`` found the module in, if that was its start directory."""
+    import os
+
+    first = sys.path[0] if sys.path else ""
+    found = getattr(spec, "origin", None) or ""
+    if first and os.path.isabs(first) and found.startswith(os.path.join(first, "")):
+        return first
+    return None
+
+
 def _detect_shiv(exe: str) -> Origin | None:
     """Recognise a shiv ``.pyz``: its ``__main__`` imported ``_bootstrap`` from the archive."""
+    import os
+
     boot = sys.modules.get("_bootstrap")
     archive = getattr(getattr(boot, "__loader__", None), "archive", None)
     if not isinstance(archive, str) or not hasattr(boot, "bootstrap"):
@@ -175,4 +201,15 @@ def self_argv() -> list[str]:
     Raises:
         RuntimeError: the program cannot be started again (``python -c``, interactive).
     """
-    return list(origin().argv)
+    import os
+
+    o = origin()
+    if o.kind == "module" and o.start_dir and os.getcwd() != o.start_dir:
+        # "python -m pkg" found pkg in the directory it was started in, and this process has
+        # left that directory: "-m pkg" would no longer find it, so name the directory.
+        code = (
+            f"import runpy,sys;sys.path.insert(0,{ascii(o.start_dir)});"
+            f"runpy.run_module({ascii(o.target)},run_name='__main__',alter_sys=True)"
+        )
+        return [o.argv[0], *o.argv[1:-2], "-c", code]
+    return list(o.argv)
