@@ -1,0 +1,287 @@
+"""selfupdate.install on small script "builds": the flow, its failures, recovery and rollback.
+
+The builds here are tiny Python scripts that register ``post-update`` through ``reexec_core`` (a
+real trial child, started with ``command(..., program=PATH)``), served by an in-memory client
+with ``UpdateClient``'s ``check``/``download_to``. The real ``.pyz`` builds, real TUF repository
+and real HTTP server are in ``test_update_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from selfupdate import install
+from selfupdate.errors import SelfUpdateError
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCRIPT = '''\
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import reexec_core
+VERSION = {version!r}
+BEHAVIOUR = {behaviour!r}
+
+def post_update(old, new):
+    state = os.environ["TEST_STATE_DIR"]
+    if BEHAVIOUR == "exit":
+        os._exit(3)
+    if BEHAVIOUR == "hang":
+        time.sleep(3600)
+    os.makedirs(state, exist_ok=True)
+    if float(new) < float(old):  # a rollback: the state comes from a snapshot
+        return 0
+    with open(os.path.join(state, "data"), "a") as f:
+        f.write(f"migrated {{old}}->{{new}}\\n")
+    if BEHAVIOUR == "raise":
+        raise RuntimeError("migration failed on purpose")
+    print("migration ok")
+    return 0
+
+reexec_core.register("post-update", post_update)
+if not reexec_core.init():
+    print(VERSION)
+'''
+
+
+def script(version: str, behaviour: str = "ok") -> bytes:
+    return SCRIPT.format(repo=str(REPO), version=version, behaviour=behaviour).encode()
+
+
+@dataclass(frozen=True)
+class Rel:
+    version: str
+    length: int
+
+
+class FakeClient:
+    """check/download_to like UpdateClient, from memory."""
+
+    def __init__(self, version: str, payload: bytes, fail: Exception | None = None) -> None:
+        self.version, self.payload, self.fail = version, payload, fail
+        self.downloads = 0
+
+    def check(self, current_version: str) -> Rel | None:
+        from packaging.version import Version
+
+        if Version(self.version) <= Version(current_version):
+            return None
+        return Rel(self.version, len(self.payload))
+
+    def download_to(self, release: Rel, fileobj: BinaryIO) -> None:
+        self.downloads += 1
+        fileobj.write(self.payload[: len(self.payload) // 2])
+        if self.fail is not None:
+            raise self.fail
+        fileobj.write(self.payload[len(self.payload) // 2 :])
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    d = tmp_path / "bin"
+    d.mkdir()
+    app = d / "app.py"
+    app.write_bytes(script("1.0"))
+    app.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "data").write_text("v1 data\n")
+    monkeypatch.setenv("TEST_STATE_DIR", str(state))
+    return app, state
+
+
+def run_app(app: Path) -> str:
+    return subprocess.run(
+        [sys.executable, str(app)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def tree(d: Path) -> dict[str, bytes]:
+    if not d.exists():
+        return {}
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_plan_recovery_before_commit_undoes() -> None:
+    assert install.plan_recovery(None, 1) == "none"
+    assert install.plan_recovery({"phase": "download"}, 1) == "undo"
+    assert install.plan_recovery({"phase": "trial", "candidate_ino": 1}, 1) == "undo"
+    assert install.plan_recovery({"phase": "switch", "candidate_ino": 7}, 1) == "undo"
+    assert install.plan_recovery({"phase": "unknown"}, 1) == "undo"
+
+
+def test_plan_recovery_after_commit_finishes() -> None:
+    assert install.plan_recovery({"phase": "switch", "candidate_ino": 7}, 7) == "finish"
+    assert install.plan_recovery({"phase": "committed", "candidate_ino": 7}, 7) == "finish"
+
+
+def test_restore_steps_are_idempotent_from_any_point() -> None:
+    assert install.restore_steps(True, False, True) == ["discard-live", "restore", "drop"]
+    # killed after the live state was moved away
+    assert install.restore_steps(True, False, False) == ["restore", "drop"]
+    # killed after the restore: the snapshot is consumed, the live state must stay
+    assert install.restore_steps(False, False, True) == ["drop"]
+    assert install.restore_steps(False, True, True) == ["discard-live", "drop"]
+
+
+def test_update_installs_keeps_previous_and_migrates(env: tuple[Path, Path]) -> None:
+    app, state = env
+    v1 = app.read_bytes()
+    client = FakeClient("2.0", script("2.0"))
+    out = install.update(app, client, "1.0", state, trial_env={})
+    assert out.status == "updated" and out.new == "2.0"
+    assert run_app(app) == "2.0"
+    assert oct(app.stat().st_mode & 0o777) == "0o755"
+    layout = install.Layout(app, state)
+    assert layout.previous.read_bytes() == v1
+    assert layout.previous_version.read_text() == "1.0"
+    assert (state / "data").read_text() == "v1 data\nmigrated 1.0->2.0\n"
+    assert tree(layout.previous_state / "state") == {"data": b"v1 data\n"}
+    assert not layout.journal.exists() and not layout.staging.exists()
+    assert "migration ok" in layout.log.read_text()
+
+
+def test_update_up_to_date_touches_nothing(env: tuple[Path, Path]) -> None:
+    app, state = env
+    out = install.update(app, FakeClient("1.0", b"x"), "1.0", state)
+    assert out.status == "up-to-date"
+    assert sorted(p.name for p in app.parent.iterdir()) == [".app.py.lock", "app.py"]
+
+
+@pytest.mark.parametrize("behaviour", ["exit", "raise", "hang"])
+def test_failed_trial_leaves_old_build_and_state(env: tuple[Path, Path], behaviour: str) -> None:
+    app, state = env
+    v1, s1 = app.read_bytes(), tree(state)
+    client = FakeClient("2.0", script("2.0", behaviour))
+    with pytest.raises(install.TrialFailedError) as ei:
+        install.update(app, client, "1.0", state, trial_timeout=2)
+    msg = str(ei.value)
+    assert str(install.Layout(app).log) in msg and "\n" not in msg
+    if behaviour == "hang":
+        assert "within 2 seconds" in msg
+    assert app.read_bytes() == v1 and tree(state) == s1
+    assert install.read_bad(install.Layout(app)) == ["2.0"]
+    # remembered as bad: not downloaded again
+    with pytest.raises(install.KnownBadError):
+        install.update(app, client, "1.0", state)
+    assert client.downloads == 1
+    # a newer release is tried
+    install.update(app, FakeClient("2.1", script("2.1")), "1.0", state)
+    assert run_app(app) == "2.1"
+
+
+def test_failed_download_is_no_verdict(env: tuple[Path, Path]) -> None:
+    app, state = env
+    v1 = app.read_bytes()
+
+    class Tampered(SelfUpdateError):
+        pass
+
+    with pytest.raises(Tampered):
+        install.update(app, FakeClient("2.0", script("2.0"), Tampered("bad hash")), "1.0", state)
+    assert app.read_bytes() == v1
+    assert install.read_bad(install.Layout(app)) == []
+    assert not install.Layout(app).staging.exists()
+
+
+def test_second_updater_is_told_an_update_is_in_progress(env: tuple[Path, Path]) -> None:
+    app, state = env
+    with install.UpdateLock(install.Layout(app)):
+        with pytest.raises(install.UpdateInProgressError, match="another update"):
+            install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+
+
+def test_lock_of_a_killed_process_is_no_obstacle(env: tuple[Path, Path]) -> None:
+    app, state = env
+    code = (
+        "import fcntl,os,sys;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+        "fcntl.flock(fd,fcntl.LOCK_EX);print('locked',flush=True);os.kill(os.getpid(),9)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(install.Layout(app).lock)],
+                   capture_output=True)
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    assert run_app(app) == "2.0"
+
+
+def test_rollback_restores_previous_build_and_state(env: tuple[Path, Path]) -> None:
+    app, state = env
+    v1, s1 = app.read_bytes(), tree(state)
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    assert tree(state) != s1
+    assert install.rollback(app, "2.0", state) == "1.0"
+    assert app.read_bytes() == v1 and tree(state) == s1
+    assert install.read_bad(install.Layout(app)) == ["2.0"]
+    with pytest.raises(install.NoPreviousBuildError):
+        install.rollback(app, "1.0", state)
+
+
+@pytest.mark.parametrize(
+    "phase",
+    ["download", "trial", "switch-before", "switch-after", "committed"],
+)
+def test_recovery_after_a_kill_in_each_phase(env: tuple[Path, Path], phase: str) -> None:
+    """Re-create what a kill leaves in each phase; recovery gives exactly old or new."""
+    app, state = env
+    layout = install.Layout(app, state)
+    v1, s1 = app.read_bytes(), tree(state)
+    new = script("2.0")
+    layout.staging.mkdir()
+    layout.staged.write_bytes(new)
+    ino = layout.staged.stat().st_ino
+    j = dict(kind="update", old="1.0", new="2.0", state_dir=str(state), candidate_ino=ino)
+    if phase == "download":
+        install.write_journal(layout, phase="download", **j)
+    else:
+        install.write_journal(layout, phase="trial", **j)
+        install.snapshot_state(layout)
+        (state / "data").write_text("half-migr")  # the trial was killed mid-migration
+        (state / "extra").write_text("new file")
+    if phase.startswith("switch") or phase == "committed":
+        install.write_journal(layout, phase="switch", **j)
+        layout.previous_dir.mkdir()
+        os.link(app, layout.previous_tmp)
+    if phase in ("switch-after", "committed"):
+        os.replace(layout.staged, app)
+        (state / "data").write_text("v2 data\n")
+        (state / "extra").unlink()
+    if phase == "committed":
+        install.write_journal(layout, phase="committed", **j)
+    changed = install.recover_at_start(app, None)
+    assert not layout.journal.exists() and not layout.staging.exists()
+    if phase in ("switch-after", "committed"):
+        assert app.read_bytes() == new and (state / "data").read_text() == "v2 data\n"
+        assert layout.previous.read_bytes() == v1
+        assert tree(layout.previous_state / "state") == s1
+    else:
+        assert app.read_bytes() == v1 and tree(state) == s1 and not changed
+        assert not layout.previous_tmp.exists()
+    assert install.read_bad(layout) == []
+
+
+def test_read_only_directory_is_a_clear_error(env: tuple[Path, Path]) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes to a mode-0555 directory anyway (the e2e test uses a ro mount)")
+    app, state = env
+    v1 = app.read_bytes()
+    app.parent.chmod(0o555)
+    try:
+        with pytest.raises(install.InstallError, match="not writable"):
+            install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    finally:
+        app.parent.chmod(0o755)
+    assert app.read_bytes() == v1
+
+
+def test_journal_is_json_with_a_format(env: tuple[Path, Path]) -> None:
+    app, _ = env
+    layout = install.Layout(app)
+    install.write_journal(layout, phase="download")
+    assert json.loads(layout.journal.read_text()) == {"format": 1, "phase": "download"}
