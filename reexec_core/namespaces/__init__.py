@@ -1,0 +1,293 @@
+"""Run a command or a registered entry point in new Linux namespaces, rootless, with a real PID 1.
+
+The second half of reexec: Go's container runtimes start themselves again with
+``CLONE_NEWUSER | CLONE_NEWPID | ...`` because namespaces must be entered by a fresh,
+single-threaded process. From a single-threaded Python program we can do better than a new
+interpreter: :func:`run` forks, unshares and execs (no interpreter start at all); a threaded
+caller gets a fresh interpreter started through :func:`reexec_core.command`, which then does
+the same.
+
+Example::
+
+    from reexec_core import namespaces
+
+    status = namespaces.run(["sh", "-c", "id -u; hostname; echo $$"], hostname="box")
+    # prints 0 / box / 2: root inside (mapped onto the caller), PID 1 is our init
+
+* :func:`run` — an external command in new namespaces; returns its exit status
+  (128+N when signal N killed it).
+* :func:`run_entry` — the same for an entry point registered with
+  :func:`reexec_core.register`.
+* :func:`join` — run a command or an entry point in the namespaces of a running process
+  (``nsenter -t PID``), given its pid or a pidfd.
+* :func:`unshare` — move the calling process itself (single-threaded) into new namespaces.
+
+Options (keywords, named like the ``nsapp run`` flags):
+
+``namespaces``
+    ``"user,pid,mount,net,uts,ipc,cgroup,time"`` or a list; None (default) means all this
+    kernel has. A namespace named explicitly that cannot be created raises; with None, a root
+    caller whose user namespaces are blocked by policy runs without one.
+``map_root`` / ``map_current``
+    With a user namespace: root inside mapped onto the caller (default), or the caller's own
+    ids. ``subids=True`` adds the caller's ``/etc/subuid``/``/etc/subgid`` ranges (through
+    ``newuidmap``/``newgidmap``); ``uid_map``/``gid_map`` give explicit
+    ``[(inside, outside, count), ...]`` maps.
+``hostname``
+    Set inside the UTS namespace.
+``bind`` / ``ro_bind`` / ``tmpfs`` / ``mounts`` / ``root`` / ``proc``
+    Bind mounts (``"SRC:DST"`` or ``(src, dst)``; ``ro_bind`` read-only, recursively), tmpfs
+    mounts, an ordered ``[(kind, src, dst)]`` list, a new root (``pivot_root``) under which
+    the targets lie, and whether to mount a fresh ``/proc`` (default: with pid + mount).
+``cwd`` / ``env`` / ``stdin`` / ``stdout`` / ``stderr``
+    As for ``subprocess`` (file objects or descriptors; default: inherited).
+``forward_signals``
+    Pass SIGHUP/INT/QUIT/USR1/USR2/TERM/WINCH sent to the caller on to the workload while it
+    runs (default True; effective in a single-threaded caller).
+
+Every kernel refusal raises a :class:`NamespaceError` leaf whose message names the cause and
+the knob (see ``docs/namespaces.md``). Misuse raises ``ValueError``/``TypeError``.
+
+A program that calls :func:`run`/:func:`run_entry` from several threads must import this
+module before it calls ``reexec_core.init()`` (it registers the entry point the fresh setup
+process is started under).
+"""
+
+from __future__ import annotations
+
+import os
+
+import reexec_core
+from reexec_core._linux import (
+    CommandError,
+    IdMapError,
+    JoinError,
+    MountError,
+    NamespaceError,
+    NamespaceLimitError,
+    NamespacePermissionError,
+    NamespaceSetupError,
+    NamespaceUnsupportedError,
+    ThreadedCallerError,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    from reexec_core.namespaces._runner import StdIO
+
+__all__ = [
+    "CommandError",
+    "IdMapError",
+    "JoinError",
+    "MountError",
+    "NamespaceError",
+    "NamespaceLimitError",
+    "NamespacePermissionError",
+    "NamespaceSetupError",
+    "NamespaceUnsupportedError",
+    "ThreadedCallerError",
+    "available",
+    "join",
+    "run",
+    "run_entry",
+    "unshare",
+]
+
+
+def available() -> list[str]:
+    """Return the namespace types this kernel has, in canonical order."""
+    from reexec_core import _linux
+
+    return _linux.kernel_namespaces()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    stdin: StdIO = None,
+    stdout: StdIO = None,
+    stderr: StdIO = None,
+    forward_signals: bool = True,
+    **options: Any,
+) -> int:
+    """Run the command ``argv`` in new namespaces and return its exit status.
+
+    Args:
+        argv: the command and its arguments (searched on ``PATH`` like ``execvp``).
+        stdin, stdout, stderr: descriptors or file objects (default: inherited).
+        forward_signals: pass signals sent to the caller on to the workload.
+        **options: see the module documentation (namespaces, map_root, hostname, ...).
+
+    Returns:
+        The exit status, or 128+N when signal N killed the command.
+
+    Raises:
+        NamespaceError: a leaf naming the cause (limit, policy, kernel, mount, map, exec).
+        ValueError, TypeError: contradictory or unknown options.
+    """
+    from reexec_core.namespaces import _runner, _spec
+
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a sequence of arguments, not a string")
+    spec = _spec.make_spec(argv=list(argv), **options)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+
+
+def run_entry(
+    name: str,
+    *args: str,
+    stdin: StdIO = None,
+    stdout: StdIO = None,
+    stderr: StdIO = None,
+    forward_signals: bool = True,
+    **options: Any,
+) -> int:
+    """Run the registered entry point ``name`` with ``args`` in new namespaces.
+
+    The entry point runs in this program started again (``reexec_core.command``), inside the
+    namespaces, as the child of the namespace's PID 1.
+
+    Returns:
+        Its exit status (128+N for signal N).
+
+    Raises:
+        NamespaceError, ValueError, TypeError: as for :func:`run`.
+    """
+    from reexec_core._registry import check_name
+    from reexec_core.namespaces import _runner, _spec
+
+    check_name(name)
+    for arg in args:
+        if not isinstance(arg, str):
+            raise TypeError(f"entry point arguments must be str, not {type(arg).__name__}")
+    spec = _spec.make_spec(entry=[name, *args], **options)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+
+
+def join(
+    pid: int | None = None,
+    argv: Sequence[str] | None = None,
+    *,
+    pidfd: int | None = None,
+    entry: str | None = None,
+    entry_args: Sequence[str] = (),
+    namespaces: Iterable[str] | str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    stdin: StdIO = None,
+    stdout: StdIO = None,
+    stderr: StdIO = None,
+    forward_signals: bool = True,
+) -> int:
+    """Run a command or an entry point in the namespaces of a running process (``nsenter -t``).
+
+    Args:
+        pid: the target process (or give ``pidfd``).
+        argv: the command to run there; or ``entry`` (a registered name) with ``entry_args``.
+        pidfd: a pidfd of the target instead of ``pid`` (no pid-reuse race).
+        namespaces: which to join (default: all of the target's that differ from ours).
+        cwd, env, stdin, stdout, stderr, forward_signals: as for :func:`run`.
+
+    Returns:
+        The exit status (128+N for signal N).
+
+    Raises:
+        JoinError: the target is gone or its namespaces may not be joined.
+        ThreadedCallerError: called from a process with several threads.
+        ValueError: neither or both of ``argv`` and ``entry``; neither or both of pid, pidfd.
+    """
+    from reexec_core import _linux
+    from reexec_core.namespaces import _runner, _spec
+
+    if (pid is None) == (pidfd is None):
+        raise ValueError("give exactly one of pid and pidfd")
+    if (argv is None) == (entry is None):
+        raise ValueError("give exactly one of argv and entry")
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a sequence of arguments, not a string")
+    own_fd = pidfd is None
+    if pidfd is None:
+        assert pid is not None
+        try:
+            pidfd = _linux.pidfd_open(pid)
+        except OSError as e:
+            raise _linux.error_for("join", e.errno or 0, 0, f"process {pid}") from e
+    try:
+        if pid is None:
+            pid = _pid_of(pidfd)
+        names = None
+        if namespaces is not None:
+            names = _linux.names_for(_spec.parse_names(namespaces)[0])
+        spec = _join_spec(argv, entry, entry_args, cwd, env)
+        spec.join = pid
+        spec.join_flags = _runner.join_flags(pid, names)
+        return _runner.join(spec, pidfd, stdin, stdout, stderr, forward_signals)
+    finally:
+        if own_fd:
+            os.close(pidfd)
+
+
+def _join_spec(
+    argv: Sequence[str] | None,
+    entry: str | None,
+    entry_args: Sequence[str],
+    cwd: str | os.PathLike[str] | None,
+    env: dict[str, str] | None,
+) -> Any:
+    from reexec_core.namespaces import _spec
+
+    spec = _spec.make_spec(
+        argv=argv,
+        entry=[entry, *entry_args] if entry is not None else None,
+        namespaces="uts",  # placeholder: a join creates nothing (flags reset below)
+        cwd=cwd,
+        env=env,
+    )
+    spec.flags = 0
+    spec.proc = False
+    return spec
+
+
+def _pid_of(pidfd: int) -> int:
+    """Return the pid a pidfd refers to (the ``Pid:`` line of ``/proc/self/fdinfo/FD``)."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise JoinError(
+        f"cannot join: descriptor {pidfd} is not a pidfd of a running process",
+        3,
+        "join",
+    )
+
+
+def unshare(namespaces: Iterable[str] | str) -> None:
+    """Move the calling process itself into new namespaces (``unshare(2)``).
+
+    PID and time namespaces apply to the children started afterwards. No uid/gid map is
+    written: see :func:`run` for a complete sandbox.
+
+    Raises:
+        ThreadedCallerError: user or mount namespaces asked for by a process with threads.
+        NamespaceError: another leaf, naming the cause.
+    """
+    from reexec_core import _linux
+    from reexec_core.namespaces import _spec
+
+    flags, _ = _spec.parse_names(namespaces)
+    _linux.unshare(flags)
+
+
+def _setup_entry(spec_json: str, errfd: str, ackfd: str) -> int:
+    from reexec_core.namespaces import _inside
+
+    return _inside.entry_main(spec_json, errfd, ackfd)
+
+
+# The entry point a threaded caller's setup process is started under (see _runner.execute).
+reexec_core.register("reexec-core-namespaces", _setup_entry)

@@ -1,0 +1,267 @@
+"""The processes that build the namespaces and start the workload in them.
+
+Fast path (single-threaded caller)::
+
+    runner ──fork──> setup (C1): unshare(user, mount, net, ...); uid/gid maps
+                       │ (PID or time namespace: they apply to children only)
+                       └─fork──> init (C2, PID 1): mounts, /proc, hostname, lo up
+                                   └─spawn──> workload (PID 2): exec CMD / the entry point
+
+Without a PID or time namespace C1 sets up and execs the workload itself. A threaded caller
+cannot fork safely, so the runner starts C1 as a fresh interpreter instead (a registered
+entry point, see ``reexec_core.namespaces``), which then runs the same code.
+
+Every process here dies with its parent: C1 and C2 set ``PR_SET_PDEATHSIG`` to SIGKILL and
+then check that the parent is still there, and when PID 1 dies the kernel kills the rest of
+its namespace. Failures before the workload runs go back to the runner over the *error pipe*
+(close-on-exec, so a successful exec reads as EOF) as ``E op NUL errno NUL flags NUL detail``;
+the runner raises the typed error. ``M`` on the same pipe asks the runner to write the uid/gid
+maps (ranges, or a root caller), answered by one byte on the *ack pipe*.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
+import os
+import sys
+
+from reexec_core import _linux, _prctl
+from reexec_core.namespaces import _init
+from reexec_core.namespaces._spec import Spec
+
+_SIGKILL = 9
+_SIGPIPE, _SIGXFSZ = 13, 25
+
+
+class _Failed(Exception):
+    """A setup step failed: carries what the runner needs to raise the typed error."""
+
+    def __init__(self, op: str, errno: int, flags: int = 0, detail: str = "") -> None:
+        super().__init__(op)
+        self.op, self.errno, self.flags, self.detail = op, errno, flags, detail
+
+
+def report(errfd: int, failure: _Failed) -> None:
+    """Send a failure to the runner over the error pipe."""
+    msg = f"E{failure.op}\0{failure.errno}\0{failure.flags}\0{failure.detail}".encode(
+        "utf-8", "surrogateescape"
+    )
+    try:
+        os.write(errfd, msg)
+    except OSError:
+        pass
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGKILL when the parent dies; exit now if it already has (Go's runtime does this)."""
+    _prctl.set_pdeathsig(_SIGKILL)
+    if parent and os.getppid() != parent:
+        os._exit(128 + _SIGKILL)
+
+
+def _step(op: str, detail: str, fn: object, *args: object, flags: int = 0) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError as e:
+        raise _Failed(op, e.errno or 0, flags, detail) from e
+
+
+def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
+    """C1: create the namespaces, get the id maps written, then start PID 1 or the workload.
+
+    Returns only the exit code to ``os._exit`` with (the workload's status, or 125 after a
+    reported failure); on the no-fork path it does not return at all (exec).
+    """
+    try:
+        die_with_parent(parent)
+        flags = spec.flags
+        _step("unshare", "", _linux.unshare_raw, flags, flags=flags)
+        if spec.flags & _linux.CLONE_NEWUSER:
+            if spec.parent_maps:
+                os.write(errfd, b"M")
+                if os.read(ackfd, 1) != b"\0":
+                    return 125  # the runner failed to write them, and raises the error
+            else:
+                try:
+                    _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
+                except OSError as e:
+                    raise _Failed(e.filename or "uid_map", e.errno or 0, 0, "") from e
+        os.close(ackfd)
+        if not spec.needs_fork:
+            inner_setup(spec)
+            start_workload(spec, errfd, replace=True)
+        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            status = 125
+            try:
+                os.close(alive_w)
+                status = init_main(spec, errfd, alive_r)
+            except _Failed as f:
+                report(errfd, f)
+            except BaseException as e:  # noqa: B036 - must never return into the caller
+                report(errfd, _Failed("start", 0, 0, f"{type(e).__name__}: {e}"))
+            finally:
+                os._exit(status)
+        os.close(errfd)
+        os.close(alive_r)
+        return _init.supervise(child, reap_all=False)
+    except _Failed as f:
+        report(errfd, f)
+        return 125
+
+
+def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
+    """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise."""
+    _prctl.set_pdeathsig(_SIGKILL)
+    import select
+
+    # getppid() is 0 here (the parent is outside our PID namespace): ask the pipe instead.
+    poller = select.poll()
+    poller.register(alive_r, select.POLLIN)
+    if poller.poll(0):
+        os._exit(128 + _SIGKILL)  # C1 is gone (the pipe's only writer closed)
+    os.close(alive_r)
+    if spec.flags & _linux.CLONE_NEWPID:
+        _prctl.set_name("ns-init")
+    inner_setup(spec)
+    child = start_workload(spec, errfd, replace=False)
+    os.close(errfd)
+    return _init.supervise(child, reap_all=True)
+
+
+def inner_setup(spec: Spec) -> None:
+    """Inside every new namespace: mounts, a fresh /proc, new root, hostname, ``lo`` up."""
+    flags = spec.flags
+    if flags & _linux.CLONE_NEWNS:
+        # Private propagation first: nothing we mount may leak back to the host.
+        _step("private", "/", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+        prefix = spec.root or ""
+        for kind, src, dst in spec.mounts:
+            target = prefix + dst
+            if kind == "tmpfs":
+                _ensure_dir(target, kind)
+                _step(
+                    "tmpfs", target, _linux.mount, "tmpfs", target, "tmpfs",
+                    _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755",
+                )
+                continue
+            _ensure_target(src, target, kind)
+            _step(kind, f"{src} on {target}", _linux.mount, src, target, None,
+                  _linux.MS_BIND | _linux.MS_REC)
+            if kind == "ro-bind":
+                _step(kind, f"{src} on {target} read-only", _linux.make_readonly, target)
+        if spec.root:
+            _pivot(spec.root)
+        if spec.proc:
+            _step(
+                "proc", "/proc", _linux.mount, "proc", "/proc", "proc",
+                _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+            )
+    if spec.hostname is not None:
+        _step("sethostname", repr(spec.hostname), _linux.sethostname, spec.hostname)
+    if flags & _linux.CLONE_NEWNET:
+        _step("loopback", "lo up", _linux.set_loopback_up)
+
+
+def _ensure_dir(target: str, kind: str) -> None:
+    if not os.path.isdir(target):
+        _step(kind, f"{target} (creating the mount point)", os.makedirs, target)
+
+
+def _ensure_target(src: str, target: str, kind: str) -> None:
+    if os.path.isdir(src) or not os.path.exists(src):
+        _ensure_dir(target, kind)
+    elif not os.path.exists(target):
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError as e:
+            raise _Failed(kind, e.errno or 0, 0, f"{target} (creating the mount point)") from e
+
+
+def _pivot(root: str) -> None:
+    """Make ``root`` the new ``/`` (pivot_root(2), the ``"."``/``"."`` idiom), old root gone."""
+    _step("pivot_root", root, _linux.mount, root, root, None, _linux.MS_BIND | _linux.MS_REC)
+    _step("pivot_root", root, os.chdir, root)
+    _step("pivot_root", root, _linux.pivot_root, ".", ".")
+    _step("pivot_root", root, _linux.umount2, ".", _linux.MNT_DETACH)
+    _step("pivot_root", root, os.chdir, "/")
+
+
+def _prepare_exec(spec: Spec) -> dict[str, str]:
+    if spec.cwd is not None:
+        _step("chdir", spec.cwd, os.chdir, spec.cwd)
+    elif spec.root:
+        try:
+            os.chdir(os.environ.get("PWD") or "/")
+        except OSError:
+            os.chdir("/")
+    return dict(os.environ) if spec.env is None else dict(spec.env)
+
+
+def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
+    """Start the workload: exec in place (``replace``) or spawn a child; return its pid."""
+    env = _prepare_exec(spec)
+    if spec.entry is not None:
+        return _start_entry(spec, env, replace)
+    assert spec.argv is not None
+    argv = spec.argv
+    if replace:
+        for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+            _signal.signal(sig, _signal.SIG_DFL)
+        _init.restore(spec.sigmask)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            _init.block()
+            raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+    try:
+        return os.posix_spawnp(
+            argv[0], argv, env,
+            setsigmask=spec.sigmask,
+            setsigdef=(*_init.WAITSET, _SIGPIPE, _SIGXFSZ),
+        )
+    except OSError as e:
+        raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+
+
+def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
+    import reexec_core
+
+    assert spec.entry is not None
+    name, *args = spec.entry
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    if replace:
+        for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+            _signal.signal(sig, _signal.SIG_DFL)
+        _init.restore(spec.sigmask)
+        try:
+            reexec_core.exec_into(name, *args)
+        except OSError as e:
+            _init.block()
+            raise _Failed("exec", e.errno or 0, 0, spec.name) from e
+    # The Command is made here, in PID 1, so the child's parent check sees the right parent.
+    cmd = reexec_core.command(name, *args)
+    os.environ.clear()
+    os.environ.update(saved)
+
+    def child_setup() -> None:
+        _init.restore(spec.sigmask)
+
+    try:
+        proc = cmd.popen(env=env, preexec_fn=child_setup, close_fds=False, restore_signals=True)
+    except OSError as e:
+        raise _Failed("exec", e.errno or 0, 0, spec.name) from e
+    return proc.pid
+
+
+def entry_main(spec_json: str, errfd: str, ackfd: str) -> int:
+    """C1 started as a fresh interpreter (threaded callers): the registered entry point."""
+    spec = Spec.from_json(spec_json)
+    _init.block()
+    status = setup_main(spec, int(errfd), int(ackfd), 0)
+    sys.stdout.flush()
+    os._exit(status)

@@ -1,0 +1,332 @@
+"""The runner: start the setup process (fork, or a fresh interpreter), answer it, wait for it.
+
+See ``_inside`` for the process tree. The runner blocks the forwarded signals *before* it
+forks, so none sent in between is lost: the children inherit the mask and take the signals
+with ``sigwaitinfo``; the runner does the same while it waits, and passes them on.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reexec_core import _linux
+from reexec_core.namespaces import _init, _inside
+from reexec_core.namespaces._spec import Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
+
+    StdIO = int | IO[bytes] | IO[str] | None
+
+#: The name of the registered entry point a threaded caller starts the setup process under.
+ENTRY = "reexec-core-namespaces"
+_SIGKILL = 9
+
+
+def _fd(value: StdIO) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return value.fileno()
+
+
+def _single_threaded() -> bool:
+    return _linux.thread_count() == 1
+
+
+def execute(
+    spec: Spec,
+    stdin: StdIO = None,
+    stdout: StdIO = None,
+    stderr: StdIO = None,
+    forward_signals: bool = True,
+) -> int:
+    """Run ``spec`` to completion and return the workload's exit code (128+N for signal N).
+
+    Raises:
+        NamespaceError: a typed leaf, when the kernel or the system refused a step.
+    """
+    try:
+        return _execute(spec, stdin, stdout, stderr, forward_signals)
+    except _linux.NamespacePermissionError as e:
+        if spec.auto and spec.flags & _linux.CLONE_NEWUSER and os.geteuid() == 0:
+            # "All the caller can create": root can do without the user namespace when a
+            # policy forbids it. A namespace the caller named is never dropped.
+            del e
+            spec.flags &= ~_linux.CLONE_NEWUSER
+            spec.uid_map, spec.gid_map = [], []
+            spec.parent_maps = spec.deny_setgroups = spec.use_newidmap = False
+            return _execute(spec, stdin, stdout, stderr, forward_signals)
+        raise
+
+
+def _execute(
+    spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool
+) -> int:
+    fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
+    # A thread's mask and sigwaitinfo see process signals only when it is the only thread.
+    forward = forward_signals and _single_threaded()
+    fg = _foreground()
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    ackr, ackw = os.pipe2(os.O_CLOEXEC)
+    mask = _init.block()
+    spec.sigmask = sorted(mask)
+    popen = None
+    try:
+        if _single_threaded():
+            child = os.fork()
+            if child == 0:  # C1
+                status = 125
+                try:
+                    os.close(errr)
+                    os.close(ackw)
+                    _redirect(fds)
+                    status = _inside.setup_main(spec, errw, ackr, os.getppid())
+                except BaseException as e:  # noqa: B036 - must never return into the caller
+                    _inside.report(errw, _inside._Failed("start", 0, 0, f"{e}"))
+                finally:
+                    os._exit(status)
+        else:
+            # fork() in a threaded process may deadlock on a lock another thread held: start
+            # the setup process as a fresh interpreter instead (the reexec pattern).
+            import reexec_core
+
+            cmd = reexec_core.command(ENTRY, spec.to_json(), str(errw), str(ackr))
+            popen = cmd.popen(
+                pass_fds=(errw, ackr), stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                close_fds=True,
+            )
+            child = popen.pid
+            os.set_inheritable(errw, False)
+            os.set_inheritable(ackr, False)
+        os.close(errw)
+        os.close(ackr)
+        failure = _answer(spec, child, errr, ackw)
+        if failure is not None:
+            _reap(child, popen)
+            raise failure
+        if forward:
+            status = _init.supervise(child, reap_all=False)
+        else:
+            status = _wait(child)
+        if popen is not None:
+            popen.returncode = status
+        return status
+    finally:
+        for fd in (errr, ackw):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _init.restore(mask)
+        if fg:
+            _take_terminal_back()
+
+
+def _redirect(fds: list[int | None]) -> None:
+    """In the child: make the given descriptors its stdin, stdout and stderr."""
+    dups = [os.dup(fd) if fd is not None else None for fd in fds]
+    for target, fd in enumerate(dups):
+        if fd is not None:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def _answer(spec: Spec, child: int, errr: int, ackw: int) -> _linux.NamespaceError | None:
+    """Serve the setup process until it has started the workload (EOF) or failed."""
+    data = b""
+    while True:
+        chunk = os.read(errr, 65536)
+        if not chunk:
+            break
+        data += chunk
+        if data == b"M":
+            data = b""
+            try:
+                _write_maps(spec, child)
+            except _linux.NamespaceError as e:
+                os.write(ackw, b"E")
+                return e
+            os.write(ackw, b"\0")
+    if not data:
+        return None
+    op, errno, flags, detail = data[1:].decode("utf-8", "surrogateescape").split("\0", 3)
+    return _linux.error_for(op, int(errno), int(flags), detail)
+
+
+def _write_maps(spec: Spec, pid: int) -> None:
+    """Write the child's uid/gid maps from outside: directly as root, else newuidmap."""
+    if not spec.use_newidmap:
+        try:
+            _linux.write_id_maps(pid, spec.uid_map, spec.gid_map, False)
+        except OSError as e:
+            raise _linux.error_for(e.filename or "uid_map", e.errno or 0, 0, "") from e
+        return
+    import shutil
+    import subprocess
+
+    for tool, idmap in (("newuidmap", spec.uid_map), ("newgidmap", spec.gid_map)):
+        path = shutil.which(tool)
+        if path is None:
+            raise _linux.IdMapError(
+                f"cannot map id ranges: {tool} is not installed (Debian/Ubuntu: apt-get install "
+                "uidmap); or drop the range options",
+                0,
+                tool,
+            )
+        args = [str(x) for entry in idmap for x in entry]
+        done = subprocess.run(
+            [path, str(pid), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, check=False,
+        )
+        if done.returncode != 0:
+            why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+            raise _linux.IdMapError(
+                f"cannot map id ranges with {tool}: {why} (the ranges must be granted to this "
+                "user in /etc/subuid and /etc/subgid)",
+                0,
+                tool,
+            )
+
+
+def _wait(child: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+        except InterruptedError:
+            continue
+        return _init.exit_code(status)
+
+
+def _reap(child: int, popen: object) -> None:
+    try:
+        os.kill(child, _SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        _wait(child)
+    except ChildProcessError:
+        pass
+    if popen is not None:
+        popen.returncode = -_SIGKILL  # type: ignore[attr-defined]
+
+
+def _foreground() -> bool:
+    """Is stdin a terminal whose foreground process group is ours?"""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _take_terminal_back() -> None:
+    """An interactive shell inside may have made itself the terminal's foreground: undo it."""
+    import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
+
+    try:
+        if os.tcgetpgrp(0) == os.getpgrp():
+            return
+    except OSError:
+        return
+    # tcsetpgrp from a background process group raises SIGTTOU unless it is blocked.
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (22,))  # SIGTTOU
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+# --------------------------------------------------------------------------------------------
+# join
+
+
+def join_flags(pid: int, names: list[str] | None) -> int:
+    """Flags of the target's namespaces to join: those named, or all that differ from ours."""
+    flags = 0
+    for name, (flag, entry) in _linux.CLONE_FLAGS.items():
+        if names is not None and name not in names:
+            continue
+        try:
+            theirs = os.stat(f"/proc/{pid}/ns/{entry}")
+        except FileNotFoundError:
+            if names is not None:
+                raise _linux.error_for("setns", 2, flag, f"process {pid}") from None
+            continue
+        except PermissionError as e:
+            raise _linux.JoinError(
+                f"cannot join the namespaces of process {pid}: not permitted to inspect it; "
+                "join as the user that started it or as root",
+                e.errno or 0,
+                "join",
+            ) from e
+        except OSError as e:
+            raise _linux.error_for("join", e.errno or 0, 0, f"process {pid}") from e
+        ours = os.stat(f"/proc/self/ns/{entry}")
+        if names is not None or (theirs.st_ino, theirs.st_dev) != (ours.st_ino, ours.st_dev):
+            flags |= flag
+    return flags
+
+
+def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
+    """The joining process: setns into the target's namespaces, then run the workload."""
+    try:
+        _inside.die_with_parent(parent)
+        flags = spec.join_flags
+        try:
+            _linux.setns_raw(pidfd, flags)  # a pidfd joins them all at once (Linux 5.8+)
+        except OSError as e:
+            raise _inside._Failed("setns", e.errno or 0, flags, f"process {spec.join}") from e
+        os.close(pidfd)
+        if not spec.cwd:
+            os.chdir("/")
+        if not flags & (_linux.CLONE_NEWPID | _linux.CLONE_NEWTIME):
+            _inside.start_workload(spec, errfd, replace=True)
+        child = _inside.start_workload(spec, errfd, replace=False)
+        os.close(errfd)
+        return _init.supervise(child, reap_all=False)
+    except _inside._Failed as f:
+        _inside.report(errfd, f)
+        return 125
+
+
+def join(
+    spec: Spec, pidfd: int, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool
+) -> int:
+    """Run ``spec`` in the namespaces ``pidfd`` refers to; return the exit code."""
+    if not _single_threaded():
+        raise _linux.ThreadedCallerError(
+            "cannot join namespaces from a process with more than one thread: fork() there is "
+            "unsafe; call join() before starting threads",
+            22,
+            "join",
+        )
+    fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
+    forward = forward_signals
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    mask = _init.block()
+    spec.sigmask = sorted(mask)
+    try:
+        child = os.fork()
+        if child == 0:
+            status = 125
+            try:
+                os.close(errr)
+                _redirect(fds)
+                status = join_main(spec, pidfd, errw, os.getppid())
+            except BaseException as e:  # noqa: B036 - must never return into the caller
+                _inside.report(errw, _inside._Failed("start", 0, 0, f"{e}"))
+            finally:
+                os._exit(status)
+        os.close(errw)
+        failure = _answer(spec, child, errr, -1)
+        if failure is not None:
+            _reap(child, None)
+            raise failure
+        return _init.supervise(child, reap_all=False) if forward else _wait(child)
+    finally:
+        os.close(errr)
+        _init.restore(mask)
