@@ -334,6 +334,10 @@ def error_for(
     if operation in ("uid_map", "gid_map", "setgroups"):
         return IdMapError(f"cannot write the {operation} {detail}: {reason}", errno, operation)
     if operation == "exec":
+        if errno == _ENOENT:
+            reason = "command not found (not on PATH, or no such file inside the namespaces)"
+        elif errno == 13:
+            reason = "permission denied (not executable, or on a noexec mount)"
         return CommandError(f"cannot run {detail}: {reason}", errno, operation)
     if operation in ("join", "pidfd_open"):
         return JoinError(f"cannot join {detail}: {reason}", errno, operation)
