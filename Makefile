@@ -1,0 +1,116 @@
+# Two commands for a newcomer: `make demo` and `make test` (each creates .venv when needed).
+#
+#   make demo        build the example app and show it working (scripts/demo.sh once it exists)
+#   make test        the whole test suite; as root, then AGAIN as the unprivileged user nobody
+#   make lint        ruff check + mypy (strict on reexec_core)
+#   make bench       every bench/bench_*.py, side by side numbers and ratios
+#   make build       ./build.sh -> dist/nsapp.pyz
+#
+# Variables: PYTHON3 (interpreter that creates .venv), PYTEST_ARGS, UNPRIV_PYTHON (a Python the
+# unprivileged user can run: outside /root), UNPRIV_UID.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON3 ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+UNPRIV_PYTHON ?= /usr/bin/python3
+UNPRIV_UID ?= 65534
+# The demo's body lives in this script (owned by the in-place update work); until it exists,
+# `make demo` runs demo-reexec below.
+DEMO_SCRIPT := scripts/demo.sh
+
+.PHONY: help venv demo demo-reexec test test-here test-unprivileged lint bench build clean
+
+help:
+	@sed -n '1,11p' Makefile | sed 's/^# \{0,1\}//'
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@if ! [ -x $(VENV_PY) ]; then $(PYTHON3) -m venv $(VENV); fi
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: $(VENV_STAMP)
+	@if [ -f $(DEMO_SCRIPT) ]; then \
+		PYTHON=$(CURDIR)/$(VENV_PY) bash $(DEMO_SCRIPT); \
+	else \
+		$(MAKE) --no-print-directory demo-reexec; \
+	fi
+
+# Build the single-file app and run its first two commands.
+demo-reexec: $(VENV_STAMP)
+	@out="$$(PYTHON=$(CURDIR)/$(VENV_PY) ./build.sh --version 1.0.0 --out dist/nsapp.pyz | tail -n 1)"; \
+	echo "== built $$out"; \
+	echo "== $(VENV_PY) $$out --version"; $(VENV_PY) "$$out" --version; \
+	echo "== $(VENV_PY) $$out reexec-demo"; $(VENV_PY) "$$out" reexec-demo
+
+test: $(VENV_STAMP)
+	$(MAKE) --no-print-directory test-here
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(MAKE) --no-print-directory test-unprivileged; \
+	else \
+		echo "make test: not root, so the suite ran once, as $$(id -un)"; \
+	fi
+
+test-here: $(VENV_STAMP)
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# The suite again as an unprivileged user. The interpreter of .venv may live under /root
+# (mode 0700), which nobody cannot read: `setpriv -- /root/.../python` then only *appears* to
+# work (it silently loads another Python's standard library). So: a world-readable copy of
+# the repository, a venv made from $(UNPRIV_PYTHON) and installed as root, then pytest run as
+# uid $(UNPRIV_UID) with HOME and TMPDIR in a directory that user owns. The first step proves
+# which user and which standard library the tests really get.
+test-unprivileged:
+	@test "$$(id -u)" = 0 || { echo "test-unprivileged: must be run as root" >&2; exit 1; }
+	@command -v setpriv >/dev/null || { echo "test-unprivileged: setpriv (util-linux) is missing" >&2; exit 1; }
+	@base="$$(mktemp -d /tmp/nsapp-unpriv.XXXXXX)"; \
+	trap 'rm -rf "$$base"' EXIT; \
+	chmod 755 "$$base"; mkdir -p "$$base/repo" "$$base/home" "$$base/tmp"; \
+	echo "== unprivileged pass: copy of the repository in $$base/repo"; \
+	tar -C "$(CURDIR)" --exclude=./.git --exclude='./.venv*' --exclude=./dist \
+		--exclude='__pycache__' --exclude=.pytest_cache --exclude=.mypy_cache \
+		--exclude=.ruff_cache --exclude='*.egg-info' -cf - . | tar -C "$$base/repo" -xf -; \
+	echo "== venv from $(UNPRIV_PYTHON) ($$($(UNPRIV_PYTHON) -V 2>&1)), installed as root"; \
+	$(UNPRIV_PYTHON) -m venv "$$base/venv"; \
+	"$$base/venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$$base/repo[dev]"; \
+	echo "== filling the build cache as root (the unprivileged user only reads it)"; \
+	PYTHON="$$base/venv/bin/python" "$$base/repo/build.sh" --out "$$base/warmup.pyz" | tail -n 1; \
+	rm -f "$$base/warmup.pyz"; \
+	chmod -R a+rX "$$base/repo" "$$base/venv"; \
+	chown -R $(UNPRIV_UID):$(UNPRIV_UID) "$$base/home" "$$base/tmp"; \
+	as_user() { \
+		setpriv --reuid=$(UNPRIV_UID) --regid=$(UNPRIV_UID) --clear-groups -- \
+		env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$$base/home" TMPDIR="$$base/tmp" \
+		LANG=C.UTF-8 CI="$${CI:-}" NSAPP_EXPECT_UID=$(UNPRIV_UID) \
+		NSAPP_EXPECT_STDLIB="$$stdlib" "$$@"; \
+	}; \
+	stdlib="$$($(UNPRIV_PYTHON) -c 'import os; print(os.path.dirname(os.__file__))')"; \
+	seen="$$(cd "$$base/repo" && as_user "$$base/venv/bin/python" -c \
+		'import os, sys; print(os.getuid(), os.path.dirname(os.__file__), sys.prefix)')"; \
+	echo "== as nobody: uid, stdlib, prefix = $$seen"; \
+	[ "$$seen" = "$(UNPRIV_UID) $$stdlib $$base/venv" ] || \
+		{ echo "test-unprivileged: expected '$(UNPRIV_UID) $$stdlib $$base/venv'" >&2; exit 1; }; \
+	echo "== pytest as uid $(UNPRIV_UID)"; \
+	cd "$$base/repo" && as_user "$$base/venv/bin/python" -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP)
+	$(VENV_PY) -m ruff check .
+	$(VENV_PY) -m mypy reexec_core nsapp $$(test -d selfupdate && echo selfupdate)
+
+bench: $(VENV_STAMP)
+	@for b in bench/bench_*.py; do \
+		echo "== $$b"; env -u PYTHONDONTWRITEBYTECODE $(VENV_PY) "$$b"; \
+	done
+
+build: $(VENV_STAMP)
+	PYTHON=$(CURDIR)/$(VENV_PY) ./build.sh
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
