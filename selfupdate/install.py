@@ -550,6 +550,24 @@ def recover_at_start(installed: Path, state_dir: Path | None) -> bool:
 # The update
 
 
+def checkpoint(name: str) -> None:
+    """A named point of the flow where the crash-consistency tests stop the updater.
+
+    With ``SELFUPDATE_TEST_STOP_AT=NAME`` in the environment the process stops itself
+    (``SIGSTOP``) there, so a test can ``SIGKILL`` it at exactly that instant. Costs one
+    dictionary lookup otherwise.
+    """
+    if os.environ.get("SELFUPDATE_TEST_STOP_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+#: Every checkpoint, in the order the flow passes them.
+CHECKPOINTS = (
+    "locked", "download", "downloaded", "snapshot", "trial", "trial-done", "switch",
+    "linked", "replaced", "committed", "handover",
+)
+
+
 @dataclass
 class Outcome:
     """What :func:`update` did (returned only when no handover happened)."""
@@ -613,6 +631,7 @@ def run_trial(
             )
         except OSError as e:
             return f"could not be started ({e.strerror})"
+        checkpoint("trial")
         try:
             status = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -687,6 +706,7 @@ def update(
         return Outcome("available", current_version, release.version, extra={"bad": bad})
     lock = UpdateLock(layout)
     with lock:
+        checkpoint("locked")
         recover(layout)
         release = client.check(current_version)
         if release is None:
@@ -706,7 +726,9 @@ def update(
             raise _dir_error(layout, e, "writing the update journal") from e
         try:
             note(f"downloading {new} ...")
+            checkpoint("download")
             ino = _stage_download(layout, client, release, mode)
+            checkpoint("downloaded")
             write_journal(layout, phase="trial", kind="update", old=current_version, new=new,
                           state_dir=str(state_dir) if state_dir else None, candidate_ino=ino)
             if state_dir is not None:
@@ -717,9 +739,11 @@ def update(
                         f"cannot update {installed}: saving a copy of the state directory "
                         f"{state_dir} failed ({e.strerror or e}); nothing was changed"
                     ) from e
+            checkpoint("snapshot")
             note(f"trying {new} (migrations and health check) ...")
             failure = run_trial(layout.staged, current_version, new, layout.log,
                                 trial_timeout, trial_env)
+            checkpoint("trial-done")
         except BaseException:
             _undo(layout, {})
             raise
@@ -737,6 +761,7 @@ def update(
             )
         _switch(layout, current_version, new, ino, kind="update")
     if handover is not None:
+        checkpoint("handover")
         handover(current_version, new, layout.log)
     return Outcome("updated", current_version, new, layout.log)
 
@@ -747,19 +772,23 @@ def _switch(layout: Layout, old: str, new: str, ino: int, kind: str) -> None:
     journal = dict(kind=kind, old=old, new=new, state_dir=sd, candidate_ino=ino)
     try:
         write_journal(layout, phase="switch", **journal)
+        checkpoint("switch")
         if kind == "update":
             layout.previous_dir.mkdir(mode=0o700, exist_ok=True)
             _unlink(layout.previous_tmp)
             os.link(layout.installed, layout.previous_tmp)
+            checkpoint("linked")
             candidate = layout.staged
         else:
             candidate = layout.previous
         os.replace(candidate, layout.installed)  # the commit point
+        checkpoint("replaced")
         fsync_dir(layout.dir)
     except OSError as e:
         _undo(layout, journal)
         raise _dir_error(layout, e, "switching to the new build") from e
     write_journal(layout, phase="committed", **journal)
+    checkpoint("committed")
     _finish(layout, {"phase": "committed", **journal})
 
 
@@ -902,8 +931,8 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
 
     A directory ``ROOT/NAME_BUILDID`` is removed only if its build id is not one of the builds in
     ``keep`` (installed and previous), nobody holds its in-use lock (taken at start by
-    :func:`selfupdate.app.at_start`), and no visible process maps a file in it, runs in it, holds one open or names it on its
-    command line. It is renamed away under the exclusive lock before being deleted, so a
+    :func:`selfupdate.app.at_start`), and no visible process maps a file in it, runs in it,
+    holds one open or names it on its command line. It is renamed away under the exclusive lock before being deleted, so a
     process starting that build afterwards gets a fresh extraction from shiv.
 
     Returns:
