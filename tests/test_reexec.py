@@ -286,9 +286,9 @@ class App:
 def app(tmp_path_factory: pytest.TempPathFactory) -> App:
     root = tmp_path_factory.mktemp("rxapp")
     src = _write_app(root / "src", "src")
-    try:
-        import shiv  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("shiv") is None:
         pytest.skip("shiv is not installed for this interpreter (pip install -e '.[dev]')")
     pyz_dir = root / "pyz"
     pyz_dir.mkdir()

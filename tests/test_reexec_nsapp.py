@@ -1,0 +1,124 @@
+"""The example app's foundation commands, from a real .pyz and from the source tree."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("requests", "cryptography", "tuf", "urllib3", "securesystemslib")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return env
+
+
+def _run(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    proc: subprocess.CompletedProcess[str] = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        **kw,  # type: ignore[call-overload]
+    )
+    return proc
+
+
+def _imported(stderr: str) -> set[str]:
+    """Module names from ``python -X importtime`` output."""
+    names = set()
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", line)
+        if m:
+            names.add(m.group(1))
+    return names
+
+
+def test_version_from_pyz(build_pyz) -> None:  # type: ignore[no-untyped-def]
+    proc = _run(str(build_pyz("1.0.0")), "--version")
+    assert (proc.returncode, proc.stdout) == (0, "nsapp 1.0.0\n"), proc.stderr
+
+
+def test_version_imports_nothing_heavy(build_pyz) -> None:  # type: ignore[no-untyped-def]
+    proc = _run("-X", "importtime", str(build_pyz("1.0.0")), "--version")
+    assert proc.returncode == 0, proc.stderr
+    imported = _imported(proc.stderr)
+    assert "nsapp._version" in imported  # the measurement works
+    heavy = {n for n in imported if n.split(".")[0] in HEAVY}
+    assert not heavy, f"--version imported {sorted(heavy)}"
+
+
+def test_reexec_demo_from_pyz(build_pyz) -> None:  # type: ignore[no-untyped-def]
+    proc = _run(str(build_pyz("1.0.0")), "reexec-demo", "a b", "ü")
+    assert proc.returncode == 0, proc.stderr
+    parent = re.search(r"^parent pid=(\d+)$", proc.stdout, re.M)
+    child = re.search(r"^child  pid=(\d+) name='reexec-demo-child' status=0$", proc.stdout, re.M)
+    assert parent and child, proc.stdout
+    assert parent.group(1) != child.group(1)
+    # The child's own report: its PID (the one the parent saw) and its argv.
+    line = f"pid={child.group(1)} argv=['reexec-demo-child', 'a b', 'ü']"
+    assert line in proc.stdout.splitlines()
+
+
+def test_registered_child_imports_nothing_heavy(build_pyz) -> None:  # type: ignore[no-untyped-def]
+    # -X importtime is passed on to the fast child, so stderr holds both processes' imports.
+    proc = _run("-X", "importtime", str(build_pyz("1.0.0")), "reexec-demo")
+    assert proc.returncode == 0, proc.stderr
+    imported = _imported(proc.stderr)
+    assert "reexec_core._child" in imported
+    heavy = {n for n in imported if n.split(".")[0] in HEAVY}
+    assert not heavy, f"reexec-demo and its child imported {sorted(heavy)}"
+
+
+def test_version_from_source_tree() -> None:
+    from nsapp._version import VERSION
+
+    proc = _run("-m", "nsapp", "--version", cwd=REPO)
+    assert proc.stdout == f"nsapp {VERSION}\n", proc.stderr
+
+
+def _subcommands() -> list[str]:
+    from nsapp.cli import build_parser
+
+    parser = build_parser()
+    names: list[str] = []
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):
+            names.extend(choices)
+    return names
+
+
+def test_every_command_has_help() -> None:
+    commands = _subcommands()
+    assert "reexec-demo" in commands
+    for argv in [["--help"], *([c, "--help"] for c in commands)]:
+        proc = _run("-m", "nsapp", *argv, cwd=REPO)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert proc.stdout.startswith("usage: nsapp"), (argv, proc.stdout)
+
+
+def test_release_config_absent_in_a_dev_checkout() -> None:
+    from nsapp import release_config
+
+    if (REPO / "nsapp" / "_release").exists():
+        pytest.skip("this checkout has an nsapp/_release directory")
+    assert release_config.load() == (None, None)
+
+
+def test_release_config_embedded_by_build(build_pyz, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = b'{"signed": {"_type": "root"}, "signatures": []}\n'
+    pyz = build_pyz("1.0.0", trusted_root=root, repo_url="http://127.0.0.1:8123/repo")
+    # shiv's SHIV_ENTRY_POINT runs another function of the archive: print what load() sees.
+    env = dict(_env(), SHIV_ENTRY_POINT="nsapp.release_config:load")
+    proc = subprocess.run(
+        [sys.executable, str(pyz)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert repr((root, "http://127.0.0.1:8123/repo")) in proc.stderr
