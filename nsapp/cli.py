@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 PROG = "nsapp"
 
 #: Command modules, imported in this order; each adds its subcommands to the parser.
-COMMAND_MODULES: tuple[str, ...] = ("nsapp.cmd_reexec", "nsapp.cmd_ns")
+COMMAND_MODULES: tuple[str, ...] = ("nsapp.cmd_reexec", "nsapp.cmd_ns", "nsapp.cmd_update")
 
 
 def _load_commands() -> list[object]:

@@ -932,8 +932,9 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
     A directory ``ROOT/NAME_BUILDID`` is removed only if its build id is not one of the builds in
     ``keep`` (installed and previous), nobody holds its in-use lock (taken at start by
     :func:`selfupdate.app.at_start`), and no visible process maps a file in it, runs in it,
-    holds one open or names it on its command line. It is renamed away under the exclusive lock before being deleted, so a
-    process starting that build afterwards gets a fresh extraction from shiv.
+    holds one open or names it on its command line. It is renamed away under the exclusive
+    lock before being deleted, so a process starting that build afterwards gets a fresh
+    extraction from shiv.
 
     Returns:
         The directories removed.

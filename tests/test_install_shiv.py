@@ -45,10 +45,10 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         p.wait()
 
 
-def start(procs: list[subprocess.Popen[str]], code: str, *args: str, **kw: object
+def start(procs: list[subprocess.Popen[str]], code: str, *args: str, cwd: str | None = None
           ) -> subprocess.Popen[str]:
     p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
-                         **kw)  # type: ignore[call-overload]
+                         cwd=cwd)
     procs.append(p)
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -111,7 +112,9 @@ def derived_build(src: Path, out: Path, main_py: str) -> Path:
 
 @pytest.fixture(scope="module")
 def world(
-    server: tuple[str, Path, type], build_pyz, tmp_path_factory: pytest.TempPathFactory
+    server: tuple[str, Path, type],
+    build_pyz: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory
 ) -> World:
     url, www, handler = server
     tmp = tmp_path_factory.mktemp("world")
@@ -142,16 +145,16 @@ class Install:
     env: dict[str, str]
 
     def run(
-        self, *args: str, timeout: float = 120, **kw: object
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PY, str(self.pyz), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+        return subprocess.run([PY, str(self.pyz), *args], env=env or self.env,
+                              capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: object
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kw: Any
               ) -> subprocess.Popen[str]:
-        return subprocess.Popen([PY, str(self.pyz), *args], env=env or self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                **kw)  # type: ignore[call-overload]
+        return cast("subprocess.Popen[str]", subprocess.Popen(
+            [PY, str(self.pyz), *args], env=env or self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw))
 
 
 def tree(d: Path) -> dict[str, bytes]:

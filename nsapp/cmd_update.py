@@ -1,0 +1,182 @@
+"""``nsapp update``, ``nsapp rollback``, ``nsapp serve`` and ``nsapp history``.
+
+The self-update side of the example app: it declares itself to :mod:`selfupdate.app` (its state
+directory, its migrations and health check from :mod:`nsapp.state`, how to make an update
+client from the release configuration embedded in the build), which registers the reexec entry
+points ``post-update`` and ``update-finish``. Cheap to import: ``tuf``, ``requests`` and
+``cryptography`` load only inside ``update``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nsapp import state
+from nsapp._version import VERSION
+from selfupdate import app as su
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+PROG = "nsapp"
+
+
+def _client(repo_url: str | None) -> Any:
+    """An UpdateClient for this build's embedded trusted root and repository URL."""
+    from nsapp import release_config
+    from selfupdate.install import InstallError
+
+    root, url = release_config.load()
+    if root is None:
+        raise InstallError(
+            "this build has no embedded trusted root, so it cannot verify updates; build it "
+            "with ./build.sh --trusted-root ROOT.json --repo-url URL"
+        )
+    url = repo_url or url
+    if not url:
+        raise InstallError(
+            "this build has no release repository URL; pass --repo URL or build it with "
+            "./build.sh --repo-url URL"
+        )
+    from selfupdate.client import UpdateClient
+
+    return UpdateClient(PROG, url, root, cache_dir=state.state_dir() / "tuf-cache")
+
+
+su.configure(PROG, VERSION, state_dir=state.state_dir, client=_client)
+su.migration("2.0.0")(state.migrate_to_2)
+su.migration("3.0.0")(state.migrate_to_3)
+su.health_check(state.check)
+# The app-start hook (finish or undo an interrupted update; mark this build's extraction in
+# use). nsapp's main imports its command modules first thing, before reexec_core.init(); the
+# hook itself returns at once in a registered child.
+su.at_start()
+
+
+def _fail(what: str, e: BaseException | str) -> int:
+    print(f"{PROG} {what}: {e}", file=sys.stderr)
+    return 1
+
+
+def run_update(ns: argparse.Namespace) -> int:
+    """``nsapp update [--check] [--repo URL]``."""
+    from selfupdate.errors import SelfUpdateError
+
+    try:
+        if ns.check:
+            out = su.update(ns.repo, check_only=True)
+            if out.status == "up-to-date":
+                print(f"{PROG} {VERSION} is up to date")
+            elif out.extra.get("bad"):
+                print(f"{PROG} {out.new} is available (running {VERSION}), but it failed its "
+                      "trial run before and will not be tried again")
+            else:
+                print(f"{PROG} {out.new} is available (running {VERSION})")
+            return 0
+        out = su.update(ns.repo, say=lambda msg: print(msg, flush=True))
+    except SelfUpdateError as e:
+        return _fail("update", e)
+    except OSError as e:
+        return _fail("update", f"{e.strerror or e} ({e.filename or 'no file'})")
+    if out.status == "up-to-date":
+        print(f"{PROG} {VERSION} is up to date")
+    else:
+        print(f"{PROG} updated {out.old} -> {out.new}; it runs from the next start")
+    return 0
+
+
+def run_rollback(ns: argparse.Namespace) -> int:
+    """``nsapp rollback``."""
+    from selfupdate.errors import SelfUpdateError
+
+    try:
+        version = su.rollback()
+    except SelfUpdateError as e:
+        return _fail("rollback", e)
+    print(f"{PROG} rolled back {VERSION} -> {version}; state restored to what {version} had")
+    return 0
+
+
+def run_serve(ns: argparse.Namespace) -> int:
+    """``nsapp serve [--auto-update SECONDS]``: log ``pid=N version=V`` every second."""
+    import time
+
+    try:
+        state.record("serve")
+    except OSError as e:
+        return _fail("serve", f"cannot write the history in {state.state_dir()} ({e.strerror})")
+    if ns.auto_update is not None:
+        su.start_auto_update(ns.auto_update, ns.repo)
+    n = 0
+    while ns.count is None or n < ns.count:
+        print(f"pid={os.getpid()} version={VERSION}", flush=True)
+        n += 1
+        time.sleep(ns.interval)
+    return 0
+
+
+def run_history(ns: argparse.Namespace) -> int:
+    """``nsapp history [--add EVENT]``: show (or extend) the state the migrations convert."""
+    try:
+        if ns.add:
+            state.record(ns.add)
+        d = state.state_dir()
+        files = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        print(f"{PROG} {VERSION}: state dir {d}, format {state.format_of(VERSION)}: "
+              f"{', '.join(files) or 'empty'}")
+        for entry in state.read(d):
+            print("  " + " ".join(f"{k}={v}" for k, v in entry.items()))
+    except (OSError, ValueError) as e:
+        return _fail("history", e)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``update``, ``rollback``, ``serve`` and ``history`` to the app's parser."""
+    p = subparsers.add_parser(
+        "update",
+        help="update this program in place to the newest verified release",
+        description="Download the newest signed release, try it (migrations and health check) "
+        "before installing it, switch atomically and continue in the new build (same PID).",
+    )
+    p.add_argument("--check", action="store_true", help="only say whether an update exists")
+    p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
+    p.set_defaults(func=run_update)
+
+    p = subparsers.add_parser(
+        "rollback",
+        help="put the previous build back, with its state",
+        description="Put the build that ran before the last update back in place (after its "
+        "health check), with the state it had; the build rolled back from is not reinstalled.",
+    )
+    p.set_defaults(func=run_rollback)
+
+    p = subparsers.add_parser(
+        "serve",
+        help="a long-running command that logs its PID and version every second",
+        description="Log 'pid=N version=V' every second; with --auto-update, move to new "
+        "releases in place without changing PID.",
+    )
+    p.add_argument("--auto-update", type=float, metavar="SECONDS",
+                   help="check for updates every SECONDS seconds")
+    p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse_suppress())
+    p.add_argument("--count", type=int, default=None, help=argparse_suppress())
+    p.set_defaults(func=run_serve)
+
+    p = subparsers.add_parser(
+        "history",
+        help="show the app's state (a history whose format changes between versions)",
+        description="Show the history file in the state directory ($NSAPP_STATE_DIR).",
+    )
+    p.add_argument("--add", metavar="EVENT", help="append an event first")
+    p.set_defaults(func=run_history)
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
