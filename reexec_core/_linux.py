@@ -253,7 +253,7 @@ def error_for(
     reason = os.strerror(errno) if errno else ""
     if operation in ("unshare", "setns"):
         verb = "create" if operation == "unshare" else "join"
-        subject = f"{what} namespace{'s' if len(names_for(flags)) != 1 else ''}"
+        subject = f"the {what} namespace{'s' if len(names_for(flags)) != 1 else ''}"
         if operation == "setns" and detail:
             subject += f" of {detail}"
         missing = [n for n in names_for(flags) if n not in kernel_namespaces()]
@@ -341,9 +341,8 @@ def error_for(
         return CommandError(f"cannot run {detail}: {reason}", errno, operation)
     if operation in ("join", "pidfd_open"):
         return JoinError(f"cannot join {detail}: {reason}", errno, operation)
-    return NamespaceSetupError(
-        f"cannot {operation} {detail}: {reason}".replace("  ", " "), errno, operation
-    )
+    text = " ".join(x for x in (f"cannot {operation}", detail) if x)
+    return NamespaceSetupError(f"{text}: {reason}" if reason else text, errno, operation)
 
 
 # --------------------------------------------------------------------------------------------

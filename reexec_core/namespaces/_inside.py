@@ -41,6 +41,11 @@ class _Failed(Exception):
         self.op, self.errno, self.flags, self.detail = op, errno, flags, detail
 
 
+def crashed(who: str, e: BaseException) -> _Failed:
+    """A bug (not a refusal) in a setup process, described for the runner's error."""
+    return _Failed("start", 0, 0, f"{who} ({type(e).__name__}: {e})")
+
+
 def report(errfd: int, failure: _Failed) -> None:
     """Send a failure to the runner over the error pipe."""
     msg = f"E{failure.op}\0{failure.errno}\0{failure.flags}\0{failure.detail}".encode(
@@ -100,7 +105,7 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
             except _Failed as f:
                 report(errfd, f)
             except BaseException as e:  # noqa: B036 - must never return into the caller
-                report(errfd, _Failed("start", 0, 0, f"{type(e).__name__}: {e}"))
+                report(errfd, crashed("PID 1", e))
             finally:
                 os._exit(status)
         os.close(errfd)
@@ -133,6 +138,11 @@ def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
 def inner_setup(spec: Spec) -> None:
     """Inside every new namespace: mounts, a fresh /proc, new root, hostname, ``lo`` up."""
     flags = spec.flags
+    # Before the mounts: after pivot_root the interpreter's own library may be out of reach.
+    if spec.hostname is not None:
+        _step("sethostname", repr(spec.hostname), _linux.sethostname, spec.hostname)
+    if flags & _linux.CLONE_NEWNET:
+        _step("loopback", "lo up", _linux.set_loopback_up)
     if flags & _linux.CLONE_NEWNS:
         # Private propagation first: nothing we mount may leak back to the host.
         _step("private", "/", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
@@ -151,17 +161,16 @@ def inner_setup(spec: Spec) -> None:
                   _linux.MS_BIND | _linux.MS_REC)
             if kind == "ro-bind":
                 _step(kind, f"{src} on {target} read-only", _linux.make_readonly, target)
-        if spec.root:
-            _pivot(spec.root)
         if spec.proc:
+            # Before pivot_root: the kernel lets a user namespace mount proc only while a
+            # fully visible proc is in the mount namespace (mnt_too_revealing), as bwrap does.
+            _ensure_dir(prefix + "/proc", "proc")
             _step(
-                "proc", "/proc", _linux.mount, "proc", "/proc", "proc",
+                "proc", prefix + "/proc", _linux.mount, "proc", prefix + "/proc", "proc",
                 _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
             )
-    if spec.hostname is not None:
-        _step("sethostname", repr(spec.hostname), _linux.sethostname, spec.hostname)
-    if flags & _linux.CLONE_NEWNET:
-        _step("loopback", "lo up", _linux.set_loopback_up)
+        if spec.root:
+            _pivot(spec.root)
 
 
 def _ensure_dir(target: str, kind: str) -> None:

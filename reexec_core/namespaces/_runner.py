@@ -50,7 +50,7 @@ def execute(
     """
     try:
         return _execute(spec, stdin, stdout, stderr, forward_signals)
-    except _linux.NamespacePermissionError as e:
+    except (_linux.NamespacePermissionError, _linux.NamespaceLimitError) as e:
         if spec.auto and spec.flags & _linux.CLONE_NEWUSER and os.geteuid() == 0:
             # "All the caller can create": root can do without the user namespace when a
             # policy forbids it. A namespace the caller named is never dropped.
@@ -85,7 +85,7 @@ def _execute(
                     _redirect(fds)
                     status = _inside.setup_main(spec, errw, ackr, os.getppid())
                 except BaseException as e:  # noqa: B036 - must never return into the caller
-                    _inside.report(errw, _inside._Failed("start", 0, 0, f"{e}"))
+                    _inside.report(errw, _inside.crashed("the setup", e))
                 finally:
                     os._exit(status)
         else:
@@ -318,7 +318,7 @@ def join(
                 _redirect(fds)
                 status = join_main(spec, pidfd, errw, os.getppid())
             except BaseException as e:  # noqa: B036 - must never return into the caller
-                _inside.report(errw, _inside._Failed("start", 0, 0, f"{e}"))
+                _inside.report(errw, _inside.crashed("the setup", e))
             finally:
                 os._exit(status)
         os.close(errw)

@@ -1,0 +1,678 @@
+"""The namespace runner with real namespaces: isolation, id maps, PID 1, signals, errors.
+
+Every test starts real processes (``nsapp run`` through ``python -m nsapp``, or a small script
+on the ``reexec_core.namespaces`` API) and checks from inside *and* from outside. They pass as
+root and as an unprivileged user; what the kernel or the privileges forbid is skipped with the
+reason, never passed silently.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ROOT = os.geteuid() == 0
+TIMEOUT = 120  # seconds: a hung run fails the test instead of hanging the suite
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def nsapp(*args: str, input: str | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``nsapp ARGS`` (``python -m nsapp``) to completion, capturing its output."""
+    done: subprocess.CompletedProcess[str] = subprocess.run(
+        [sys.executable, "-m", "nsapp", *args],
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+        **kw,  # type: ignore[call-overload]
+    )
+    return done
+
+
+def nsapp_popen(*args: str, **kw: object) -> subprocess.Popen[str]:
+    proc: subprocess.Popen[str] = subprocess.Popen(
+        [sys.executable, "-m", "nsapp", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        **kw,  # type: ignore[call-overload]
+    )
+    return proc
+
+
+def script(tmp_path: Path, code: str, *args: str, python: str | None = None,
+           prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Python script (a file, so it can start itself again) using the API."""
+    path = tmp_path / f"s{uuid.uuid4().hex[:8]}.py"
+    path.write_text(textwrap.dedent(code))
+    path.chmod(0o644)
+    return subprocess.run(
+        [*(prefix or []), python or sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory the unprivileged user can read (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ns-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _probe() -> str | None:
+    """Return why user namespaces cannot be used here, or None when they can."""
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from reexec_core import namespaces as n; "
+         "raise SystemExit(n.run(['true'], namespaces='user,pid,mount,net,uts,ipc'))"],
+        capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
+    )
+    if done.returncode != 0:
+        return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "unknown"
+    return None
+
+
+_REFUSAL = _probe()
+pytestmark = pytest.mark.skipif(
+    _REFUSAL is not None, reason=f"this kernel/user cannot create namespaces: {_REFUSAL}"
+)
+
+
+def _workload_pid(token: str, timeout: float = 30) -> int:
+    """Find the host pid of the workload ``python -c CODE TOKEN`` (not the runner's forks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if len(argv) >= 3 and argv[1] == b"-c" and argv[-1] == token.encode():
+                return int(entry)
+        time.sleep(0.02)
+    raise AssertionError(f"workload {token} never appeared")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+SLEEPER = "import sys,time; print('ready', flush=True); time.sleep(120)"
+
+
+# ------------------------------------------------------------------------------------ PID 1
+
+
+def test_workload_runs_under_our_pid1_and_host_pids_are_invisible() -> None:
+    done = nsapp("run", "--", "sh", "-c", "echo $$; cat /proc/1/comm; ls /proc")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert lines[0] == "2"  # the workload; PID 1 is the namespace's init
+    assert lines[1] == "ns-init"
+    pids = {int(x) for x in lines[2:] if x.isdigit()}
+    assert 1 in pids and 2 in pids
+    assert max(pids) < 10, pids  # only the namespace's own few processes
+    assert os.getpid() not in pids or os.getpid() < 10
+
+
+def test_pid1_is_ours_even_without_a_user_namespace_as_root() -> None:
+    if not ROOT:
+        pytest.skip("pid+mount without a user namespace needs CAP_SYS_ADMIN (root)")
+    done = nsapp("run", "--ns", "pid,mount", "--", "sh", "-c", "echo $$; cat /proc/1/comm")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "ns-init"]
+
+
+# -------------------------------------------------------------------------------- id maps
+
+
+def test_map_root_inside_and_the_map_outside() -> None:
+    token = uuid.uuid4().hex
+    code = "import os,sys,time; print(os.getuid(), os.getgid(), flush=True); time.sleep(120)"
+    proc = nsapp_popen("run", "--", sys.executable, "-c", code, token)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().split() == ["0", "0"]
+        pid = _workload_pid(token)
+        # Read from outside: the outer column is in our (the parent's) user namespace.
+        assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", str(os.geteuid()), "1"]
+        assert Path(f"/proc/{pid}/gid_map").read_text().split() == ["0", str(os.getegid()), "1"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(x for x in status.splitlines() if x.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(os.geteuid())] * 4
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_map_current_keeps_our_ids_inside() -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    done = nsapp("run", "--map-current", "--", "sh", "-c",
+                 "id -u; id -g; cat /proc/self/uid_map")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split()
+    assert out[:2] == [str(uid), str(gid)]
+    assert out[2:] == [str(uid), str(uid), "1"]
+
+
+def test_full_subid_ranges_through_newuidmap(public_dir: Path) -> None:
+    tmp_path = public_dir
+    if not ROOT:
+        pytest.skip("needs root to give the unprivileged user a /etc/subuid range for the test")
+    for tool in ("newuidmap", "newgidmap", "setpriv", "unshare"):
+        if not any(Path(d, tool).exists() for d in os.environ.get("PATH", "").split(":")):
+            pytest.skip(f"{tool} is not installed (apt-get install uidmap util-linux)")
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no /usr/bin/python3 for the unprivileged user to run")
+    (tmp_path / "subuid").write_text("nobody:100000:65536\n")
+    (tmp_path / "subgid").write_text("nogroup:100000:65536\nnobody:100000:65536\n")
+    code = tmp_path / "s.py"
+    code.write_text(
+        "from reexec_core import namespaces as n\n"
+        "raise SystemExit(n.run(['sh','-c','id -u; cat /proc/self/uid_map /proc/self/gid_map'],"
+        " subids=True))\n"
+    )
+    tmp_path.chmod(0o755)
+    code.chmod(0o644)
+    # A private mount namespace in which /etc/subuid grants nobody a range; newuidmap (setuid
+    # root) reads it there. Then the unprivileged user asks for the full range.
+    shell = (
+        f"mount --bind {tmp_path}/subuid /etc/subuid && "
+        f"mount --bind {tmp_path}/subgid /etc/subgid && "
+        "exec setpriv --reuid 65534 --regid 65534 --clear-groups "
+        f"/usr/bin/python3 {code}"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
+        capture_output=True, text=True, env=_env(), timeout=TIMEOUT, cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split()
+    assert out[0] == "0"
+    assert out[1:7] == ["0", "65534", "1", "1", "100000", "65536"]
+    assert out[7:10] == ["0", "65534", "1"]
+    assert out[10:13] == ["1", "100000", "65536"]
+
+
+# ------------------------------------------------------------------------------- isolation
+
+
+def test_hostname_changes_stay_inside() -> None:
+    before = socket.gethostname()
+    done = nsapp("run", "--hostname", "box", "--", "sh", "-c",
+                 "hostname; hostname changed-inside; hostname")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["box", "changed-inside"]
+    assert socket.gethostname() == before
+
+
+def test_only_lo_and_it_is_up() -> None:
+    code = textwrap.dedent("""
+        import fcntl, socket
+        names = [l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        req = bytearray(b'lo'.ljust(40, b'\\0'))
+        fcntl.ioctl(s.fileno(), 0x8913, req)
+        up = bool(int.from_bytes(req[16:18], 'little') & 1)
+        srv = socket.create_server(('127.0.0.1', 0))
+        c = socket.create_connection(srv.getsockname(), timeout=5)
+        print(','.join(names), up, 'connected')
+    """)
+    done = nsapp("run", "--", sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["lo", "True", "connected"]
+
+
+def test_tmpfs_inside_is_invisible_outside(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = nsapp("run", "--tmpfs", str(mnt), "--", "sh", "-c",
+                 f"echo secret > {mnt}/f && cat {mnt}/f && grep -c ' {mnt} ' /proc/self/mountinfo")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["secret", "1"]
+    assert list(mnt.iterdir()) == []
+    assert str(mnt) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_ro_bind_is_read_only_and_bind_is_writable(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data").write_text("hello\n")
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    done = nsapp(
+        "run", "--ro-bind", f"{src}:{ro}", "--bind", f"{src}:{rw}", "--", "sh", "-c",
+        f"cat {ro}/data; touch {ro}/x 2>/dev/null && echo ro-writable; "
+        f"touch {rw}/y && echo rw-ok",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hello", "rw-ok"]
+    assert (src / "y").exists() and not (src / "x").exists()
+
+
+def test_new_root_with_pivot_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("bin", "lib", "lib64", "sbin"):
+        target = Path("/") / name
+        if target.is_symlink():
+            (root / name).symlink_to(os.readlink(target))
+    done = nsapp("run", "--root", str(root), "--ro-bind", "/usr:/usr", "--", "/bin/sh", "-c",
+                 "ls /; cat /proc/1/comm")
+    assert done.returncode == 0, done.stderr
+    listing = done.stdout.split()
+    assert listing[-1] == "ns-init"
+    assert "usr" in listing and "proc" in listing
+    assert "etc" not in listing and "root" not in listing  # the host's root is gone
+
+
+def test_ipc_objects_do_not_cross() -> None:
+    if not all(Path("/usr/bin", t).exists() for t in ("ipcmk", "ipcrm")):
+        pytest.skip("ipcmk/ipcrm (util-linux) not installed")
+    made = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True)
+    shmid = made.stdout.split()[-1]
+    try:
+        done = nsapp("run", "--", "sh", "-c",
+                     "cat /proc/sysvipc/shm | wc -l; ipcmk -M 4096 >/dev/null; "
+                     "cat /proc/sysvipc/shm | wc -l")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["1", "2"]  # header only, then our own segment
+        outside = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+        ids = {line.split()[1] for line in outside}
+        assert ids == {shmid} or shmid in ids
+        # The segment made inside died with its namespace; ours is still there and only ours.
+        assert len([i for i in ids if i == shmid]) == 1
+    finally:
+        subprocess.run(["ipcrm", "-m", shmid], check=False)
+
+
+# ------------------------------------------------------------------- exit status, signals
+
+
+def test_every_exit_status_and_signal_death_arrives(tmp_path: Path) -> None:
+    done = script(tmp_path, """
+        from reexec_core import namespaces as n
+        got = [n.run(["sh", "-c", f"exit {i}"], namespaces="user,pid,mount")
+               for i in range(256)]
+        sigs = [1, 2, 3, 6, 9, 10, 12, 13, 14, 15]
+        died = [n.run(["sh", "-c", f"kill -{s} $$"], namespaces="user,pid,mount") for s in sigs]
+        nopid = [n.run(["sh", "-c", f"kill -{s} $$"], namespaces="user,net") for s in sigs]
+        print(got == list(range(256)), died, nopid)
+    """)
+    assert done.returncode == 0, done.stderr
+    expected = [128 + s for s in (1, 2, 3, 6, 9, 10, 12, 13, 14, 15)]
+    assert done.stdout.strip() == f"True {expected} {expected}"
+    for status in (0, 1, 77, 255):
+        assert nsapp("run", "--", "sh", "-c", f"exit {status}").returncode == status
+    assert nsapp("run", "--", "sh", "-c", "kill -9 $$").returncode == 137
+
+
+def test_signals_to_the_runner_reach_the_workload_handler() -> None:
+    token = uuid.uuid4().hex
+    code = textwrap.dedent("""
+        import signal, sys, time
+        def on(sig, frame):
+            print('got', signal.Signals(sig).name, flush=True)
+            if sig == signal.SIGTERM:
+                sys.exit(42)
+        for s in ('HUP','INT','QUIT','USR1','USR2','WINCH','TERM'):
+            signal.signal(getattr(signal, 'SIG' + s), on)
+        print('ready', flush=True)
+        while True:
+            time.sleep(1)
+    """)
+    proc = nsapp_popen("run", "--", sys.executable, "-c", code, token)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    names = ["HUP", "INT", "QUIT", "USR1", "USR2", "WINCH", "TERM"]
+    seen = []
+    for name in names:
+        proc.send_signal(getattr(signal, "SIG" + name))
+        seen.append(proc.stdout.readline().strip())
+    assert proc.wait(timeout=TIMEOUT) == 42
+    assert seen == [f"got SIG{n}" for n in names]
+
+
+def test_sigterm_kills_a_workload_without_handler_pid1_does_not_ignore_it() -> None:
+    token = uuid.uuid4().hex
+    proc = nsapp_popen("run", "--", sys.executable, "-c", SLEEPER, token)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM
+
+
+def test_200_orphaned_grandchildren_leave_no_zombies() -> None:
+    code = textwrap.dedent("""
+        import os, time
+        me = os.getpid()
+        for _ in range(200):
+            if os.fork() == 0:
+                if os.fork() == 0:      # the grandchild outlives its parent: an orphan
+                    time.sleep(0.3)
+                    os._exit(0)
+                os._exit(0)
+        for _ in range(200):
+            os.wait()
+        def others():
+            states = []
+            for p in os.listdir('/proc'):
+                if p.isdigit() and int(p) not in (1, me):
+                    try:
+                        states.append(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0])
+                    except OSError:
+                        pass
+            return states
+        orphans = len(others())
+        for _ in range(3000):   # wait until every orphan has exited (and been reaped or not)
+            if all(s == 'Z' for s in others()):
+                break
+            time.sleep(0.01)
+        time.sleep(0.5)  # give PID 1 time to reap the last ones
+        print(orphans, sum(1 for s in others() if s == 'Z'))
+    """)
+    done = nsapp("run", "--", sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    orphans, zombies = map(int, done.stdout.split())
+    assert orphans > 100  # they really were orphaned while sleeping
+    assert zombies == 0
+
+
+@pytest.mark.parametrize("ns", ["user,pid,mount,net", "user,net"])
+def test_sigkill_to_the_runner_kills_the_workload(ns: str) -> None:
+    token = uuid.uuid4().hex
+    proc = nsapp_popen("run", "--ns", ns, "--", sys.executable, "-c", SLEEPER, token)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    pid = _workload_pid(token)
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(pid), f"workload {pid} survived SIGKILL of its runner"
+
+
+def test_terminal_passes_through() -> None:
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nsapp", "run", "--", "sh", "-c",
+             "test -t 0 && test -t 1 && echo tty-ok"],
+            stdin=slave, stdout=slave, stderr=slave, env=_env(),
+        )
+        os.close(slave)
+        assert proc.wait(timeout=TIMEOUT) == 0
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"tty-ok" in out:
+                break
+        assert b"tty-ok" in out
+    finally:
+        os.close(master)
+
+
+def test_shell_is_root_in_all_namespaces_with_the_prompt() -> None:
+    done = nsapp("shell", input="id -u; echo $$; exit 5\n")
+    assert done.returncode == 5, done.stderr
+    assert done.stdout.split() == ["0", "2"]
+    assert "-[ns-process]- # " in done.stderr
+
+
+def test_command_not_found_is_127_with_one_sentence() -> None:
+    done = nsapp("run", "--", "no-such-command-xyz")
+    assert done.returncode == 127
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "command not found" in done.stderr
+
+
+# ------------------------------------------------------------------------------ join/entry
+
+ENTRY_APP = """
+import os, socket, sys, threading, time
+import reexec_core
+from reexec_core import namespaces
+
+def probe(*args):
+    print(os.getpid(), os.getuid(), socket.gethostname(), repr(args), flush=True)
+    return 7
+
+reexec_core.register("probe", probe)
+
+if __name__ == "__main__":
+    if reexec_core.init():
+        raise SystemExit(0)
+    mode = sys.argv[1]
+    if mode == "entry":
+        rc = namespaces.run_entry("probe", "a b", "ü", hostname="ent")
+    elif mode == "threaded":
+        threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+        rc = namespaces.run(["sh", "-c", "echo $$; hostname"], hostname="thr")
+        rc2 = namespaces.run_entry("probe", "x", hostname="thr2")
+        rc = rc * 1000 + rc2
+    elif mode == "join":
+        rc = namespaces.join(int(sys.argv[2]), ["sh", "-c", "hostname; cat " + sys.argv[3] +
+                             "; id -u; echo $$"])
+    elif mode == "join-pidfd":
+        fd = os.pidfd_open(int(sys.argv[2]))
+        rc = namespaces.join(pidfd=fd, entry="probe", entry_args=["j"])
+    print("rc", rc, flush=True)
+"""
+
+
+def test_run_entry_runs_a_registered_entry_point_inside(tmp_path: Path) -> None:
+    done = script(tmp_path, ENTRY_APP, "entry")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["2 0 ent ('a b', 'ü')", "rc 7"]
+
+
+def test_threaded_caller_gets_a_fresh_setup_process(tmp_path: Path) -> None:
+    done = script(tmp_path, ENTRY_APP, "threaded")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["2", "thr", "2 0 thr2 ('x',)", "rc 7"]
+
+
+def test_join_sees_the_hostname_and_the_mounts(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    token = uuid.uuid4().hex
+    code = f"open('{mnt}/marker','w').write('inside-tmpfs\\n'); " + SLEEPER
+    proc = nsapp_popen("run", "--hostname", "joinme", "--tmpfs", str(mnt), "--",
+                       sys.executable, "-c", code, token)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        pid = _workload_pid(token)
+        done = script(tmp_path, ENTRY_APP, "join", str(pid), f"{mnt}/marker")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[:3] == ["joinme", "inside-tmpfs", "0"]
+        assert int(lines[3]) > 2  # a new process in the sandbox's PID namespace
+        assert lines[4] == "rc 0"
+        done = script(tmp_path, ENTRY_APP, "join-pidfd", str(pid))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0].split()[1:3] == ["0", "joinme"]
+        assert done.stdout.splitlines()[1] == "rc 7"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (mnt / "marker").exists()
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_max_user_namespaces_zero_gives_the_sysctl_message(tmp_path: Path) -> None:
+    """ENOSPC, provoked for real: limit 0 in a nested user namespace we own."""
+    inner = (
+        "echo 0 > /proc/sys/user/max_user_namespaces && "
+        f"exec {sys.executable} -m nsapp run --ns user,pid -- true"
+    )
+    done = subprocess.run(["unshare", "-Ur", "sh", "-c", inner], capture_output=True,
+                          text=True, env=_env(), timeout=TIMEOUT)
+    if "unshare failed" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"unshare(1) cannot nest a user namespace here: {done.stderr.strip()}")
+    assert done.returncode == 125
+    assert "user.max_user_namespaces" in done.stderr and "is 0" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    # The API raises the typed leaf.
+    api = (
+        "from reexec_core import namespaces as n\n"
+        "try:\n n.run(['true'], namespaces='user')\n"
+        "except n.NamespaceLimitError as e:\n print('limit', e.errno)\n"
+    )
+    done = subprocess.run(["unshare", "-Ur", "sh", "-c",
+                           f"echo 0 > /proc/sys/user/max_user_namespaces && "
+                           f"exec {sys.executable} -c \"$0\"", api],
+                          capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+    assert done.stdout.split() == ["limit", "28"], done.stderr
+
+
+SECCOMP = """
+import ctypes, os, struct, sys
+# A seccomp filter like a container's default profile: unshare(CLONE_NEWUSER) -> EPERM.
+def ins(code, jt, jf, k):
+    return struct.pack('HBBI', code, jt, jf, k)
+prog = b''.join([
+    ins(0x20, 0, 0, 4),                 # ld arch
+    ins(0x15, 0, 5, 0xc000003e),        # x86_64? else allow
+    ins(0x20, 0, 0, 0),                 # ld nr
+    ins(0x15, 0, 3, 272),               # unshare? else allow
+    ins(0x20, 0, 0, 16),                # ld args[0] (low half)
+    ins(0x45, 0, 1, 0x10000000),        # CLONE_NEWUSER set? else allow
+    ins(0x06, 0, 0, 0x00050000 | 1),    # ret ERRNO(EPERM)
+    ins(0x06, 0, 0, 0x7fff0000),        # ret ALLOW
+])
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack('HxxxxxxQ', len(prog) // 8, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+ul = ctypes.c_ulong
+assert libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) == 0  # PR_SET_NO_NEW_PRIVS
+fbuf = ctypes.create_string_buffer(fprog)
+assert libc.prctl(22, ctypes.c_ulong(2), ctypes.c_void_p(ctypes.addressof(fbuf)),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0  # PR_SET_SECCOMP, FILTER
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _seccomp(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if os.uname().machine != "x86_64":
+        pytest.skip("the test's seccomp filter is written for x86_64")
+    return script(tmp_path, SECCOMP, *args)
+
+
+def test_seccomp_refusal_names_seccomp_and_named_namespace_is_never_dropped(
+    tmp_path: Path,
+) -> None:
+    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--ns", "user,pid", "--", "true")
+    assert done.returncode == 125, done.stderr
+    assert "seccomp" in done.stderr and "user" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_default_namespaces_are_all_the_caller_can_create(tmp_path: Path) -> None:
+    """With user namespaces blocked, root still gets the others; anyone else gets the error."""
+    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--", "sh", "-c",
+                    "echo $$; id -u; cat /proc/self/uid_map")
+    if ROOT:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["2", "0", "0", "0", "4294967295"]
+    else:
+        assert done.returncode == 125
+        assert "seccomp" in done.stderr
+
+
+def test_without_user_namespace_an_unprivileged_caller_is_told_about_cap_sys_admin(
+    tmp_path: Path, public_dir: Path,
+) -> None:
+    code = """
+        from reexec_core import namespaces as n
+        try:
+            n.run(['true'], namespaces='net')
+        except n.NamespacePermissionError as e:
+            print(e)
+    """
+    if ROOT:
+        if not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists():
+            pytest.skip("needs /usr/bin/python3 and setpriv to drop to an unprivileged user")
+        done = script(public_dir, code, python="/usr/bin/python3",
+                      prefix=["setpriv", "--reuid", "65534", "--regid", "65534",
+                              "--clear-groups"])
+    else:
+        done = script(tmp_path, code)
+    assert "CAP_SYS_ADMIN" in done.stdout and "add 'user'" in done.stdout, done.stderr
+
+
+def test_threaded_caller_unsharing_itself_gets_the_einval_message(tmp_path: Path) -> None:
+    done = script(tmp_path, """
+        import threading, time
+        from reexec_core import namespaces as n
+        threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+        try:
+            n.unshare("user")
+        except n.ThreadedCallerError as e:
+            print(e.errno, e)
+    """)
+    assert done.stdout.startswith("22 "), done.stderr
+    assert "more than one thread" in done.stdout
+
+
+def test_missing_namespace_type_names_the_kernel_option() -> None:
+    entries = {"user": "user", "pid": "pid", "mount": "mnt", "net": "net", "uts": "uts",
+               "ipc": "ipc", "cgroup": "cgroup", "time": "time"}
+    present = set(os.listdir("/proc/self/ns"))
+    missing = [name for name, entry in entries.items() if entry not in present]
+    if not missing:
+        pytest.skip("this kernel has every namespace type; the refusal cannot be provoked")
+    done = nsapp("run", "--ns", missing[0], "--", "true")
+    assert done.returncode == 125
+    assert f"CONFIG_{missing[0].upper()}_NS" in done.stderr
