@@ -23,9 +23,7 @@ build.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 from nsapp._version import VERSION
 
@@ -63,11 +61,15 @@ def failing_on_purpose(version: str = VERSION) -> bool:
 
 
 def _now() -> str:
+    import time
+
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def record(event: str, directory: Path | None = None) -> None:
     """Append an event to the history, in this build's format."""
+    import json
+
     d = directory or state_dir()
     d.mkdir(parents=True, exist_ok=True)
     fmt = format_of(VERSION)
@@ -84,6 +86,8 @@ def record(event: str, directory: Path | None = None) -> None:
 
 def read(directory: Path | None = None) -> list[dict[str, object]]:
     """The history as a list of dicts (whatever format is on disk)."""
+    import json
+
     d = directory or state_dir()
     out: list[dict[str, object]] = []
     if (d / JSONL).exists():
@@ -106,6 +110,8 @@ def _fail_halfway(name: str) -> None:
 
 def migrate_to_2(directory: Path) -> str:
     """2.0.0: ``history.txt`` (plain lines) -> ``history.jsonl`` (JSON lines)."""
+    import json
+
     src, dst = directory / TEXT, directory / JSONL
     if not src.exists():
         _fail_halfway("2.0.0")
@@ -124,6 +130,8 @@ def migrate_to_2(directory: Path) -> str:
 
 def migrate_to_3(directory: Path) -> str:
     """3.0.0: number the JSON lines (``seq``)."""
+    import json
+
     path = directory / JSONL
     if not path.exists():
         _fail_halfway("3.0.0")
