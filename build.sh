@@ -89,6 +89,8 @@ if ! [ -f "$DEPS/.complete" ]; then
     trap - EXIT
 fi
 
+echo "build.sh: dependencies from $DEPS/site-packages" >&2
+
 # --- staging copy of the app's own packages ---------------------------------------------------
 STAGE="$(mktemp -d "${TMPDIR:-/tmp}/nsapp-build.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Start-up cost of the framework, side by side in one run (medians of >= 30 runs).
+
+1. ``nsapp.pyz --version`` vs a hello-world shiv ``.pyz`` built the same way (same shiv flags,
+   same dependencies) vs ``python -I -S -c pass``. Goal: nsapp <= 1.10x the hello-world pyz.
+   A hello-world pyz without dependencies is shown too, for what the dependencies cost.
+2. Round trip of ``reexec_core.command("reexec-true").run()`` from inside ``nsapp.pyz`` (an
+   entry point that returns at once) vs spawning ``python -I -S -c pass`` from the same
+   process. Goal: <= 1.5x.
+
+Everything runs through ``sys.executable`` (never a ``python3`` shim from PATH), with
+PYTHONDONTWRITEBYTECODE unset so that .pyc files are written and used as in real life, and
+after warm-up runs (shiv's one-time extraction is not what is measured).
+
+Usage: python bench/bench_startup.py [--runs N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GOAL_VERSION = 1.10
+GOAL_ROUNDTRIP = 1.5
+
+
+def _env(shiv_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["SHIV_ROOT"] = str(shiv_root)
+    return env
+
+
+def build_nsapp(work: Path) -> tuple[Path, Path]:
+    """Build nsapp.pyz with build.sh; return it and the dependency site-packages it used."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "build.sh"), "--version", "1.0.0", "--out", str(work / "nsapp.pyz")],
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    deps = next(
+        line.split(" from ", 1)[1]
+        for line in proc.stderr.splitlines()
+        if line.startswith("build.sh: dependencies from ")
+    )
+    return Path(proc.stdout.strip().splitlines()[-1]), Path(deps)
+
+
+HELLO = 'def main():\n    print("hello 1.0.0")\n    return 0\n'
+# The smallest app on the framework: registers one entry point, calls init(), says hello.
+MINIMAL = """\
+import reexec_core
+
+reexec_core.register("reexec-true", lambda *args: 0)
+
+
+def main():
+    if reexec_core.init():
+        return 0
+    print("hello 1.0.0")
+    return 0
+"""
+
+
+def build_hello(work: Path, name: str, deps: Path | None, minimal: bool = False) -> Path:
+    """A hello-world app packed by shiv exactly as build.sh packs nsapp."""
+    src = work / f"{name}-src" / "hello"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    (src / "cli.py").write_text(MINIMAL if minimal else HELLO)
+    if minimal:
+        shutil.copytree(
+            REPO / "reexec_core",
+            src.parent / "reexec_core",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    out = work / f"{name}.pyz"
+    cmd = [sys.executable, "-m", "shiv", "--reproducible", "--compressed"]
+    cmd += ["--python", "/usr/bin/env python3", "--entry-point", "hello.cli:main"]
+    if deps is not None:
+        cmd += ["--site-packages", str(deps)]
+    cmd += ["--site-packages", str(src.parent), "--output-file", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def time_commands(cmds: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Run each command `runs` times, interleaved in a fresh random order each round."""
+    for argv in cmds.values():  # warm-up: shiv extraction, .pyc files, page cache
+        for _ in range(3):
+            subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+    samples: dict[str, list[float]] = {k: [] for k in cmds}
+    order = list(cmds)
+    for _ in range(runs):
+        random.shuffle(order)
+        for key in order:
+            t0 = time.perf_counter()
+            subprocess.run(cmds[key], env=env, stdout=subprocess.DEVNULL, check=True)
+            samples[key].append(time.perf_counter() - t0)
+    return {k: median_ms(v) for k, v in samples.items()}
+
+
+def roundtrip(pyz: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+    """Run :func:`inside_pyz` inside ``pyz`` (shiv runs it instead of the app's main)."""
+    rt_env = dict(
+        env,
+        SHIV_ENTRY_POINT="bench_startup:inside_pyz",
+        SHIV_PREPEND_PYTHONPATH=str(Path(__file__).resolve().parent),
+        BENCH_RUNS=str(runs),
+    )
+    proc = subprocess.run([sys.executable, str(pyz)], env=rt_env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"round trip inside {pyz.name} failed:\n{proc.stderr}")
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def inside_pyz() -> int:
+    """Entry point run inside nsapp.pyz (through SHIV_ENTRY_POINT): the round-trip loop."""
+    import reexec_core
+
+    # Do not hand this bench's directory on to the children: measure what nsapp's child pays.
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p != here]
+    runs = int(os.environ["BENCH_RUNS"])
+    plain = [sys.executable, "-I", "-S", "-c", "pass"]
+    for _ in range(3):
+        assert reexec_core.command("reexec-true").run().returncode == 0
+        subprocess.run(plain, check=True)
+    samples: dict[str, list[float]] = {"reexec": [], "plain": [], "program": []}
+    program = sys.argv[0]
+    for _ in range(runs):
+        for key in random.sample(list(samples), len(samples)):
+            t0 = time.perf_counter()
+            if key == "reexec":
+                rc = reexec_core.command("reexec-true").run().returncode
+            elif key == "program":
+                rc = reexec_core.command("reexec-true", program=program).run().returncode
+            else:
+                rc = subprocess.run(plain).returncode
+            samples[key].append(time.perf_counter() - t0)
+            assert rc == 0, key
+    print(json.dumps({k: median_ms(v) for k, v in samples.items()}))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=40, help="runs per command (>= 30)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    opts = parser.parse_args()
+    if opts.runs < 30:
+        parser.error("--runs must be at least 30 (medians of >= 30 runs)")
+    work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    try:
+        nsapp, deps = build_nsapp(work)
+        hello = build_hello(work, "hello", deps)
+        bare = build_hello(work, "hello-bare", None)
+        minimal = build_hello(work, "minimal", deps, minimal=True)
+        env = _env(work / "shiv-root")
+        exe = sys.executable
+        startup = time_commands(
+            {
+                "nsapp": [exe, str(nsapp), "--version"],
+                "hello": [exe, str(hello)],
+                "bare": [exe, str(bare)],
+                "pass": [exe, "-I", "-S", "-c", "pass"],
+            },
+            env,
+            opts.runs,
+        )
+        rt = roundtrip(nsapp, env, opts.runs)
+        rt_min = roundtrip(minimal, env, opts.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    r_version = startup["nsapp"] / startup["hello"]
+    r_rt = rt["reexec"] / rt["plain"]
+    r_min = rt_min["reexec"] / rt_min["plain"]
+    print(f"Python {sys.version.split()[0]} ({exe}), {opts.runs} runs each, medians, warm\n")
+    print("| measurement | median ms | ratio |")
+    print("| --- | ---: | ---: |")
+    print(f"| `nsapp.pyz --version` | {startup['nsapp']:.1f} | {r_version:.2f}x hello pyz |")
+    print(f"| hello-world pyz, same deps and flags | {startup['hello']:.1f} | 1.00x |")
+    bare_ratio = startup["bare"] / startup["hello"]
+    print(f"| hello-world pyz, no deps | {startup['bare']:.1f} | {bare_ratio:.2f}x hello pyz |")
+    print(f"| `python -I -S -c pass` | {startup['pass']:.1f} | |")
+    print(f'| `command("reexec-true").run()` from nsapp.pyz | {rt["reexec"]:.1f} | {r_rt:.2f}x |')
+    print(f"| spawn `python -I -S -c pass` from nsapp.pyz | {rt['plain']:.1f} | 1.00x |")
+    print(
+        f'| `command("reexec-true").run()` from a minimal reexec app pyz '
+        f"| {rt_min['reexec']:.1f} | {r_min:.2f}x |"
+    )
+    print(f"| spawn `python -I -S -c pass` from that pyz | {rt_min['plain']:.1f} | 1.00x |")
+    r_prog = rt["program"] / rt["plain"]
+    print(
+        f'| `command("reexec-true", program=nsapp.pyz).run()` | {rt["program"]:.1f} '
+        f"| {r_prog:.2f}x |"
+    )
+    print()
+    ok1, ok2 = r_version <= GOAL_VERSION, r_rt <= GOAL_ROUNDTRIP
+    print(f"--version vs hello pyz: {r_version:.2f}x (goal <= {GOAL_VERSION}x: "
+          f"{'met' if ok1 else 'MISSED'})")  # fmt: skip
+    print(f"reexec round trip vs python -I -S -c pass: {r_rt:.2f}x from nsapp.pyz (goal <= "
+          f"{GOAL_ROUNDTRIP}x: {'met' if ok2 else 'MISSED'}), {r_min:.2f}x from the minimal app "
+          f"({'met' if r_min <= GOAL_ROUNDTRIP else 'MISSED'})")  # fmt: skip
+    if opts.json:
+        print(json.dumps({"startup_ms": startup, "roundtrip_ms": rt,
+                          "roundtrip_minimal_ms": rt_min, "ratio_version": r_version,
+                          "ratio_roundtrip": r_rt, "ratio_roundtrip_minimal": r_min}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
