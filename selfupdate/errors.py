@@ -1,0 +1,324 @@
+"""One exception tree for everything ``selfupdate`` can fail at.
+
+Every error derives from :class:`SelfUpdateError`; ``str(e)`` is one plain sentence that says
+what went wrong and what to do about it, so a CLI can print it as is. Leaves carry the data a
+caller needs (a URL, a role, a version) as attributes.
+
+Programming mistakes (wrong argument types, calls in the wrong order) are *not* in this tree:
+they stay ``TypeError`` / ``ValueError`` / ``RuntimeError``.
+
+This module imports nothing heavy (no ``tuf``, ``requests``, ``cryptography``): the install
+side and the app's start-up path import it. Transport errors that python-tuf's ``ngclient``
+must recognise (``DownloadError`` and its subclasses) are private subclasses of these leaves,
+defined next to the fetcher in :mod:`selfupdate._fetch`.
+
+Other helpers append install-side leaves at the end of this file.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ExpiredMetadataError",
+    "FetchError",
+    "HTTPStatusError",
+    "InconsistentMetadataError",
+    "KeysError",
+    "LengthExceededError",
+    "MalformedMetadataError",
+    "MetadataError",
+    "MissingFileError",
+    "PublishError",
+    "RedirectError",
+    "RepositoryStateError",
+    "RollbackError",
+    "SelfUpdateError",
+    "SignatureError",
+    "SlowRetrievalError",
+    "TargetError",
+    "TargetMismatchError",
+    "TruncatedError",
+    "UnreachableError",
+    "VersionNotNewerError",
+]
+
+
+class SelfUpdateError(Exception):
+    """Base of every failure of the environment ``selfupdate`` reports.
+
+    Args:
+        message: one sentence: what was wrong, and what to do.
+    """
+
+    def __init__(self, message: str) -> None:
+        # Exception.__init__ rather than super(): the fetcher's private leaves also derive
+        # from tuf's DownloadError, whose __init__ takes other arguments (cooperative MRO).
+        Exception.__init__(self, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration given by the caller or found on disk
+
+
+class ConfigError(SelfUpdateError):
+    """The client was given something unusable (a bad trusted root, an unsupported URL)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport
+
+
+class FetchError(SelfUpdateError):
+    """A file of the release repository could not be fetched.
+
+    Attributes:
+        url: what was being fetched.
+    """
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with an HTTP error status (404, 500, ...)."""
+
+    def __init__(self, url: str, status_code: int) -> None:
+        if status_code in (403, 404, 410):
+            todo = "check the repository URL and that the publisher uploaded the whole repository"
+        elif status_code >= 500:
+            todo = "the release server has a problem, try again later"
+        else:
+            todo = "check the repository URL and the server's configuration"
+        super().__init__(f"the release server answered HTTP {status_code} for {url}: {todo}", url)
+        self.status_code = status_code
+
+
+class MissingFileError(FetchError):
+    """A file of a local (``file://`` or directory) repository does not exist."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            f"the local release repository has no file {url}: "
+            "check the repository path and that it was copied completely",
+            url,
+        )
+
+
+class UnreachableError(FetchError):
+    """No connection to the release server (refused, DNS, TLS, proxy)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"could not reach the release server for {url} ({reason}): "
+            "check the network, the proxy settings and the repository URL",
+            url,
+        )
+        self.reason = reason
+
+
+class SlowRetrievalError(FetchError):
+    """The download was cut off because it was too slow (TUF's slow retrieval attack).
+
+    Attributes:
+        received: bytes received before the cut-off.
+        seconds: how long the download ran.
+    """
+
+    def __init__(self, url: str, why: str, received: int, seconds: float) -> None:
+        super().__init__(
+            f"the download of {url} was stopped after {seconds:.0f} s and {received} bytes "
+            f"because {why}: try again later or from another mirror",
+            url,
+        )
+        self.received = received
+        self.seconds = seconds
+
+
+class LengthExceededError(FetchError):
+    """The server sent more bytes than the signed length allows (endless data attack)."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(
+            f"the release repository sent more than the {limit} bytes allowed for {url}, so the "
+            "download was cut off: the server or a mirror is broken or malicious, report it to the "
+            "publisher",
+            url,
+        )
+        self.limit = limit
+
+
+class TruncatedError(FetchError):
+    """The connection ended before the whole file arrived."""
+
+    def __init__(self, url: str, received: int, expected: int | None) -> None:
+        of = f" of {expected}" if expected is not None else ""
+        super().__init__(
+            f"the download of {url} ended after {received}{of} bytes: try again",
+            url,
+        )
+        self.received = received
+        self.expected = expected
+
+
+class RedirectError(FetchError):
+    """The server redirected to another host, which the client does not follow."""
+
+    def __init__(self, url: str, location: str) -> None:
+        super().__init__(
+            f"the release server redirected {url} to another host ({location}), which is not "
+            "followed: configure the final repository URL instead",
+            url,
+        )
+        self.location = location
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust (TUF metadata)
+
+
+class MetadataError(SelfUpdateError):
+    """The repository's signed metadata cannot be trusted.
+
+    Attributes:
+        role: the TUF role concerned (``root``, ``timestamp``, ``snapshot``, ``targets``), or
+            ``""`` when unknown.
+    """
+
+    def __init__(self, message: str, role: str = "") -> None:
+        super().__init__(message)
+        self.role = role
+
+
+class ExpiredMetadataError(MetadataError):
+    """Signed metadata is past its expiry date (TUF's freeze attack, or a lazy publisher).
+
+    Attributes:
+        expires: the expiry date (ISO 8601, UTC), or ``""`` when unknown.
+    """
+
+    def __init__(self, role: str, expires: str = "") -> None:
+        when = f" on {expires}" if expires else ""
+        fix = (
+            "`selfupdate rotate --role root`"
+            if role == "root"
+            else "`selfupdate refresh`"
+            if role in ("timestamp", "snapshot")
+            else "`selfupdate publish` or `selfupdate rotate --role targets`"
+        )
+        super().__init__(
+            f"release metadata expired{when} ({role}.json): the publisher must run {fix}", role
+        )
+        self.expires = expires
+
+
+class RollbackError(MetadataError):
+    """The repository offers older metadata than this client already trusts."""
+
+    def __init__(self, role: str, detail: str) -> None:
+        super().__init__(
+            f"the release server offers an older {role}.json than this client already trusted "
+            f"({detail}), a rollback attack or a restored backup: report it to the publisher",
+            role,
+        )
+
+
+class SignatureError(MetadataError):
+    """Metadata is not signed by enough trusted keys (unknown key, or below threshold)."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__(
+            f"{role}.json is not signed by enough trusted keys, so it was rejected: the "
+            "repository was tampered with or the publisher signed it with the wrong keys",
+            role,
+        )
+
+
+class MalformedMetadataError(MetadataError):
+    """Metadata could not be parsed (not JSON, missing fields, wrong type)."""
+
+    def __init__(self, role: str, detail: str) -> None:
+        name = f"{role}.json" if role else "release metadata"
+        super().__init__(
+            f"{name} from the release server is malformed ({detail}): report it to the publisher",
+            role,
+        )
+
+
+class InconsistentMetadataError(MetadataError):
+    """Metadata files do not belong together (mix-and-match), or a file does not match the
+    length or hash that other signed metadata records for it."""
+
+    def __init__(self, role: str, detail: str) -> None:
+        super().__init__(
+            f"{role}.json does not match the rest of the signed release metadata ({detail}), "
+            "a mix-and-match attack or a half-uploaded repository: try again later and "
+            "report it to the publisher if it persists",
+            role,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets (release files)
+
+
+class TargetError(SelfUpdateError):
+    """A release file failed verification.
+
+    Attributes:
+        target_path: the TUF target path of the release.
+    """
+
+    def __init__(self, message: str, target_path: str) -> None:
+        super().__init__(message)
+        self.target_path = target_path
+
+
+class TargetMismatchError(TargetError):
+    """The downloaded release does not match its signed length or hash (tampering)."""
+
+    def __init__(self, target_path: str, detail: str) -> None:
+        super().__init__(
+            f"the downloaded release {target_path} does not match its signed metadata "
+            f"({detail}), so it was discarded: the server or a mirror is serving a tampered "
+            "file, report it to the publisher",
+            target_path,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Publisher
+
+
+class PublishError(SelfUpdateError):
+    """The publisher could not do what was asked; the repository is unchanged."""
+
+
+class KeysError(PublishError):
+    """The signing keys directory is missing, unsafe or incomplete."""
+
+
+class RepositoryStateError(PublishError):
+    """The repository directory is missing, incomplete or not what the command expects."""
+
+
+class VersionNotNewerError(PublishError):
+    """``publish`` was given a version that is not newer than the newest on its channel."""
+
+    def __init__(self, app: str, channel: str, version: str, newest: str) -> None:
+        super().__init__(
+            f"{app} {version} is not newer than {newest}, the newest release on channel "
+            f"{channel!r}: publish a higher version"
+        )
+        self.app = app
+        self.channel = channel
+        self.version = version
+        self.newest = newest
+
+
+# ---------------------------------------------------------------------------------------------
+# Install side (appended by other helpers below this line)
