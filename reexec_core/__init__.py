@@ -24,7 +24,7 @@ Example::
 """
 
 from reexec_core._child import Command, command, exec_into
-from reexec_core._registry import current_name, init, register
+from reexec_core._registry import current_name, init, is_registered, register
 from reexec_core._self import self_argv
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "current_name",
     "exec_into",
     "init",
+    "is_registered",
     "register",
     "self_argv",
 ]

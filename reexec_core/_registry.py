@@ -70,6 +70,21 @@ def registered() -> list[str]:
     return sorted(_entries)
 
 
+def is_registered(name: str) -> bool:
+    """Return whether an entry point is registered under ``name``.
+
+    Lets a program that registers entry points from several modules stop importing them
+    once the one it was started under is registered (see ``nsapp.cli``).
+
+    Args:
+        name: an entry point's name.
+
+    Returns:
+        True if :func:`register` was called with this name.
+    """
+    return name in _entries
+
+
 def set_pending(name: str, args: list[str]) -> None:
     """Remember the name and arguments the fast child was started with (see _child.boot)."""
     global _pending, _current
@@ -80,9 +95,19 @@ def set_pending(name: str, args: list[str]) -> None:
 def current_name() -> str | None:
     """Return the name this process was started under, or None for an ordinary start.
 
+    Known from the very start of the process, before :func:`init` dispatches, so a program
+    can tell a registered child from an ordinary start (e.g. to load only what it needs).
+
     Returns:
         The registered name (also while its entry point runs), or None.
     """
+    if _current is None and _pending is None:
+        import os
+
+        raw = os.environ.get(ENV_VAR)
+        if raw is not None:
+            parts = raw.split(":", 3)
+            return parts[3] if len(parts) == 4 and parts[3] else None
     return _current
 
 
