@@ -61,7 +61,11 @@ def _fast_argv(name: str, args: list[str], ppid: int, sig: int) -> list[str] | N
         sys.prefix,
         sys.exec_prefix,
     )
-    path = [p for p in sys.path if p != origin.drop]
+    import os
+
+    # Relative entries ('' or from a relative PYTHONPATH) mean "relative to the current
+    # directory" to the parent: pin them, the child may be started elsewhere (cwd=...).
+    path = [os.path.abspath(p) for p in sys.path if p != origin.drop]
     # ascii() keeps the code pure ASCII whatever the paths contain; literals round-trip.
     code = (
         f"import sys;sys.path[:]={ascii(path)};"
