@@ -89,9 +89,9 @@ MOUNT_ATTR_RDONLY = 0x1
 
 # Syscalls glibc 2.36 has no wrapper for (asm/unistd_64.h; generic table for arm64/riscv).
 _SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "pidfd_open": 434, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "pidfd_open": 434, "mount_setattr": 442},
-    "riscv64": {"pivot_root": 41, "pidfd_open": 434, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
+    "riscv64": {"pivot_root": 41, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
 }
 
 _EPERM, _ENOENT, _ENOSYS, _EINVAL, _ENOSPC, _EUSERS = 1, 2, 38, 22, 28, 87
@@ -374,6 +374,12 @@ class _CTypes:
             for name in ("unshare", "setns", "mount", "umount2", "sethostname")
         }
         self.syscall: Any = long_func(ct.dlsym(handle, "syscall"))
+        # socket/ioctl/close for bringing lo up: cheaper than importing _socket and fcntl
+        # in every setup process (~1 ms).
+        for name in ("socket", "ioctl", "close"):
+            self.int_funcs[name] = int_func(ct.dlsym(handle, name))
+        c_char = type("c_char", (simple,), {"_type_": "c"})
+        self.ifreq: Any = type("ifreq", (ct.Array,), {"_type_": c_char, "_length_": 40})
 
 
 _ct: _CTypes | None = None
@@ -390,6 +396,16 @@ def _c() -> _CTypes:
             )
         _ct = _CTypes()
     return _ct
+
+
+def preload() -> None:
+    """Load the libc entry points now (before forking), unless this Python has ``os.unshare``.
+
+    Raises:
+        NamespaceUnsupportedError: not Linux.
+    """
+    if not hasattr(os, "unshare"):
+        _c()
 
 
 def _check(rc: int, c: _CTypes) -> int:
@@ -443,6 +459,30 @@ def setns_raw(fd: int, nstype: int = 0) -> None:
     else:
         c = _c()
         _call("setns", c.c_int(fd), c.c_int(nstype))
+
+
+def clone3(flags: int) -> int:
+    """``clone3(2)`` like ``fork()``, the child created inside new namespaces at once.
+
+    The child gets a copy of this process (no ``CLONE_VM``, no new stack: it returns from this
+    call, with 0) and is, with ``CLONE_NEWPID``, PID 1 of the new PID namespace; clone3 also
+    takes ``CLONE_NEWTIME``, which ``clone(2)`` cannot. Only for a single-threaded caller, and
+    the child must end with ``os._exit`` or an exec: Python's own at-fork bookkeeping does not
+    run (it needs none with one thread), and ``os.fork`` would cost one more process to get
+    the same, the child of an ``unshare``.
+
+    Returns:
+        The child's pid in the parent; 0 in the child.
+
+    Raises:
+        OSError: the kernel refused (errno as for unshare; ENOSYS: no clone3 here).
+    """
+    import struct
+
+    # struct clone_args, CLONE_ARGS_SIZE_VER0: flags, pidfd, child_tid, parent_tid,
+    # exit_signal, stack, stack_size, tls. stack 0: the child runs on a copy of our stack.
+    args = struct.pack("=8Q", flags, 0, 0, 0, 17, 0, 0, 0)  # exit_signal SIGCHLD
+    return _syscall("clone3", args, len(args))
 
 
 def unshare(flags: int) -> None:
@@ -546,20 +586,19 @@ def set_loopback_up() -> None:
     Raises:
         OSError: the ioctl failed (for example without CAP_NET_ADMIN in the namespace).
     """
-    import _socket
-    import fcntl
-
+    c = _c()
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM, 0)
+    fd = _call("socket", c.c_int(2), c.c_int(2), c.c_int(0))  # AF_INET, SOCK_DGRAM
     try:
         # struct ifreq: 16 bytes of name, then a union whose first short is ifr_flags.
-        req = bytearray(b"lo".ljust(16, b"\0") + bytes(24))
-        fcntl.ioctl(sock.fileno(), siocgifflags, req)
-        flags = int.from_bytes(req[16:18], sys.byteorder) | iff_up
+        req = c.ifreq()
+        req[0], req[1] = b"l", b"o"
+        _call("ioctl", c.c_int(fd), c.c_ulong(siocgifflags), req)
+        flags = int.from_bytes(req.raw[16:18], sys.byteorder) | iff_up
         req[16:18] = flags.to_bytes(2, sys.byteorder)
-        fcntl.ioctl(sock.fileno(), siocsifflags, req)
+        _call("ioctl", c.c_int(fd), c.c_ulong(siocsifflags), req)
     finally:
-        sock.close()
+        _call("close", c.c_int(fd))
 
 
 def write_id_maps(

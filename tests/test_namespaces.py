@@ -579,19 +579,29 @@ def test_max_user_namespaces_zero_gives_the_sysctl_message(tmp_path: Path) -> No
 
 SECCOMP = """
 import ctypes, os, struct, sys
-# A seccomp filter like a container's default profile: unshare(CLONE_NEWUSER) -> EPERM.
+# A seccomp filter like a container's default profile.
 def ins(code, jt, jf, k):
     return struct.pack('HBBI', code, jt, jf, k)
+# Docker's profile does the same: clone3 -> ENOSYS (its flags sit in memory, out of the
+# filter's reach, so glibc falls back), unshare/clone with CLONE_NEWUSER -> EPERM.
 prog = b''.join([
-    ins(0x20, 0, 0, 4),                 # ld arch
-    ins(0x15, 0, 5, 0xc000003e),        # x86_64? else allow
-    ins(0x20, 0, 0, 0),                 # ld nr
-    ins(0x15, 0, 3, 272),               # unshare? else allow
-    ins(0x20, 0, 0, 16),                # ld args[0] (low half)
-    ins(0x45, 0, 1, 0x10000000),        # CLONE_NEWUSER set? else allow
-    ins(0x06, 0, 0, 0x00050000 | 1),    # ret ERRNO(EPERM)
-    ins(0x06, 0, 0, 0x7fff0000),        # ret ALLOW
+    ins(0x20, 0, 0, 4),                 # 0 ld arch
+    ins(0x15, 0, 6, 0xc000003e),        # 1 x86_64? else allow
+    ins(0x20, 0, 0, 0),                 # 2 ld nr
+    ins(0x15, 5, 0, 435),               # 3 clone3? -> ENOSYS
+    ins(0x15, 0, 3, 272),               # 4 unshare? else allow
+    ins(0x20, 0, 0, 16),                # 5 ld args[0] (low half)
+    ins(0x45, 0, 1, 0x10000000),        # 6 CLONE_NEWUSER set? else allow
+    ins(0x06, 0, 0, 0x00050000 | 1),    # 7 ret ERRNO(EPERM)
+    ins(0x06, 0, 0, 0x7fff0000),        # 8 ret ALLOW
+    ins(0x06, 0, 0, 0x00050000 | 38),   # 9 ret ERRNO(ENOSYS)
 ])
+if os.environ.pop("NS_TEST_ONLY_CLONE3", None):
+    # Only hide clone3: the runner must fall back to fork + unshare + fork and still work.
+    prog = b''.join([
+        ins(0x20, 0, 0, 4), ins(0x15, 0, 2, 0xc000003e), ins(0x20, 0, 0, 0),
+        ins(0x15, 1, 0, 435), ins(0x06, 0, 0, 0x7fff0000), ins(0x06, 0, 0, 0x00050000 | 38),
+    ])
 buf = ctypes.create_string_buffer(prog)
 fprog = struct.pack('HxxxxxxQ', len(prog) // 8, ctypes.addressof(buf))
 libc = ctypes.CDLL(None, use_errno=True)
@@ -604,10 +614,27 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _seccomp(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _seccomp(tmp_path: Path, *args: str, only_clone3: bool = False,
+             ) -> subprocess.CompletedProcess[str]:
     if os.uname().machine != "x86_64":
         pytest.skip("the test's seccomp filter is written for x86_64")
-    return script(tmp_path, SECCOMP, *args)
+    if only_clone3:
+        os.environ["NS_TEST_ONLY_CLONE3"] = "1"
+    try:
+        return script(tmp_path, SECCOMP, *args)
+    finally:
+        os.environ.pop("NS_TEST_ONLY_CLONE3", None)
+
+
+def test_without_clone3_the_fork_unshare_fork_path_does_the_same(tmp_path: Path) -> None:
+    """Docker's default seccomp profile hides clone3: PID 1, maps and hostname still right."""
+    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--hostname", "fb", "--", "sh", "-c",
+                    "echo $$; id -u; hostname; cat /proc/1/comm; exit 9", only_clone3=True)
+    assert done.returncode == 9, done.stderr
+    assert done.stdout.split() == ["2", "0", "fb", "ns-init"]
+    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--ns", "user,net", "--", "sh", "-c",
+                    "kill -TERM $$", only_clone3=True)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
 
 
 def test_seccomp_refusal_names_seccomp_and_named_namespace_is_never_dropped(

@@ -116,16 +116,59 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
         return 125
 
 
+def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
+    """The child of ``clone3``: already inside every new namespace (PID 1 with a PID one).
+
+    Gets its id maps (written by the runner, or its own single line), checks that the runner
+    is still there, sets the inside up, then execs the workload or, as PID 1, spawns and
+    supervises it. Returns the exit code to ``os._exit`` with.
+    """
+    try:
+        _prctl.set_pdeathsig(_SIGKILL)
+        if spec.flags & _linux.CLONE_NEWUSER:
+            if spec.parent_maps:
+                os.write(errfd, b"M")
+                if os.read(ackfd, 1) != b"\0":
+                    return 125  # the runner failed to write them, and raises the error
+            else:
+                try:
+                    _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
+                except OSError as e:
+                    raise _Failed(e.filename or "uid_map", e.errno or 0, 0, "") from e
+        # getppid() is 0 in a new PID namespace: the runner is the only writer of the ack
+        # pipe, so EOF there means it died before our parent-death signal was set.
+        os.set_blocking(ackfd, False)
+        try:
+            if os.read(ackfd, 1) == b"":
+                os._exit(128 + _SIGKILL)
+        except BlockingIOError:
+            pass
+        os.close(ackfd)
+        if spec.flags & _linux.CLONE_NEWPID:
+            _prctl.set_name("ns-init")
+        inner_setup(spec)
+        if not spec.needs_fork:
+            start_workload(spec, errfd, replace=True)
+        child = start_workload(spec, errfd, replace=False)
+        os.close(errfd)
+        return _init.supervise(child, reap_all=True)
+    except _Failed as f:
+        report(errfd, f)
+        return 125
+
+
 def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
     """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise."""
     _prctl.set_pdeathsig(_SIGKILL)
-    import select
-
     # getppid() is 0 here (the parent is outside our PID namespace): ask the pipe instead.
-    poller = select.poll()
-    poller.register(alive_r, select.POLLIN)
-    if poller.poll(0):
-        os._exit(128 + _SIGKILL)  # C1 is gone (the pipe's only writer closed)
+    # Its only writer is C1: EOF means C1 is gone, "would block" that it is alive.
+    os.set_blocking(alive_r, False)
+    try:
+        os.read(alive_r, 1)
+    except BlockingIOError:
+        pass
+    else:
+        os._exit(128 + _SIGKILL)
     os.close(alive_r)
     if spec.flags & _linux.CLONE_NEWPID:
         _prctl.set_name("ns-init")
@@ -216,23 +259,39 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         return _start_entry(spec, env, replace)
     assert spec.argv is not None
     argv = spec.argv
+    path = find_program(argv[0], env)
     if replace:
         for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)
         _init.restore(spec.sigmask)
         try:
-            os.execvpe(argv[0], argv, env)
+            os.execve(path, argv, env)
         except OSError as e:
             _init.block()
             raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
     try:
-        return os.posix_spawnp(
-            argv[0], argv, env,
+        return os.posix_spawn(
+            path, argv, env,
             setsigmask=spec.sigmask,
             setsigdef=(*_init.WAITSET, _SIGPIPE, _SIGXFSZ),
         )
     except OSError as e:
         raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+
+
+def find_program(name: str, env: dict[str, str]) -> str:
+    """Search ``PATH`` of ``env`` like execvp(3); return ``name`` itself when not found.
+
+    ``os.execvpe`` would do it, but ``os.get_exec_path`` imports ``warnings`` (~1 ms) in
+    every setup process.
+    """
+    if "/" in name:
+        return name
+    for entry in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(entry or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return name
 
 
 def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
