@@ -209,7 +209,10 @@ class Fetcher(FetcherInterface):
     def download_bytes(self, url: str, max_length: int) -> bytes:
         with self.download_file(url, max_length) as f:
             data = f.read()
+        self.last_metadata.pop(url, None)  # keep insertion order = fetch order
         self.last_metadata[url] = data
+        while len(self.last_metadata) > 32:
+            del self.last_metadata[next(iter(self.last_metadata))]
         return data
 
     # -- ours ---------------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class Fetcher(FetcherInterface):
                 also derive from ``tuf.api.exceptions.DownloadError``.
         """
         self.fetched_urls.append(url)
+        del self.fetched_urls[:-64]
         cfg = self.config
         try:
             if urllib.parse.urlsplit(url).scheme == "file":

@@ -18,6 +18,7 @@ Other helpers append install-side leaves at the end of this file.
 from __future__ import annotations
 
 __all__ = [
+    "CacheError",
     "ConfigError",
     "ExpiredMetadataError",
     "FetchError",
@@ -40,6 +41,7 @@ __all__ = [
     "TruncatedError",
     "UnreachableError",
     "VersionNotNewerError",
+    "WrongReleaseError",
 ]
 
 
@@ -288,6 +290,30 @@ class TargetMismatchError(TargetError):
             "file, report it to the publisher",
             target_path,
         )
+
+
+class WrongReleaseError(TargetError):
+    """The caller asked for a release this client must not install (not in the signed
+    metadata, another app or channel, or not newer than the running version)."""
+
+    def __init__(self, target_path: str, why: str) -> None:
+        super().__init__(
+            f"refusing to download {target_path} because {why}: "
+            "run the update check again and use the release it returns",
+            target_path,
+        )
+        self.why = why
+
+
+class CacheError(SelfUpdateError):
+    """The local metadata cache cannot be written (permissions, full disk)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"could not write the update metadata cache in {path} ({reason}): "
+            "check its permissions and free disk space",
+        )
+        self.path = path
 
 
 # ---------------------------------------------------------------------------------------------
