@@ -376,7 +376,7 @@ class _CTypes:
         self.syscall: Any = long_func(ct.dlsym(handle, "syscall"))
         # socket/ioctl/close for bringing lo up: cheaper than importing _socket and fcntl
         # in every setup process (~1 ms).
-        for name in ("socket", "ioctl", "close"):
+        for name in ("socket", "ioctl", "close", "prctl"):
             self.int_funcs[name] = int_func(ct.dlsym(handle, name))
         c_char = type("c_char", (simple,), {"_type_": "c"})
         self.ifreq: Any = type("ifreq", (ct.Array,), {"_type_": c_char, "_length_": 40})
@@ -578,6 +578,13 @@ def make_readonly(target: str) -> None:
         if st.f_flag & st_flag:
             keep |= ms_flag
     mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)
+
+
+def set_pdeathsig(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, sig)`` through the preloaded libc (see ``preload``)."""
+    c = _c()
+    zero = c.c_ulong(0)
+    _call("prctl", c.c_int(1), c.c_ulong(sig), zero, zero, zero)
 
 
 def set_loopback_up() -> None:

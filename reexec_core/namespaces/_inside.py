@@ -22,6 +22,7 @@ maps (ranges, or a root caller), answered by one byte on the *ack pipe*.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
+import gc
 import os
 import sys
 
@@ -59,7 +60,7 @@ def report(errfd: int, failure: _Failed) -> None:
 
 def die_with_parent(parent: int) -> None:
     """Get SIGKILL when the parent dies; exit now if it already has (Go's runtime does this)."""
-    _prctl.set_pdeathsig(_SIGKILL)
+    _linux.set_pdeathsig(_SIGKILL)
     if parent and os.getppid() != parent:
         os._exit(128 + _SIGKILL)
 
@@ -124,7 +125,10 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
     supervises it. Returns the exit code to ``os._exit`` with.
     """
     try:
-        _prctl.set_pdeathsig(_SIGKILL)
+        # Every page this copy of the interpreter writes is a copy-on-write fault: no
+        # collection may walk the whole heap in here.
+        gc.disable()
+        _linux.set_pdeathsig(_SIGKILL)
         if spec.flags & _linux.CLONE_NEWUSER:
             if spec.parent_maps:
                 os.write(errfd, b"M")
@@ -159,7 +163,7 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
 
 def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
     """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise."""
-    _prctl.set_pdeathsig(_SIGKILL)
+    _linux.set_pdeathsig(_SIGKILL)
     # getppid() is 0 here (the parent is outside our PID namespace): ask the pipe instead.
     # Its only writer is C1: EOF means C1 is gone, "would block" that it is alive.
     os.set_blocking(alive_r, False)
@@ -241,6 +245,21 @@ def _pivot(root: str) -> None:
     _step("pivot_root", root, os.chdir, "/")
 
 
+# (environment, resolved program path or None) worked out by the runner before it cloned:
+# work done before the clone costs no copy-on-write faults afterwards.
+_ready: tuple[dict[str, str], str | None] | None = None
+
+
+def prepare(spec: Spec) -> None:
+    """In the runner, before cloning: the workload's environment and program path."""
+    global _ready
+    env = dict(os.environ) if spec.env is None else dict(spec.env)
+    path = None
+    if spec.argv is not None and spec.root is None and spec.cwd is None:
+        path = find_program(spec.argv[0], env)
+    _ready = (env, path)
+
+
 def _prepare_exec(spec: Spec) -> dict[str, str]:
     if spec.cwd is not None:
         _step("chdir", spec.cwd, os.chdir, spec.cwd)
@@ -249,6 +268,8 @@ def _prepare_exec(spec: Spec) -> dict[str, str]:
             os.chdir(os.environ.get("PWD") or "/")
         except OSError:
             os.chdir("/")
+    if _ready is not None:
+        return _ready[0]
     return dict(os.environ) if spec.env is None else dict(spec.env)
 
 
@@ -259,7 +280,9 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         return _start_entry(spec, env, replace)
     assert spec.argv is not None
     argv = spec.argv
-    path = find_program(argv[0], env)
+    path = _ready[1] if _ready is not None and _ready[1] is not None else None
+    if path is None:
+        path = find_program(argv[0], env)
     if replace:
         for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)

@@ -78,6 +78,8 @@ def _execute(
     popen = None
     try:
         single = _single_threaded()
+        if single:
+            _inside.prepare(spec)
         child = _clone(spec, errr, errw, ackr, ackw, fds) if single else -1
         if child != -1:
             pass
@@ -121,6 +123,7 @@ def _execute(
             popen.returncode = status
         return status
     finally:
+        _inside._ready = None
         for fd in (errr, ackw):
             try:
                 os.close(fd)
