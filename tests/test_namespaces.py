@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import shutil
 import signal
 import socket
@@ -466,6 +467,48 @@ def test_shell_is_root_in_all_namespaces_with_the_prompt() -> None:
     assert done.returncode == 5, done.stderr
     assert done.stdout.split() == ["0", "2"]
     assert "-[ns-process]- # " in done.stderr
+
+
+def test_interactive_shell_on_a_terminal_keeps_job_control_and_exit_status() -> None:
+    """On a terminal the workload gets the foreground: Ctrl-C interrupts the command, not
+    the shell, and the shell's exit status arrives (it restores the terminal at exit)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child execs
+        os.environ.update(_env())
+        os.execv(sys.executable, [sys.executable, "-m", "nsapp", "shell"])
+    out = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 30
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                out += chunk
+
+    try:
+        read_until(b"-[ns-process]- # ")
+        os.write(fd, b"echo pid=$$ uid=$(id -u); sleep 60\n")
+        read_until(b"uid=0")
+        time.sleep(0.3)
+        os.write(fd, b"\x03")  # Ctrl-C: the terminal signals the foreground group
+        os.write(fd, b"echo still-here\n")
+        read_until(b"still-here\r\n")
+        os.write(fd, b"exit 4\n")
+        read_until(b"never")
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "pid=2 uid=0" in text
+    assert "still-here\r\n" in text
+    assert os.waitstatus_to_exitcode(status) == 4, text
 
 
 def test_command_not_found_is_127_with_one_sentence() -> None:

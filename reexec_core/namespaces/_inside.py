@@ -31,7 +31,7 @@ from reexec_core.namespaces import _init
 from reexec_core.namespaces._spec import Spec
 
 _SIGKILL = 9
-_SIGPIPE, _SIGXFSZ = 13, 25
+_SIGPIPE, _SIGXFSZ, _SIGTTOU = 13, 25, 22
 
 
 class _Failed(Exception):
@@ -284,6 +284,8 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
     if path is None:
         path = find_program(argv[0], env)
     if replace:
+        if spec.foreground:
+            take_foreground()
         for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)
         _init.restore(spec.sigmask)
@@ -292,6 +294,8 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         except OSError as e:
             _init.block()
             raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+    if spec.foreground:
+        return _fork_foreground(spec, path, argv, env)
     try:
         return os.posix_spawn(
             path, argv, env,
@@ -300,6 +304,45 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         )
     except OSError as e:
         raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+
+
+def take_foreground() -> None:
+    """Become a process group of our own and the terminal's foreground group (as tini -g).
+
+    Then the terminal's Ctrl-C, Ctrl-\\ and resizes reach the workload alone, and a shell
+    inside finds itself in the foreground (an interactive shell as the workload otherwise
+    fails to restore the terminal's group, which lies outside its PID namespace, at exit).
+    """
+    try:
+        os.setpgid(0, 0)
+        # From a background group tcsetpgrp(3) raises SIGTTOU unless it is blocked.
+        old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_SIGTTOU,))
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+    except OSError:
+        pass
+
+
+def _fork_foreground(spec: Spec, path: str, argv: list[str], env: dict[str, str]) -> int:
+    """Spawn the workload in the terminal's foreground: it must take it *before* its exec
+    (posix_spawn cannot), or a shell checking its terminal at start stops itself."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            take_foreground()
+            for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+                _signal.signal(sig, _signal.SIG_DFL)
+            _init.restore(spec.sigmask)
+            os.execve(path, argv, env)
+        except OSError as e:
+            msg = f"nsapp: cannot run {argv[0]}: {e.strerror}\n"
+            os.write(2, msg.encode(errors="replace"))
+            os._exit(127 if e.errno == 2 else 126)
+        finally:
+            os._exit(127)
+    return pid
 
 
 def find_program(name: str, env: dict[str, str]) -> str:
@@ -326,6 +369,8 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     os.environ.clear()
     os.environ.update(env)
     if replace:
+        if spec.foreground:
+            take_foreground()
         for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)
         _init.restore(spec.sigmask)
@@ -340,6 +385,8 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     os.environ.update(saved)
 
     def child_setup() -> None:
+        if spec.foreground:
+            take_foreground()
         _init.restore(spec.sigmask)
 
     try:

@@ -70,7 +70,8 @@ def _execute(
     _linux.preload()
     # A thread's mask and sigwaitinfo see process signals only when it is the only thread.
     forward = forward_signals and _single_threaded()
-    fg = _foreground()
+    fg = _foreground(fds[0])
+    spec.foreground = fg
     errr, errw = os.pipe2(os.O_CLOEXEC)
     ackr, ackw = os.pipe2(os.O_CLOEXEC)
     mask = _init.block()
@@ -131,7 +132,7 @@ def _execute(
                 pass
         _init.restore(mask)
         if fg:
-            _take_terminal_back()
+            _take_terminal_back(0 if fds[0] is None else fds[0])
 
 
 def _clone(
@@ -251,27 +252,27 @@ def _reap(child: int, popen: object) -> None:
         popen.returncode = -_SIGKILL  # type: ignore[attr-defined]
 
 
-def _foreground() -> bool:
-    """Is stdin a terminal whose foreground process group is ours?"""
+def _foreground(fd: int | None) -> bool:
+    """Is the workload's stdin a terminal whose foreground process group is ours?"""
     try:
-        return os.tcgetpgrp(0) == os.getpgrp()
+        return os.tcgetpgrp(0 if fd is None else fd) == os.getpgrp()
     except OSError:
         return False
 
 
-def _take_terminal_back() -> None:
-    """An interactive shell inside may have made itself the terminal's foreground: undo it."""
+def _take_terminal_back(fd: int = 0) -> None:
+    """The workload had the terminal's foreground (its own process group): take it back."""
     import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
 
     try:
-        if os.tcgetpgrp(0) == os.getpgrp():
+        if os.tcgetpgrp(fd) == os.getpgrp():
             return
     except OSError:
         return
     # tcsetpgrp from a background process group raises SIGTTOU unless it is blocked.
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (22,))  # SIGTTOU
     try:
-        os.tcsetpgrp(0, os.getpgrp())
+        os.tcsetpgrp(fd, os.getpgrp())
     except OSError:
         pass
     finally:

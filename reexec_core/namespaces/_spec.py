@@ -26,7 +26,7 @@ SIGCHLD = 17
 _FIELDS = (
     "flags", "auto", "argv", "entry", "uid_map", "gid_map", "parent_maps", "deny_setgroups",
     "use_newidmap", "hostname", "mounts", "root", "proc", "cwd", "env", "sigmask", "join",
-    "join_flags", "name",
+    "join_flags", "name", "foreground",
 )
 
 
@@ -54,6 +54,7 @@ class Spec:
     join: int  # pid to join (0: create new namespaces)
     join_flags: int
     name: str  # a short description for messages
+    foreground: bool  # stdin is our terminal, in the foreground: hand it to the workload
 
     def to_json(self) -> str:
         import json
@@ -254,6 +255,7 @@ def make_spec(
     spec.sigmask = []
     spec.join = 0
     spec.join_flags = 0
+    spec.foreground = False
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:
