@@ -58,25 +58,41 @@ from __future__ import annotations
 import os
 
 import reexec_core
-from reexec_core._linux import (
-    CommandError,
-    IdMapError,
-    JoinError,
-    MountError,
-    NamespaceError,
-    NamespaceLimitError,
-    NamespacePermissionError,
-    NamespaceSetupError,
-    NamespaceUnsupportedError,
-    ThreadedCallerError,
-)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Any
 
+    from reexec_core._linux import (
+        CommandError,
+        IdMapError,
+        JoinError,
+        MountError,
+        NamespaceError,
+        NamespaceLimitError,
+        NamespacePermissionError,
+        NamespaceSetupError,
+        NamespaceUnsupportedError,
+        ThreadedCallerError,
+    )
     from reexec_core.namespaces._runner import StdIO
+
+_ERRORS = frozenset({
+    "CommandError", "IdMapError", "JoinError", "MountError", "NamespaceError",
+    "NamespaceLimitError", "NamespacePermissionError", "NamespaceSetupError",
+    "NamespaceUnsupportedError", "ThreadedCallerError",
+})
+
+
+def __getattr__(name: str) -> Any:
+    # The exception classes live with the Linux calls (reexec_core._linux) and load on first
+    # use: importing this module must stay cheap, every start of an app that uses it pays.
+    if name in _ERRORS:
+        from reexec_core import _linux
+
+        return getattr(_linux, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CommandError",
@@ -259,7 +275,9 @@ def _pid_of(pidfd: int) -> int:
                 pid = int(line.split()[1])
                 if pid > 0:
                     return pid
-    raise JoinError(
+    from reexec_core import _linux
+
+    raise _linux.JoinError(
         f"cannot join: descriptor {pidfd} is not a pidfd of a running process",
         3,
         "join",
