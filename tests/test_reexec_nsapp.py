@@ -122,3 +122,15 @@ def test_release_config_embedded_by_build(build_pyz, tmp_path: Path) -> None:  #
         [sys.executable, str(pyz)], capture_output=True, text=True, env=env, timeout=120
     )
     assert repr((root, "http://127.0.0.1:8123/repo")) in proc.stderr
+
+
+def test_command_modules_import_nothing_heavy() -> None:
+    # Every registered child imports command modules before init() dispatches: the contract
+    # is that they import heavy libraries inside their handlers only.
+    code = "import nsapp.cli as c; c._load_commands()"
+    proc = _run("-X", "importtime", "-c", code, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    imported = _imported(proc.stderr)
+    assert set(__import__("nsapp.cli").cli.COMMAND_MODULES) <= imported
+    heavy = {n for n in imported if n.split(".")[0] in HEAVY}
+    assert not heavy, f"importing the command modules imported {sorted(heavy)}"
