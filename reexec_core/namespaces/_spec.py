@@ -214,9 +214,11 @@ def make_spec(
                 else:
                     idmap.append((1, start, count))
         self_only = umap == [(umap[0][0], uid, 1)] and gmap == [(gmap[0][0], gid, 1)]
-        # Root writes the maps from outside so setgroups(2) stays allowed inside; others
-        # write their own single line, or need newuidmap/newgidmap for anything more.
-        spec.parent_maps = uid == 0 or not self_only
+        # One line mapping our own ids: the child writes it itself (after "deny" in
+        # setgroups, as unshare -r does, root included: setgroups(2) could only pick
+        # unmapped groups anyway). Anything more is written from outside: by root directly,
+        # by others through the setuid newuidmap/newgidmap.
+        spec.parent_maps = not self_only
         spec.use_newidmap = spec.parent_maps and uid != 0
         spec.deny_setgroups = not spec.parent_maps
     else:
