@@ -209,10 +209,7 @@ def make_spec(
                         "subids",
                     )
                 start, count = found
-                if own == 0 and start == 1:
-                    idmap.append((1, 1, count))
-                else:
-                    idmap.append((1, start, count))
+                idmap.append((1, start, count))
         self_only = umap == [(umap[0][0], uid, 1)] and gmap == [(gmap[0][0], gid, 1)]
         # One line mapping our own ids: the child writes it itself (after "deny" in
         # setgroups, as unshare -r does, root included: setgroups(2) could only pick
