@@ -328,6 +328,7 @@ class Mode:
     cwd: Path
     build: str
     venv: Path | None = None
+    path: str | None = None  # PATH for the child (for a shebang's "env python3")
 
 
 MODES = [
@@ -338,6 +339,7 @@ MODES = [
     "pyz",
     "pyz-relative-after-chdir",
     "pyz-symlink",
+    "pyz-executable",
 ]
 
 
@@ -359,6 +361,14 @@ def _mode(app: App, mode: str) -> Mode:
         return Mode([exe, "rxapp.pyz"], app.pyz.parent, "pyz")
     if mode == "pyz-symlink":
         return Mode([exe, str(app.root / "links" / "linked.pyz")], app.root, "pyz")
+    if mode == "pyz-executable":
+        # ./app.pyz through its shebang "#!/usr/bin/env python3": put this interpreter's
+        # directory first on PATH (a venv's bin/ has python3) so env finds it.
+        bindir = os.path.dirname(exe)
+        if not os.access(os.path.join(bindir, "python3"), os.X_OK):
+            pytest.skip(f"no python3 beside {exe} for the pyz's shebang to find")
+        path = bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+        return Mode([str(app.pyz)], app.root, "pyz", path=path)
     raise AssertionError(mode)
 
 
@@ -380,6 +390,8 @@ def run(
     env = _env(**extra)
     if away is not None:
         env["RXAPP_CHDIR"] = str(away)
+    if mode.path is not None:
+        env["PATH"] = mode.path
     return subprocess.run(
         [*mode.argv, *args],
         cwd=mode.cwd,
