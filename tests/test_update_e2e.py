@@ -27,6 +27,7 @@ from typing import Any, cast
 import pytest
 
 PY = sys.executable
+REPO = Path(__file__).resolve().parent.parent
 V1, V2 = "1.0.0", "2.0.0"
 
 
@@ -65,7 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 def selfupdate_cli(*args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([PY, "-m", "selfupdate", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return proc
 
