@@ -85,6 +85,14 @@ def _build(
     import os
 
     if program is None:
+        if not _registry.init_called:
+            # The child re-runs this process's main; a main that never calls init() (a test
+            # runner such as pytest, a -c one-liner) would run again in full, not the entry.
+            raise RuntimeError(
+                "reexec_core.init() has not been called in this process, so starting this "
+                f"program again under {name!r} would run its main, not the entry point: call "
+                "reexec_core.init() first thing in main (under pytest, start a real program)"
+            )
         argv = _fast_argv(name, args, ppid, sig)
         if argv is not None:
             return argv, None
@@ -215,7 +223,9 @@ def command(
     Raises:
         ValueError: bad name or signal.
         TypeError: a non-str argument.
-        RuntimeError: this program cannot be started again (``python -c``, interactive).
+        RuntimeError: this program cannot be started again (``python -c``, interactive), or
+            (``program=None``) ``init()`` was never called in this process, so its main would
+            not dispatch.
     """
     return Command(name, list(args), program=program, pdeathsig=pdeathsig)
 

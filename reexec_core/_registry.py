@@ -21,6 +21,9 @@ _entries: dict[str, EntryPoint] = {}
 _pending: tuple[str, list[str]] | None = None
 # The name this process was started under, once known.
 _current: str | None = None
+# True once init() has been called in this process: command(program=None) re-runs this
+# program's main, which is only safe if that main calls init() (see _child._build).
+init_called = False
 # True once init() has started dispatching; _child.boot uses it to tell "main exited through
 # the entry point" from "main returned without ever calling init()".
 _dispatched = False
@@ -133,7 +136,8 @@ def init() -> bool:
     Raises:
         SystemExit: always, when this process was started under a name.
     """
-    global _pending
+    global _pending, init_called
+    init_called = True
     pending = _pending
     if pending is not None:
         _pending = None

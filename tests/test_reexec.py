@@ -711,6 +711,13 @@ def test_command_validates_arguments(tmp_path: Path) -> None:
         sys.argv = [sys.argv[1]]
         import __main__; __main__.__file__ = sys.argv[0]
         import reexec_core
+        try:
+            reexec_core.command("x")
+        except RuntimeError as e:
+            assert "init() has not been called" in str(e), e
+        else:
+            raise SystemExit("command() before init() was accepted")
+        assert reexec_core.init() is False
         for bad in [dict(pdeathsig=0), dict(pdeathsig=99), dict(pdeathsig="9")]:
             try:
                 reexec_core.command("x", **bad)
@@ -769,6 +776,7 @@ def test_main_that_never_calls_init_is_reported(tmp_path: Path) -> None:
             import reexec_core
             reexec_core.register("x", lambda: 0)
             if sys.argv[1:] == ["parent"]:
+                reexec_core.init()  # only in this branch: the child's main never calls it
                 sys.exit(reexec_core.command("x").run().returncode)
             print("main ran without init")
             """
