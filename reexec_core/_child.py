@@ -49,6 +49,8 @@ def _check_signal(sig: object) -> int:
 
 def _fast_argv(name: str, args: list[str], ppid: int, sig: int) -> list[str] | None:
     """Return the fast-child argv, or None when this program has no fast path."""
+    import os
+
     origin = _self.origin()
     if origin.kind == "argv":
         return None
@@ -61,8 +63,6 @@ def _fast_argv(name: str, args: list[str], ppid: int, sig: int) -> list[str] | N
         sys.prefix,
         sys.exec_prefix,
     )
-    import os
-
     # Relative entries ('' or from a relative PYTHONPATH) mean "relative to the current
     # directory" to the parent: pin them, the child may be started elsewhere (cwd=...).
     path = [os.path.abspath(p) for p in sys.path if p != origin.drop]
