@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 import requests
+import requests.adapters
 import urllib3.exceptions
+import urllib3.util
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
 
@@ -182,7 +184,18 @@ class Fetcher(FetcherInterface):
         progress: bool | None = None,
     ) -> None:
         self.config = config or FetchConfig()
-        self._session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # Retry only what is safe and cheap: failed connects, and a kept-alive connection
+            # the server closed just as it was reused (a "read" error before any response).
+            # Never statuses or redirects; body reads are outside urllib3's retries anyway.
+            retry = urllib3.util.Retry(
+                total=2, connect=2, read=1, status=0, redirect=0, backoff_factor=0.1
+            )
+            adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self._session = session
         self._session.headers["User-Agent"] = self.config.user_agent
         # The bytes verified are the bytes on the wire: no transparent decompression (and so
         # no decompression bomb behind a small Content-Length).

@@ -255,6 +255,16 @@ class UpdateClient:
     def _converting(self) -> Iterator[None]:
         try:
             yield
+        except errors.LengthExceededError as e:
+            # Snapshot and targets metadata have their length signed (in timestamp and
+            # snapshot): a longer file does not belong with the rest (mix-and-match). Root and
+            # timestamp only have configured caps: longer is endless data.
+            role = _last_role(self.fetcher)
+            if role in ("snapshot", "targets") and "/metadata/" in e.url:
+                raise errors.InconsistentMetadataError(
+                    role, f"longer than the {e.limit} bytes signed for it"
+                ) from e
+            raise
         except errors.SelfUpdateError:
             raise
         except tuf_exc.RepositoryError as e:
