@@ -330,7 +330,16 @@ def error_for(
             _ENOENT: "the source or mount point does not exist",
             _EPERM: "not permitted (a locked mount, or no mount namespace of our own)",
         }.get(errno, reason)
-        return MountError(f"cannot {operation} {detail}: {hint}", errno, operation)
+        verb = {
+            "private": "make the mounts below",
+            "bind": "bind-mount",
+            "ro-bind": "bind-mount",
+            "tmpfs": "mount a tmpfs on",
+            "proc": "mount a fresh proc on",
+            "pivot_root": "pivot_root into",
+        }.get(operation, operation)
+        text = f"cannot {verb} {detail}"
+        return MountError(f"{text}: {hint}" if errno else text, errno, operation)
     if operation in ("uid_map", "gid_map", "setgroups"):
         return IdMapError(f"cannot write the {operation} {detail}: {reason}", errno, operation)
     if operation == "exec":

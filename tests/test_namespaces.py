@@ -286,6 +286,8 @@ def test_ro_bind_is_read_only_and_bind_is_writable(tmp_path: Path) -> None:
     src.mkdir()
     (src / "data").write_text("hello\n")
     ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
     done = nsapp(
         "run", "--ro-bind", f"{src}:{ro}", "--bind", f"{src}:{rw}", "--", "sh", "-c",
         f"cat {ro}/data; touch {ro}/x 2>/dev/null && echo ro-writable; "
@@ -294,6 +296,16 @@ def test_ro_bind_is_read_only_and_bind_is_writable(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["hello", "rw-ok"]
     assert (src / "y").exists() and not (src / "x").exists()
+
+
+def test_missing_mount_point_is_an_error_and_nothing_is_made_on_the_host(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "no" / "such"
+    done = nsapp("run", "--tmpfs", str(target), "--", "true")
+    assert done.returncode == 125
+    assert "mount point does not exist" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_new_root_with_pivot_root(tmp_path: Path) -> None:

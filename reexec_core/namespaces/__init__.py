@@ -78,11 +78,20 @@ if TYPE_CHECKING:
     )
     from reexec_core.namespaces._runner import StdIO
 
-_ERRORS = frozenset({
-    "CommandError", "IdMapError", "JoinError", "MountError", "NamespaceError",
-    "NamespaceLimitError", "NamespacePermissionError", "NamespaceSetupError",
-    "NamespaceUnsupportedError", "ThreadedCallerError",
-})
+_ERRORS = frozenset(
+    {
+        "CommandError",
+        "IdMapError",
+        "JoinError",
+        "MountError",
+        "NamespaceError",
+        "NamespaceLimitError",
+        "NamespacePermissionError",
+        "NamespaceSetupError",
+        "NamespaceUnsupportedError",
+        "ThreadedCallerError",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -93,6 +102,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_linux, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CommandError",

@@ -194,41 +194,71 @@ def inner_setup(spec: Spec) -> None:
         # Private propagation first: nothing we mount may leak back to the host.
         _step("private", "/", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
         prefix = spec.root or ""
+        if spec.root and not os.path.isdir(spec.root):
+            raise _Failed("pivot_root", 0, 0, f"{spec.root}: it is not a directory")
         for kind, src, dst in spec.mounts:
             target = prefix + dst
             if kind == "tmpfs":
-                _ensure_dir(target, kind)
+                _ensure_dir(target, kind, bool(spec.root))
                 _step(
-                    "tmpfs", target, _linux.mount, "tmpfs", target, "tmpfs",
-                    _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755",
+                    "tmpfs",
+                    target,
+                    _linux.mount,
+                    "tmpfs",
+                    target,
+                    "tmpfs",
+                    _linux.MS_NOSUID | _linux.MS_NODEV,
+                    "mode=0755",
                 )
                 continue
-            _ensure_target(src, target, kind)
-            _step(kind, f"{src} on {target}", _linux.mount, src, target, None,
-                  _linux.MS_BIND | _linux.MS_REC)
+            _ensure_target(src, target, kind, bool(spec.root))
+            _step(
+                kind,
+                f"{src} on {target}",
+                _linux.mount,
+                src,
+                target,
+                None,
+                _linux.MS_BIND | _linux.MS_REC,
+            )
             if kind == "ro-bind":
                 _step(kind, f"{src} on {target} read-only", _linux.make_readonly, target)
         if spec.proc:
             # Before pivot_root: the kernel lets a user namespace mount proc only while a
             # fully visible proc is in the mount namespace (mnt_too_revealing), as bwrap does.
-            _ensure_dir(prefix + "/proc", "proc")
+            _ensure_dir(prefix + "/proc", "proc", bool(spec.root))
             _step(
-                "proc", prefix + "/proc", _linux.mount, "proc", prefix + "/proc", "proc",
+                "proc",
+                prefix + "/proc",
+                _linux.mount,
+                "proc",
+                prefix + "/proc",
+                "proc",
                 _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
             )
         if spec.root:
             _pivot(spec.root)
 
 
-def _ensure_dir(target: str, kind: str) -> None:
-    if not os.path.isdir(target):
-        _step(kind, f"{target} (creating the mount point)", os.makedirs, target)
+def _ensure_dir(target: str, kind: str, create: bool) -> None:
+    """A mount point must exist; under a new root (``create``) we make it, as bwrap does.
+
+    Without a new root the mount point would be made on the host's own filesystem, which
+    outlives the namespace: refuse instead.
+    """
+    if os.path.isdir(target):
+        return
+    if not create:
+        raise _Failed(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
+    _step(kind, f"{target} (creating the mount point)", os.makedirs, target)
 
 
-def _ensure_target(src: str, target: str, kind: str) -> None:
+def _ensure_target(src: str, target: str, kind: str, create: bool) -> None:
     if os.path.isdir(src) or not os.path.exists(src):
-        _ensure_dir(target, kind)
+        _ensure_dir(target, kind, create)
     elif not os.path.exists(target):
+        if not create:
+            raise _Failed(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
@@ -298,7 +328,9 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         return _fork_foreground(spec, path, argv, env)
     try:
         return os.posix_spawn(
-            path, argv, env,
+            path,
+            argv,
+            env,
             setsigmask=spec.sigmask,
             setsigdef=(*_init.WAITSET, _SIGPIPE, _SIGXFSZ),
         )

@@ -62,9 +62,7 @@ def execute(
         raise
 
 
-def _execute(
-    spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool
-) -> int:
+def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool) -> int:
     fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
     # Load libc's entry points once, here: every forked setup process inherits them.
     _linux.preload()
@@ -104,7 +102,10 @@ def _execute(
 
             cmd = reexec_core.command(ENTRY, spec.to_json(), str(errw), str(ackr))
             popen = cmd.popen(
-                pass_fds=(errw, ackr), stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                pass_fds=(errw, ackr),
+                stdin=fds[0],
+                stdout=fds[1],
+                stderr=fds[2],
                 close_fds=True,
             )
             child = popen.pid
@@ -135,9 +136,7 @@ def _execute(
             _take_terminal_back(0 if fds[0] is None else fds[0])
 
 
-def _clone(
-    spec: Spec, errr: int, errw: int, ackr: int, ackw: int, fds: list[int | None]
-) -> int:
+def _clone(spec: Spec, errr: int, errw: int, ackr: int, ackw: int, fds: list[int | None]) -> int:
     """Start the namespace's first process with clone3; -1 when this kernel has no clone3.
 
     One process fewer than fork + unshare + fork (each Python fork costs ~1 ms of copied page
@@ -217,8 +216,11 @@ def _write_maps(spec: Spec, pid: int) -> None:
             )
         args = [str(x) for entry in idmap for x in entry]
         done = subprocess.run(
-            [path, str(pid), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, check=False,
+            [path, str(pid), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"

@@ -24,9 +24,26 @@ FORWARDED = (1, 2, 3, 10, 12, 15, 28)  # HUP INT QUIT USR1 USR2 TERM WINCH
 SIGCHLD = 17
 
 _FIELDS = (
-    "flags", "auto", "argv", "entry", "uid_map", "gid_map", "parent_maps", "deny_setgroups",
-    "use_newidmap", "hostname", "mounts", "root", "proc", "cwd", "env", "sigmask", "join",
-    "join_flags", "name", "foreground",
+    "flags",
+    "auto",
+    "argv",
+    "entry",
+    "uid_map",
+    "gid_map",
+    "parent_maps",
+    "deny_setgroups",
+    "use_newidmap",
+    "hostname",
+    "mounts",
+    "root",
+    "proc",
+    "cwd",
+    "env",
+    "sigmask",
+    "join",
+    "join_flags",
+    "name",
+    "foreground",
 )
 
 
