@@ -47,7 +47,9 @@ def spawn_timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
     def once() -> float:
         t0 = time.perf_counter()
         pid = os.posix_spawn(
-            argv[0], argv, env,
+            argv[0],
+            argv,
+            env,
             file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)],
         )
         _, status = os.waitpid(pid, 0)
@@ -103,7 +105,9 @@ def find_app(args: argparse.Namespace, tmp: Path) -> tuple[list[str], str]:
         env = dict(os.environ, PYTHON=sys.executable)
         done = subprocess.run(
             ["bash", str(REPO / "build.sh"), "--out", str(out)],
-            env=env, capture_output=True, text=True,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if done.returncode == 0 and out.exists():
             return [sys.executable, str(out)], "pyz built now by ./build.sh"
@@ -130,8 +134,10 @@ def main() -> int:
         env["SHIV_ROOT"] = str(tmp / "shiv")
         env["PYTHONPATH"] = str(REPO)
         app, how = find_app(args, tmp)
-        print(f"python: {sys.executable} ({sys.version.split()[0]}); uid {os.geteuid()}; "
-              f"kernel {os.uname().release}; app: {how}")
+        print(
+            f"python: {sys.executable} ({sys.version.split()[0]}); uid {os.geteuid()}; "
+            f"kernel {os.uname().release}; app: {how}"
+        )
         unshare = shutil.which("unshare")
         bwrap = shutil.which("bwrap")
 
@@ -139,15 +145,29 @@ def main() -> int:
             "nsapp --version": spawn_timer([*app, "--version"], env),
             "nsapp run -- true  (all 8 namespaces)": spawn_timer([*app, "run", "--", "true"], env),
             "nsapp run --ns user,pid,mount,net,uts,ipc -- true": spawn_timer(
-                [*app, "run", "--ns", "user,pid,mount,net,uts,ipc", "--", "true"], env),
+                [*app, "run", "--ns", "user,pid,mount,net,uts,ipc", "--", "true"], env
+            ),
         }
         if unshare:
             cli["unshare -Urnpfmiu --mount-proc true"] = spawn_timer(
-                [unshare, "-Urnpfmiu", "--mount-proc", "true"], env)
+                [unshare, "-Urnpfmiu", "--mount-proc", "true"], env
+            )
         if bwrap:
             cli["bwrap --unshare-all --ro-bind / / --proc ... true"] = spawn_timer(
-                [bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc",
-                 "--dev", "/dev", "true"], env)
+                [
+                    bwrap,
+                    "--unshare-all",
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "true",
+                ],
+                env,
+            )
         else:
             print("(bwrap not installed: apt-get install bubblewrap)")
         m1 = table("cold start, as from a shell:", measure(cli, args.runs))
@@ -157,7 +177,8 @@ def main() -> int:
         api: dict[str, Callable[[], float]] = {
             API_ALL: call_timer(lambda: namespaces.run(["true"])),
             API_SIX: call_timer(
-                lambda: namespaces.run(["true"], namespaces="user,pid,mount,net,uts,ipc")),
+                lambda: namespaces.run(["true"], namespaces="user,pid,mount,net,uts,ipc")
+            ),
         }
         if unshare:
             api[API_UNSHARE] = call_timer(
@@ -167,16 +188,21 @@ def main() -> int:
 
         print("\nratios (goal):")
         v = m1["nsapp --version"]
-        print(f"  nsapp run -- true / nsapp --version            "
-              f"{m1['nsapp run -- true  (all 8 namespaces)'] / v:5.2f}x  (<= 1.30)")
-        print(f"  nsapp run --ns <unshare's six> / --version     "
-              f"{m1['nsapp run --ns user,pid,mount,net,uts,ipc -- true'] / v:5.2f}x")
+        print(
+            f"  nsapp run -- true / nsapp --version            "
+            f"{m1['nsapp run -- true  (all 8 namespaces)'] / v:5.2f}x  (<= 1.30)"
+        )
+        print(
+            f"  nsapp run --ns <unshare's six> / --version     "
+            f"{m1['nsapp run --ns user,pid,mount,net,uts,ipc -- true'] / v:5.2f}x"
+        )
         if unshare:
             u = m2[API_UNSHARE]
-            print(f"  namespaces.run (all 8) / subprocess unshare    "
-                  f"{m2[API_ALL] / u:5.2f}x  (<= 1.0)")
-            print(f"  namespaces.run (same six) / subprocess unshare "
-                  f"{m2[API_SIX] / u:5.2f}x")
+            print(
+                f"  namespaces.run (all 8) / subprocess unshare    "
+                f"{m2[API_ALL] / u:5.2f}x  (<= 1.0)"
+            )
+            print(f"  namespaces.run (same six) / subprocess unshare {m2[API_SIX] / u:5.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

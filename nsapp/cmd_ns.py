@@ -191,19 +191,32 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hostname", metavar="NAME", help="hostname inside the UTS namespace")
     p.add_argument(
-        "--bind", metavar="SRC:DST", dest="mounts", action="append", type=_mount("bind"),
+        "--bind",
+        metavar="SRC:DST",
+        dest="mounts",
+        action="append",
+        type=_mount("bind"),
         help="bind-mount SRC on DST inside (repeatable; applied in order)",
     )
     p.add_argument(
-        "--ro-bind", metavar="SRC:DST", dest="mounts", action="append", type=_mount("ro-bind"),
+        "--ro-bind",
+        metavar="SRC:DST",
+        dest="mounts",
+        action="append",
+        type=_mount("ro-bind"),
         help="bind-mount SRC on DST read-only (recursively)",
     )
     p.add_argument(
-        "--tmpfs", metavar="DST", dest="mounts", action="append", type=_mount("tmpfs"),
+        "--tmpfs",
+        metavar="DST",
+        dest="mounts",
+        action="append",
+        type=_mount("tmpfs"),
         help="mount an empty tmpfs on DST inside",
     )
     p.add_argument(
-        "--root", metavar="DIR",
+        "--root",
+        metavar="DIR",
         help="make DIR the root inside (pivot_root); mount targets lie under it",
     )
 

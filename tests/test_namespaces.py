@@ -64,8 +64,13 @@ def nsapp_popen(*args: str, **kw: object) -> subprocess.Popen[str]:
     return proc
 
 
-def script(tmp_path: Path, code: str, *args: str, python: str | None = None,
-           prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def script(
+    tmp_path: Path,
+    code: str,
+    *args: str,
+    python: str | None = None,
+    prefix: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a Python script (a file, so it can start itself again) using the API."""
     path = tmp_path / f"s{uuid.uuid4().hex[:8]}.py"
     path.write_text(textwrap.dedent(code))
@@ -94,10 +99,16 @@ def public_dir() -> Iterator[Path]:
 def _probe() -> str | None:
     """Return why user namespaces cannot be used here, or None when they can."""
     done = subprocess.run(
-        [sys.executable, "-c",
-         "from reexec_core import namespaces as n; "
-         "raise SystemExit(n.run(['true'], namespaces='user,pid,mount,net,uts,ipc'))"],
-        capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
+        [
+            sys.executable,
+            "-c",
+            "from reexec_core import namespaces as n; "
+            "raise SystemExit(n.run(['true'], namespaces='user,pid,mount,net,uts,ipc'))",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
     )
     if done.returncode != 0:
         return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "unknown"
@@ -194,8 +205,7 @@ def test_map_root_inside_and_the_map_outside() -> None:
 
 def test_map_current_keeps_our_ids_inside() -> None:
     uid, gid = os.geteuid(), os.getegid()
-    done = nsapp("run", "--map-current", "--", "sh", "-c",
-                 "id -u; id -g; cat /proc/self/uid_map")
+    done = nsapp("run", "--map-current", "--", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
     assert done.returncode == 0, done.stderr
     out = done.stdout.split()
     assert out[:2] == [str(uid), str(gid)]
@@ -231,7 +241,11 @@ def test_full_subid_ranges_through_newuidmap(public_dir: Path) -> None:
     )
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
-        capture_output=True, text=True, env=_env(), timeout=TIMEOUT, cwd="/",
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+        cwd="/",
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout.split()
@@ -246,8 +260,9 @@ def test_full_subid_ranges_through_newuidmap(public_dir: Path) -> None:
 
 def test_hostname_changes_stay_inside() -> None:
     before = socket.gethostname()
-    done = nsapp("run", "--hostname", "box", "--", "sh", "-c",
-                 "hostname; hostname changed-inside; hostname")
+    done = nsapp(
+        "run", "--hostname", "box", "--", "sh", "-c", "hostname; hostname changed-inside; hostname"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["box", "changed-inside"]
     assert socket.gethostname() == before
@@ -273,8 +288,15 @@ def test_only_lo_and_it_is_up() -> None:
 def test_tmpfs_inside_is_invisible_outside(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    done = nsapp("run", "--tmpfs", str(mnt), "--", "sh", "-c",
-                 f"echo secret > {mnt}/f && cat {mnt}/f && grep -c ' {mnt} ' /proc/self/mountinfo")
+    done = nsapp(
+        "run",
+        "--tmpfs",
+        str(mnt),
+        "--",
+        "sh",
+        "-c",
+        f"echo secret > {mnt}/f && cat {mnt}/f && grep -c ' {mnt} ' /proc/self/mountinfo",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["secret", "1"]
     assert list(mnt.iterdir()) == []
@@ -289,9 +311,15 @@ def test_ro_bind_is_read_only_and_bind_is_writable(tmp_path: Path) -> None:
     ro.mkdir()
     rw.mkdir()
     done = nsapp(
-        "run", "--ro-bind", f"{src}:{ro}", "--bind", f"{src}:{rw}", "--", "sh", "-c",
-        f"cat {ro}/data; touch {ro}/x 2>/dev/null && echo ro-writable; "
-        f"touch {rw}/y && echo rw-ok",
+        "run",
+        "--ro-bind",
+        f"{src}:{ro}",
+        "--bind",
+        f"{src}:{rw}",
+        "--",
+        "sh",
+        "-c",
+        f"cat {ro}/data; touch {ro}/x 2>/dev/null && echo ro-writable; touch {rw}/y && echo rw-ok",
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["hello", "rw-ok"]
@@ -315,8 +343,17 @@ def test_new_root_with_pivot_root(tmp_path: Path) -> None:
         target = Path("/") / name
         if target.is_symlink():
             (root / name).symlink_to(os.readlink(target))
-    done = nsapp("run", "--root", str(root), "--ro-bind", "/usr:/usr", "--", "/bin/sh", "-c",
-                 "ls /; cat /proc/1/comm")
+    done = nsapp(
+        "run",
+        "--root",
+        str(root),
+        "--ro-bind",
+        "/usr:/usr",
+        "--",
+        "/bin/sh",
+        "-c",
+        "ls /; cat /proc/1/comm",
+    )
     assert done.returncode == 0, done.stderr
     listing = done.stdout.split()
     assert listing[-1] == "ns-init"
@@ -330,9 +367,14 @@ def test_ipc_objects_do_not_cross() -> None:
     made = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True)
     shmid = made.stdout.split()[-1]
     try:
-        done = nsapp("run", "--", "sh", "-c",
-                     "cat /proc/sysvipc/shm | wc -l; ipcmk -M 4096 >/dev/null; "
-                     "cat /proc/sysvipc/shm | wc -l")
+        done = nsapp(
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/sysvipc/shm | wc -l; ipcmk -M 4096 >/dev/null; "
+            "cat /proc/sysvipc/shm | wc -l",
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["1", "2"]  # header only, then our own segment
         outside = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
@@ -348,7 +390,9 @@ def test_ipc_objects_do_not_cross() -> None:
 
 
 def test_every_exit_status_and_signal_death_arrives(tmp_path: Path) -> None:
-    done = script(tmp_path, """
+    done = script(
+        tmp_path,
+        """
         from reexec_core import namespaces as n
         got = [n.run(["sh", "-c", f"exit {i}"], namespaces="user,pid,mount")
                for i in range(256)]
@@ -356,7 +400,8 @@ def test_every_exit_status_and_signal_death_arrives(tmp_path: Path) -> None:
         died = [n.run(["sh", "-c", f"kill -{s} $$"], namespaces="user,pid,mount") for s in sigs]
         nopid = [n.run(["sh", "-c", f"kill -{s} $$"], namespaces="user,net") for s in sigs]
         print(got == list(range(256)), died, nopid)
-    """)
+    """,
+    )
     assert done.returncode == 0, done.stderr
     expected = [128 + s for s in (1, 2, 3, 6, 9, 10, 12, 13, 14, 15)]
     assert done.stdout.strip() == f"True {expected} {expected}"
@@ -452,9 +497,20 @@ def test_terminal_passes_through() -> None:
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nsapp", "run", "--", "sh", "-c",
-             "test -t 0 && test -t 1 && echo tty-ok"],
-            stdin=slave, stdout=slave, stderr=slave, env=_env(),
+            [
+                sys.executable,
+                "-m",
+                "nsapp",
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "test -t 0 && test -t 1 && echo tty-ok",
+            ],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=_env(),
         )
         os.close(slave)
         assert proc.wait(timeout=TIMEOUT) == 0
@@ -581,8 +637,9 @@ def test_join_sees_the_hostname_and_the_mounts(tmp_path: Path) -> None:
     mnt.mkdir()
     token = uuid.uuid4().hex
     code = f"open('{mnt}/marker','w').write('inside-tmpfs\\n'); " + SLEEPER
-    proc = nsapp_popen("run", "--hostname", "joinme", "--tmpfs", str(mnt), "--",
-                       sys.executable, "-c", code, token)
+    proc = nsapp_popen(
+        "run", "--hostname", "joinme", "--tmpfs", str(mnt), "--", sys.executable, "-c", code, token
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -612,8 +669,13 @@ def test_max_user_namespaces_zero_gives_the_sysctl_message(tmp_path: Path) -> No
         "echo 0 > /proc/sys/user/max_user_namespaces && "
         f"exec {sys.executable} -m nsapp run --ns user,pid -- true"
     )
-    done = subprocess.run(["unshare", "-Ur", "sh", "-c", inner], capture_output=True,
-                          text=True, env=_env(), timeout=TIMEOUT)
+    done = subprocess.run(
+        ["unshare", "-Ur", "sh", "-c", inner],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+    )
     if "unshare failed" in done.stderr or "unshare:" in done.stderr:
         pytest.skip(f"unshare(1) cannot nest a user namespace here: {done.stderr.strip()}")
     assert done.returncode == 125
@@ -625,10 +687,20 @@ def test_max_user_namespaces_zero_gives_the_sysctl_message(tmp_path: Path) -> No
         "try:\n n.run(['true'], namespaces='user')\n"
         "except n.NamespaceLimitError as e:\n print('limit', e.errno)\n"
     )
-    done = subprocess.run(["unshare", "-Ur", "sh", "-c",
-                           f"echo 0 > /proc/sys/user/max_user_namespaces && "
-                           f"exec {sys.executable} -c \"$0\"", api],
-                          capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-Ur",
+            "sh",
+            "-c",
+            f'echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -c "$0"',
+            api,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+    )
     assert done.stdout.split() == ["limit", "28"], done.stderr
 
 
@@ -669,8 +741,11 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _seccomp(tmp_path: Path, *args: str, only_clone3: bool = False,
-             ) -> subprocess.CompletedProcess[str]:
+def _seccomp(
+    tmp_path: Path,
+    *args: str,
+    only_clone3: bool = False,
+) -> subprocess.CompletedProcess[str]:
     if os.uname().machine != "x86_64":
         pytest.skip("the test's seccomp filter is written for x86_64")
     if only_clone3:
@@ -683,12 +758,34 @@ def _seccomp(tmp_path: Path, *args: str, only_clone3: bool = False,
 
 def test_without_clone3_the_fork_unshare_fork_path_does_the_same(tmp_path: Path) -> None:
     """Docker's default seccomp profile hides clone3: PID 1, maps and hostname still right."""
-    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--hostname", "fb", "--", "sh", "-c",
-                    "echo $$; id -u; hostname; cat /proc/1/comm; exit 9", only_clone3=True)
+    done = _seccomp(
+        tmp_path,
+        "-m",
+        "nsapp",
+        "run",
+        "--hostname",
+        "fb",
+        "--",
+        "sh",
+        "-c",
+        "echo $$; id -u; hostname; cat /proc/1/comm; exit 9",
+        only_clone3=True,
+    )
     assert done.returncode == 9, done.stderr
     assert done.stdout.split() == ["2", "0", "fb", "ns-init"]
-    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--ns", "user,net", "--", "sh", "-c",
-                    "kill -TERM $$", only_clone3=True)
+    done = _seccomp(
+        tmp_path,
+        "-m",
+        "nsapp",
+        "run",
+        "--ns",
+        "user,net",
+        "--",
+        "sh",
+        "-c",
+        "kill -TERM $$",
+        only_clone3=True,
+    )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
 
 
@@ -703,8 +800,9 @@ def test_seccomp_refusal_names_seccomp_and_named_namespace_is_never_dropped(
 
 def test_default_namespaces_are_all_the_caller_can_create(tmp_path: Path) -> None:
     """With user namespaces blocked, root still gets the others; anyone else gets the error."""
-    done = _seccomp(tmp_path, "-m", "nsapp", "run", "--", "sh", "-c",
-                    "echo $$; id -u; cat /proc/self/uid_map")
+    done = _seccomp(
+        tmp_path, "-m", "nsapp", "run", "--", "sh", "-c", "echo $$; id -u; cat /proc/self/uid_map"
+    )
     if ROOT:
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["2", "0", "0", "0", "4294967295"]
@@ -714,7 +812,8 @@ def test_default_namespaces_are_all_the_caller_can_create(tmp_path: Path) -> Non
 
 
 def test_without_user_namespace_an_unprivileged_caller_is_told_about_cap_sys_admin(
-    tmp_path: Path, public_dir: Path,
+    tmp_path: Path,
+    public_dir: Path,
 ) -> None:
     code = """
         from reexec_core import namespaces as n
@@ -726,16 +825,21 @@ def test_without_user_namespace_an_unprivileged_caller_is_told_about_cap_sys_adm
     if ROOT:
         if not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists():
             pytest.skip("needs /usr/bin/python3 and setpriv to drop to an unprivileged user")
-        done = script(public_dir, code, python="/usr/bin/python3",
-                      prefix=["setpriv", "--reuid", "65534", "--regid", "65534",
-                              "--clear-groups"])
+        done = script(
+            public_dir,
+            code,
+            python="/usr/bin/python3",
+            prefix=["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"],
+        )
     else:
         done = script(tmp_path, code)
     assert "CAP_SYS_ADMIN" in done.stdout and "add 'user'" in done.stdout, done.stderr
 
 
 def test_threaded_caller_unsharing_itself_gets_the_einval_message(tmp_path: Path) -> None:
-    done = script(tmp_path, """
+    done = script(
+        tmp_path,
+        """
         import threading, time
         from reexec_core import namespaces as n
         threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
@@ -743,14 +847,23 @@ def test_threaded_caller_unsharing_itself_gets_the_einval_message(tmp_path: Path
             n.unshare("user")
         except n.ThreadedCallerError as e:
             print(e.errno, e)
-    """)
+    """,
+    )
     assert done.stdout.startswith("22 "), done.stderr
     assert "more than one thread" in done.stdout
 
 
 def test_missing_namespace_type_names_the_kernel_option() -> None:
-    entries = {"user": "user", "pid": "pid", "mount": "mnt", "net": "net", "uts": "uts",
-               "ipc": "ipc", "cgroup": "cgroup", "time": "time"}
+    entries = {
+        "user": "user",
+        "pid": "pid",
+        "mount": "mnt",
+        "net": "net",
+        "uts": "uts",
+        "ipc": "ipc",
+        "cgroup": "cgroup",
+        "time": "time",
+    }
     present = set(os.listdir("/proc/self/ns"))
     missing = [name for name, entry in entries.items() if entry not in present]
     if not missing:
