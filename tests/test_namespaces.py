@@ -70,16 +70,18 @@ def script(
     *args: str,
     python: str | None = None,
     prefix: list[str] | None = None,
+    pythonpath: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a Python script (a file, so it can start itself again) using the API."""
     path = tmp_path / f"s{uuid.uuid4().hex[:8]}.py"
     path.write_text(textwrap.dedent(code))
     path.chmod(0o644)
+    env = _env() if pythonpath is None else _env(PYTHONPATH=str(pythonpath))
     return subprocess.run(
         [*(prefix or []), python or sys.executable, str(path), *args],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env,
         timeout=TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
@@ -90,6 +92,14 @@ def public_dir() -> Iterator[Path]:
     """A directory the unprivileged user can read (pytest's tmp_path is private to root)."""
     path = Path(tempfile.mkdtemp(prefix="ns-test-", dir="/tmp"))
     path.chmod(0o755)
+    # The checkout may be unreadable for that user (under /root): give it its own copy.
+    shutil.copytree(
+        REPO / "reexec_core",
+        path / "lib" / "reexec_core",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for p in [path / "lib", *(path / "lib").rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
     try:
         yield path
     finally:
@@ -243,7 +253,7 @@ def test_full_subid_ranges_through_newuidmap(public_dir: Path) -> None:
         ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=_env(PYTHONPATH=str(tmp_path / "lib")),
         timeout=TIMEOUT,
         cwd="/",
     )
@@ -830,6 +840,7 @@ def test_without_user_namespace_an_unprivileged_caller_is_told_about_cap_sys_adm
             code,
             python="/usr/bin/python3",
             prefix=["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"],
+            pythonpath=public_dir / "lib",
         )
     else:
         done = script(tmp_path, code)
