@@ -78,7 +78,7 @@ def parse_version(value: str) -> Version:
     try:
         return Version(value)
     except (InvalidVersion, TypeError):
-        raise ValueError(f"{value!r} is not a PEP 440 version (e.g. 1.2.0)") from None
+        raise ValueError(f"{value!r} is not a PEP 440 version: use one like 1.2.0") from None
 
 
 def custom_fields(app: str, channel: str, version: str) -> dict[str, Any]:

@@ -1,0 +1,281 @@
+"""The publisher's command line (``python -m selfupdate``), run as a real process: key and
+file permissions, refusals, status warnings, refresh and rotate, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from test_client_support import assert_sentence, make_build
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def su(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "selfupdate", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 1, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("selfupdate: error: "), proc.stderr
+    assert_sentence(lines[0].removeprefix("selfupdate: error: "))
+    for n in needles:
+        assert n in lines[0], proc.stderr
+
+
+def snapshot_tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, Path]:
+    keys, repo = tmp_path / "keys", tmp_path / "repo"
+    proc = su("init", "--keys", keys, "--repo", repo, "--app", "nsapp")
+    assert proc.returncode == 0, proc.stderr
+    return keys, repo
+
+
+def meta(repo: Path, name: str) -> dict[str, object]:
+    data = json.loads((repo / "metadata" / name).read_bytes())
+    assert isinstance(data, dict)
+    signed = data["signed"]
+    assert isinstance(signed, dict)
+    return signed
+
+
+def test_init_creates_private_keys_and_public_metadata(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    assert mode(keys) == 0o700
+    files = list(keys.iterdir())
+    assert {f.name for f in files} >= {"root.pem", "targets.pem", "snapshot.pem", "timestamp.pem"}
+    assert all(mode(f) == 0o600 for f in files)
+    for name in ("root.json", "1.root.json", "1.targets.json", "1.snapshot.json", "timestamp.json"):
+        assert mode(r / "metadata" / name) == 0o644, name  # servable by any web server user
+    root = meta(r, "root.json")
+    assert root["consistent_snapshot"] is True
+    expires = datetime.fromisoformat(str(root["expires"]).replace("Z", "+00:00"))
+    assert expires - datetime.now(UTC) > timedelta(days=300)
+    assert not [p for p in r.rglob("*") if p.name.endswith(".tmp")]  # atomic writes left nothing
+    assert not list(r.rglob("*.pem"))
+
+
+def test_init_refuses_keys_inside_repo(tmp_path: Path) -> None:
+    r = tmp_path / "repo"
+    proc = su("init", "--keys", r / "keys", "--repo", r)
+    assert_error(proc, "inside the repository")
+    assert not r.exists()
+
+
+def test_init_refuses_an_existing_repository_or_keys(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    assert_error(su("init", "--keys", tmp_path / "k2", "--repo", r), "already holds a repository")
+    assert_error(su("init", "--keys", keys, "--repo", tmp_path / "r2"), "not empty")
+
+
+def test_init_expiry_override(tmp_path: Path) -> None:
+    keys, r = tmp_path / "k", tmp_path / "r"
+    proc = su("init", "--keys", keys, "--repo", r, "--expires", "timestamp=2")
+    assert proc.returncode == 0, proc.stderr
+    exp = datetime.fromisoformat(str(meta(r, "timestamp.json")["expires"]).replace("Z", "+00:00"))
+    assert timedelta(days=1) < exp - datetime.now(UTC) <= timedelta(days=2)
+    assert (
+        su(
+            "init", "--keys", tmp_path / "k3", "--repo", tmp_path / "r3", "--expires", "bogus=1"
+        ).returncode
+        == 2
+    )
+
+
+def test_publish_binds_app_version_channel_and_uses_hash_names(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    build = make_build(tmp_path / "nsapp.pyz", "1.0.0")
+    proc = su("publish", "--keys", keys, "--repo", r, build, "--version", "1.0.0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # a .pyz can be inspected: no warning
+    ts = meta(r, "timestamp.json")
+    assert ts["version"] == 2
+    targets = meta(r, "2.targets.json")["targets"]
+    assert isinstance(targets, dict)
+    entry = targets["nsapp/stable/nsapp-1.0.0.pyz"]
+    assert entry["custom"] == {
+        "selfupdate": {"app": "nsapp", "channel": "stable", "version": "1.0.0"}
+    }
+    sha = entry["hashes"]["sha256"]
+    stored = r / "targets" / "nsapp" / "stable" / f"{sha}.nsapp-1.0.0.pyz"
+    assert stored.read_bytes() == build.read_bytes()
+
+
+def test_publish_refuses_a_version_not_newer_on_its_channel(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    build = make_build(tmp_path / "b.pyz", "2.0.0")
+    assert su("publish", "--keys", keys, "--repo", r, build, "--version", "2.0.0").returncode == 0
+    before = snapshot_tree(r)
+    for v in ("2.0.0", "1.9", "2.0.0rc1", "2.0"):
+        assert_error(su("publish", "--keys", keys, "--repo", r, build, "--version", v), "not newer")
+    assert snapshot_tree(r) == before  # nothing changed
+    # Another channel has its own history.
+    proc = su("publish", "--keys", keys, "--repo", r, build, "--version", "1.0", "--channel", "lts")
+    assert proc.returncode == 0, proc.stderr
+    assert su("publish", "--keys", keys, "--repo", r, build, "--version", "2.0.1").returncode == 0
+
+
+def test_publish_warns_about_a_file_it_cannot_inspect(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    blob = tmp_path / "tool.bin"
+    blob.write_bytes(b"\x7fELF not a zip")
+    proc = su("publish", "--keys", keys, "--repo", r, blob, "--version", "1.0")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" in proc.stderr and "not a zip" in proc.stderr
+    assert "published nsapp 1.0" in proc.stdout
+
+
+def test_publish_rejects_bad_input_in_one_sentence(tmp_path: Path, repo: tuple[Path, Path]) -> None:
+    keys, r = repo
+    build = make_build(tmp_path / "b.pyz", "1")
+    assert_error(su("publish", "--keys", keys, "--repo", r, build, "--version", "one"), "PEP 440")
+    assert_error(su("publish", "--keys", keys, "--repo", r, tmp_path / "nope", "--version", "1"))
+    assert_error(
+        su("publish", "--keys", keys, "--repo", r, build, "--version", "1", "--channel", "a b")
+    )
+    assert_error(
+        su("publish", "--keys", keys, "--repo", tmp_path / "empty", build, "--version", "1"),
+        "selfupdate init",
+    )
+
+
+def test_loose_key_permissions_are_refused(tmp_path: Path, repo: tuple[Path, Path]) -> None:
+    keys, r = repo
+    build = make_build(tmp_path / "b.pyz", "1")
+    os.chmod(keys, 0o755)
+    assert_error(su("publish", "--keys", keys, "--repo", r, build, "--version", "1"), "chmod")
+    os.chmod(keys, 0o700)
+    os.chmod(keys / "targets.pem", 0o644)
+    assert_error(su("publish", "--keys", keys, "--repo", r, build, "--version", "1"), "chmod")
+
+
+def test_keys_of_another_repository_are_refused(tmp_path: Path, repo: tuple[Path, Path]) -> None:
+    _, r = repo
+    other = tmp_path / "other-keys"
+    assert su("init", "--keys", other, "--repo", tmp_path / "other-repo").returncode == 0
+    build = make_build(tmp_path / "b.pyz", "1")
+    assert_error(
+        su("publish", "--keys", other, "--repo", r, build, "--version", "1"), "not one the"
+    )
+
+
+def test_refresh_resigns_snapshot_and_timestamp_only(repo: tuple[Path, Path]) -> None:
+    keys, r = repo
+    before_ts = meta(r, "timestamp.json")
+    proc = su("refresh", "--keys", keys, "--repo", r)
+    assert proc.returncode == 0, proc.stderr
+    ts = meta(r, "timestamp.json")
+    assert ts["version"] == before_ts["version"] + 1  # type: ignore[operator]
+    snap = meta(r, "2.snapshot.json")
+    assert snap["meta"] == {
+        "targets.json": meta(r, "1.snapshot.json")["meta"]["targets.json"]  # type: ignore[index]
+    }
+    assert not (r / "metadata" / "2.targets.json").exists()
+
+
+def test_rotate_root_is_signed_by_old_and_new_key(repo: tuple[Path, Path]) -> None:
+    keys, r = repo
+    old_root = meta(r, "1.root.json")
+    old_keyid = old_root["roles"]["root"]["keyids"][0]  # type: ignore[index]
+    proc = su("rotate", "--keys", keys, "--repo", r, "--role", "root")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((r / "metadata" / "2.root.json").read_bytes())
+    new_keyid = doc["signed"]["roles"]["root"]["keyids"][0]
+    assert new_keyid != old_keyid
+    assert {s["keyid"] for s in doc["signatures"]} == {old_keyid, new_keyid}
+    assert (r / "metadata" / "root.json").read_bytes() == (
+        r / "metadata" / "2.root.json"
+    ).read_bytes()
+    retired = list((keys / "retired").iterdir())
+    assert len(retired) == 1 and mode(retired[0]) == 0o600
+    assert mode(keys / "root.pem") == 0o600 and mode(keys) == 0o700
+    # The rotated keys keep working.
+    assert su("refresh", "--keys", keys, "--repo", r).returncode == 0
+    assert su("rotate", "--keys", keys, "--repo", r, "--role", "root").returncode == 0
+
+
+def test_rotate_targets_resigns_the_chain(repo: tuple[Path, Path]) -> None:
+    keys, r = repo
+    proc = su("rotate", "--keys", keys, "--repo", r, "--role", "targets")
+    assert proc.returncode == 0, proc.stderr
+    root = meta(r, "2.root.json")
+    new_id = root["roles"]["targets"]["keyids"][0]  # type: ignore[index]
+    doc = json.loads((r / "metadata" / "2.targets.json").read_bytes())
+    assert [s["keyid"] for s in doc["signatures"]] == [new_id]
+    assert meta(r, "timestamp.json")["version"] == 2
+
+
+def test_status_lists_roles_releases_and_warns(tmp_path: Path) -> None:
+    keys, r = tmp_path / "k", tmp_path / "r"
+    assert su("init", "--keys", keys, "--repo", r, "--expires", "timestamp=3").returncode == 0
+    build = make_build(tmp_path / "b.pyz", "1")
+    for v, ch in (("1.0", "stable"), ("1.1", "stable"), ("2.0b1", "beta")):
+        proc = su("publish", "--keys", keys, "--repo", r, build, "--version", v, "--channel", ch)
+        assert proc.returncode == 0, proc.stderr
+    proc = su("status", "--repo", r)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        assert role in out
+    assert "nsapp stable: 1.0, 1.1 (newest 1.1)" in out
+    assert "nsapp beta: 2.0b1 (newest 2.0b1)" in out
+    assert "warning: timestamp expires on" in proc.stderr and "selfupdate refresh" in proc.stderr
+    assert "snapshot" not in proc.stderr  # 30 days: no warning
+    assert su("status", "--repo", r, "--check").returncode == 1
+    assert_error(su("status", "--repo", tmp_path / "missing"), "not a selfupdate repository")
+
+
+def test_status_is_quiet_when_all_is_well(repo: tuple[Path, Path]) -> None:
+    _, r = repo
+    proc = su("status", "--repo", r, "--check")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "no releases" in proc.stdout
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    proc = su("publish", "--repo", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_console_script_entry_point() -> None:
+    from selfupdate.cli import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--help"])
+    assert ei.value.code == 0
