@@ -18,15 +18,20 @@ to fail are listed in ``selfupdate/conformance.xfails``; see docs/conformance.md
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+from selfupdate._fetch import Fetcher
 
 if TYPE_CHECKING:
+    from tuf.api.metadata import TargetFile
     from tuf.ngclient.updater import Updater
 
 __all__ = ["main"]
@@ -37,6 +42,12 @@ EXIT_FAILED = 1
 log = logging.getLogger("selfupdate.conformance")
 
 
+# init's copy of TRUSTED_ROOT, kept as the "embedded" root that every later run starts
+# from (ngclient's bootstrap), as UpdateClient does with the root built into the program.
+# Not a *.json name: the suite reads every *.json in METADATA_DIR as a trusted role.
+BOOTSTRAP_ROOT = "bootstrap-root.json.orig"
+
+
 class ConformanceError(Exception):
     """A command could not be completed; str() is one sentence for stderr."""
 
@@ -44,16 +55,16 @@ class ConformanceError(Exception):
 def init(metadata_dir: Path, trusted_root: Path) -> None:
     """Install ``trusted_root`` as the client's trusted root, with no network access.
 
-    CLIENT-CLI.md expects no checks here: the root is verified when a later
-    ``refresh`` loads it. The copy is written atomically so a failed ``init`` leaves
-    no half-written ``root.json``.
+    CLIENT-CLI.md expects no checks here: ngclient verifies the root (self-signed,
+    threshold) when a later command loads it. Files are written atomically.
 
     Raises:
         OSError: the root cannot be read or ``metadata_dir`` cannot be written.
     """
     data = trusted_root.read_bytes()
     metadata_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(metadata_dir / "root.json", data)
+    _write_atomic(metadata_dir / BOOTSTRAP_ROOT, lambda f: f.write(data))
+    _write_atomic(metadata_dir / "root.json", lambda f: f.write(data))
     print(f"selfupdate conformance client: initialized {metadata_dir}")
 
 
@@ -61,11 +72,13 @@ def refresh(metadata_dir: Path, metadata_url: str) -> None:
     """Update the top-level metadata in ``metadata_dir`` by the TUF client workflow.
 
     Raises:
+        ConformanceError: ``init`` was not run for ``metadata_dir``.
         tuf.api.exceptions.RepositoryError: metadata failed verification.
-        tuf.api.exceptions.DownloadError: metadata could not be downloaded.
+        tuf.api.exceptions.DownloadError: metadata could not be downloaded (our
+            fetcher's errors are also ``selfupdate.errors.FetchError``).
         OSError: the local metadata cannot be read or written.
     """
-    _updater(metadata_dir, metadata_url).refresh()
+    _updater(metadata_dir, metadata_url, Fetcher()).refresh()
     print(f"selfupdate conformance client: refreshed metadata in {metadata_dir}")
 
 
@@ -78,56 +91,102 @@ def download(
 ) -> None:
     """Download and verify each target in order with one updater; skip cached ones.
 
+    A target is stored as ``target_dir/<URL-quoted target path>`` (ngclient's naming),
+    written through a temporary file and moved into place only once verified.
+
     Raises:
-        ConformanceError: a target is not in the signed metadata.
-        tuf.api.exceptions.RepositoryError: metadata or a target failed verification.
-        tuf.api.exceptions.DownloadError: metadata or a target could not be downloaded.
+        ConformanceError: ``init`` was not run, or a target is not in the signed metadata.
+        selfupdate.errors.SelfUpdateError: a target could not be fetched or failed
+            verification.
+        tuf.api.exceptions.RepositoryError: metadata failed verification.
+        tuf.api.exceptions.DownloadError: metadata could not be downloaded.
         OSError: local files cannot be read or written.
     """
-    updater = _updater(metadata_dir, metadata_url, target_dir, target_base_url)
+    fetcher = Fetcher()
+    updater = _updater(metadata_dir, metadata_url, fetcher)
     for name in target_names:
         info = updater.get_targetinfo(name)
         if info is None:
             raise ConformanceError(
                 f"target {name!r} is not listed in the repository's signed metadata"
             )
-        cached = updater.find_cached_target(info)
-        path = cached or updater.download_target(info)
-        verb = "already cached" if cached else "downloaded"
-        print(f"selfupdate conformance client: {verb} {name} as {path}")
+        dest = target_dir / urllib.parse.quote(info.path, safe="")
+        if updater.find_cached_target(info, str(dest)):
+            print(f"selfupdate conformance client: {name} is already cached as {dest}")
+            continue
+        write = functools.partial(_fetch_target, updater, fetcher, info, base_url=target_base_url)
+        _write_atomic(dest, write)
+        print(f"selfupdate conformance client: downloaded {name} as {dest}")
 
 
-def _updater(
-    metadata_dir: Path,
-    metadata_url: str,
-    target_dir: Path | None = None,
-    target_base_url: str | None = None,
-) -> Updater:
-    """Build an ngclient ``Updater`` on our fetcher, trusting the cached root.json.
+def _fetch_target(
+    updater: Updater, fetcher: Fetcher, info: TargetFile, fileobj: BinaryIO, *, base_url: str
+) -> None:
+    """Stream ``info``'s file into ``fileobj`` and check every signed hash.
 
-    ``bootstrap=None`` is deliberate: in this protocol the trust anchor is whatever
-    ``init`` (and later verified refreshes) left in ``metadata_dir``.
+    TEMPORARY COPY of UpdateClient.download_to's download step (URL rule, copy_to with
+    hashers, hash comparison) until client.py exposes it as a function (asked of T).
+    """
+    import hashlib
+
+    from selfupdate import errors
+
+    path = info.path
+    if updater._trusted_set.root.consistent_snapshot:
+        # TUF spec 5.7.3: the first listed hash prefixes the file name.
+        digest = next(iter(info.hashes.values()))
+        dirname, sep, basename = path.rpartition("/")
+        path = f"{dirname}{sep}{digest}.{basename}"
+    hashers = {}
+    for alg in info.hashes:
+        try:
+            hashers[alg] = hashlib.new(alg)
+        except ValueError:
+            raise errors.TargetMismatchError(
+                info.path, f"unsupported hash algorithm {alg!r}"
+            ) from None
+    fetcher.copy_to(
+        f"{base_url.rstrip('/')}/{path}",
+        fileobj,
+        info.length,
+        label=info.path,
+        hashers=list(hashers.values()),
+    )
+    for alg, h in hashers.items():
+        if h.hexdigest() != info.hashes[alg]:
+            raise errors.TargetMismatchError(info.path, f"its {alg} hash differs")
+
+
+def _updater(metadata_dir: Path, metadata_url: str, fetcher: Fetcher) -> Updater:
+    """Build an ngclient ``Updater`` on our fetcher, the way ``UpdateClient`` does.
+
+    The root given to ``init`` is the bootstrap (the trust anchor, like the root built
+    into the program); metadata cached in ``metadata_dir`` is used only after it
+    verified against that root's chain.
+
+    Raises:
+        ConformanceError: ``init`` was not run for ``metadata_dir``.
     """
     from tuf.ngclient.updater import Updater
 
-    from selfupdate._fetch import Fetcher
-
-    return Updater(
-        str(metadata_dir),
-        metadata_url,
-        str(target_dir) if target_dir is not None else None,
-        target_base_url,
-        fetcher=Fetcher(),
-        bootstrap=None,
-    )
+    try:
+        bootstrap = (metadata_dir / BOOTSTRAP_ROOT).read_bytes()
+    except FileNotFoundError:
+        raise ConformanceError(
+            f"{metadata_dir} holds no trusted root: run the init command first"
+        ) from None
+    return Updater(str(metadata_dir), metadata_url, fetcher=fetcher, bootstrap=bootstrap)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, ``fsync`` and ``os.replace``."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` with what ``write`` writes: temporary file, ``fsync``, ``os.replace``.
+
+    If ``write`` raises, ``path`` is left as it was and the temporary file is removed.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -200,9 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from tuf.api.exceptions import DownloadError, RepositoryError
 
+    from selfupdate.errors import SelfUpdateError
+
     try:
         _run(args, parser)
-    except (ConformanceError, RepositoryError, DownloadError, OSError) as e:
+    except (ConformanceError, SelfUpdateError, RepositoryError, DownloadError, OSError) as e:
         # One sentence on stderr; tracebacks are kept for bugs (STYLE.md §4).
         log.debug("%s failed", args.command, exc_info=True)
         print(f"selfupdate conformance client: {args.command} failed: {e}", file=sys.stderr)
