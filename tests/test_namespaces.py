@@ -887,3 +887,22 @@ def test_missing_namespace_type_names_the_kernel_option() -> None:
     done = nsapp("run", "--ns", missing[0], "--", "true")
     assert done.returncode == 125
     assert f"CONFIG_{missing[0].upper()}_NS" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("knob", "blocking"),
+    [
+        ("kernel/apparmor_restrict_unprivileged_userns", "1"),
+        ("kernel/unprivileged_userns_clone", "0"),
+    ],
+)
+def test_userns_policy_sysctl_is_named(knob: str, blocking: str) -> None:
+    """Where the kernel has the knob and it blocks us, the message names it."""
+    path = Path("/proc/sys") / knob
+    if not path.exists():
+        pytest.skip(f"this kernel has no {knob.replace('/', '.')} sysctl to provoke")
+    if path.read_text().strip() != blocking or ROOT:
+        pytest.skip(f"{knob.replace('/', '.')} does not block this user here")
+    done = nsapp("run", "--ns", "user", "--", "true")
+    assert done.returncode == 125
+    assert knob.replace("/", ".") in done.stderr
