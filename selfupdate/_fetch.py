@@ -186,12 +186,10 @@ class Fetcher(FetcherInterface):
         self.config = config or FetchConfig()
         if session is None:
             session = requests.Session()
-            # Retry only what is safe and cheap: failed connects, and a kept-alive connection
-            # the server closed just as it was reused (a "read" error before any response).
-            # Never statuses or redirects; body reads are outside urllib3's retries anyway.
-            retry = urllib3.util.Retry(
-                total=2, connect=2, read=1, status=0, redirect=0, backoff_factor=0.1
-            )
+            # Retry once, only a kept-alive connection the server closed just as it was reused
+            # (a "read" error before any response). Not refused connects (pointless, and
+            # noisy), statuses or redirects; body reads are outside urllib3's retries anyway.
+            retry = urllib3.util.Retry(total=1, connect=0, read=1, status=0, redirect=0)
             adapter = requests.adapters.HTTPAdapter(max_retries=retry)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
