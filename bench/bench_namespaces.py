@@ -148,6 +148,12 @@ def main() -> int:
                 [*app, "run", "--ns", "user,pid,mount,net,uts,ipc", "--", "true"], env
             ),
         }
+        if app[1:2] != ["-m"]:
+            # The same two from the source tree (as a venv's console script runs them), to
+            # show what the .pyz bootstrap adds or hides.
+            src = [sys.executable, "-m", "nsapp"]
+            cli["python -m nsapp --version"] = spawn_timer([*src, "--version"], env)
+            cli["python -m nsapp run -- true"] = spawn_timer([*src, "run", "--", "true"], env)
         if unshare:
             cli["unshare -Urnpfmiu --mount-proc true"] = spawn_timer(
                 [unshare, "-Urnpfmiu", "--mount-proc", "true"], env
@@ -196,6 +202,11 @@ def main() -> int:
             f"  nsapp run --ns <unshare's six> / --version     "
             f"{m1['nsapp run --ns user,pid,mount,net,uts,ipc -- true'] / v:5.2f}x"
         )
+        if "python -m nsapp --version" in m1:
+            print(
+                f"  python -m nsapp: run -- true / --version     "
+                f"{m1['python -m nsapp run -- true'] / m1['python -m nsapp --version']:5.2f}x"
+            )
         if unshare:
             u = m2[API_UNSHARE]
             print(
