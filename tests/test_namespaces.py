@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -592,6 +592,30 @@ def test_interactive_shell_on_a_terminal_keeps_job_control_and_exit_status() -> 
     assert "pid=2 uid=0" in text
     assert "still-here\r\n" in text
     assert os.waitstatus_to_exitcode(status) == 4, text
+
+
+def test_run_from_the_single_file_build(build_pyz: Callable[..., Path]) -> None:
+    """The .pyz runs it the same way (its interpreter clones itself, no new interpreter)."""
+    pyz = build_pyz("1.0.0")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(pyz),
+            "run",
+            "--hostname",
+            "pyz",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ $(id -u) $(hostname) $(cat /proc/1/comm); exit 3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == ["2", "0", "pyz", "ns-init"]
 
 
 def test_command_not_found_is_127_with_one_sentence() -> None:
