@@ -21,14 +21,17 @@ __all__ = [
     "CacheError",
     "ConfigError",
     "ExpiredMetadataError",
+    "InstallError",
     "FetchError",
     "HTTPStatusError",
     "InconsistentMetadataError",
+    "KnownBadError",
     "KeysError",
     "LengthExceededError",
     "MalformedMetadataError",
     "MetadataError",
     "MissingFileError",
+    "NoPreviousBuildError",
     "PublishError",
     "RedirectError",
     "RepositoryStateError",
@@ -38,8 +41,10 @@ __all__ = [
     "SlowRetrievalError",
     "TargetError",
     "TargetMismatchError",
+    "TrialFailedError",
     "TruncatedError",
     "UnreachableError",
+    "UpdateInProgressError",
     "VersionNotNewerError",
     "WrongReleaseError",
 ]
@@ -348,3 +353,49 @@ class VersionNotNewerError(PublishError):
 
 # ---------------------------------------------------------------------------------------------
 # Install side (appended by other helpers below this line)
+
+TYPE_CHECKING = False  # no typing import at run time: this module is on the start-up path
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class InstallError(SelfUpdateError):
+    """The installed program could not be updated or rolled back; nothing was changed
+    (directory not writable, no space left, ...). Raised by :mod:`selfupdate.install`."""
+
+
+class UpdateInProgressError(InstallError):
+    """Another process holds the update lock of this installed file."""
+
+
+class KnownBadError(InstallError):
+    """The newest release failed its trial before (or was rolled back from); it is not tried
+    again until a newer one is published.
+
+    Attributes:
+        version: the release's version.
+    """
+
+    def __init__(self, message: str, version: str) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class TrialFailedError(InstallError):
+    """The new build failed its trial run (``post-update``: it exited non-zero, crashed, hung
+    past the time limit, or a migration or the health check raised); the old build stays
+    installed and the state was restored.
+
+    Attributes:
+        version: the build's version.
+        log_path: the trial's output.
+    """
+
+    def __init__(self, message: str, version: str, log_path: Path) -> None:
+        super().__init__(message)
+        self.version = version
+        self.log_path = log_path
+
+
+class NoPreviousBuildError(InstallError):
+    """``rollback`` was asked for, but no previous build is kept."""

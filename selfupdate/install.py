@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfupdate.app import INUSE_LOCK, TRIAL_ENTRY
-from selfupdate.errors import SelfUpdateError
+from selfupdate.errors import (
+    InstallError,
+    KnownBadError,
+    NoPreviousBuildError,
+    TrialFailedError,
+    UpdateInProgressError,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,37 +63,12 @@ if TYPE_CHECKING:
         def download_to(self, release: Any, fileobj: BinaryIO) -> None: ...
 
 
-# --------------------------------------------------------------------------------------------
-# Errors (all derive from selfupdate.errors.SelfUpdateError; str(e) is one sentence)
-
-
-class InstallError(SelfUpdateError):
-    """The installed program could not be updated or rolled back; nothing was changed."""
-
-
-class UpdateInProgressError(InstallError):
-    """Another process holds the update lock of this installed file."""
-
-
-class KnownBadError(InstallError):
-    """The newest release failed its trial before; it is not tried again."""
-
-    def __init__(self, message: str, version: str) -> None:
-        super().__init__(message)
-        self.version = version
-
-
-class TrialFailedError(InstallError):
-    """The new build failed its trial run (``post-update``); the old build stays installed."""
-
-    def __init__(self, message: str, version: str, log_path: Path) -> None:
-        super().__init__(message)
-        self.version = version
-        self.log_path = log_path
-
-
-class NoPreviousBuildError(InstallError):
-    """``rollback`` was asked for, but no previous build is kept."""
+# Errors: defined in selfupdate.errors (one tree), re-exported here for callers of this module.
+__all__ = [
+    "InstallError", "KnownBadError", "NoPreviousBuildError", "TrialFailedError",
+    "UpdateInProgressError", "Layout", "Outcome", "clean_shiv_dirs", "plan_recovery", "recover",
+    "recover_at_start", "restore_steps", "rollback", "update",
+]
 
 
 # --------------------------------------------------------------------------------------------
