@@ -343,10 +343,22 @@ def restore_state(layout: Layout, snap: Path) -> None:
             os.replace(snap / "state", state)
             fsync_dir(state.parent)
         else:
+            _keep_caches(layout.discard, state)
             _rmtree(snap)
             _rmtree(layout.discard)
     if state.parent.exists():
         fsync_dir(state.parent)
+
+
+def _keep_caches(old: Path, state: Path) -> None:
+    """Carry caches (:data:`STATE_EXCLUDE`, e.g. the verified TUF metadata, whose versions
+    protect against rollback attacks) over from the discarded state to the restored one."""
+    for name in STATE_EXCLUDE:
+        if (old / name).is_dir() and state.is_dir() and not (state / name).exists():
+            try:
+                os.replace(old / name, state / name)
+            except OSError:
+                pass  # a cache: losing it costs a fresh download, nothing else
 
 
 def copy_state_from(layout: Layout, snap: Path) -> None:
@@ -356,10 +368,11 @@ def copy_state_from(layout: Layout, snap: Path) -> None:
     if state.exists():
         _rmtree(layout.discard)
         os.replace(state, layout.discard)
-        _rmtree(layout.discard)
     if (snap / "state").is_dir():
         shutil.copytree(snap / "state", state, symlinks=True)
         _fsync_tree(state)
+    _keep_caches(layout.discard, state)
+    _rmtree(layout.discard)
     fsync_dir(state.parent)
 
 

@@ -285,3 +285,14 @@ def test_journal_is_json_with_a_format(env: tuple[Path, Path]) -> None:
     layout = install.Layout(app)
     install.write_journal(layout, phase="download")
     assert json.loads(layout.journal.read_text()) == {"format": 1, "phase": "download"}
+
+
+def test_restore_keeps_the_metadata_cache(env: tuple[Path, Path]) -> None:
+    """The TUF metadata cache is not state: a restore must not roll it back or drop it."""
+    app, state = env
+    (state / "tuf-cache").mkdir()
+    (state / "tuf-cache" / "timestamp.json").write_text("version 7")
+    with pytest.raises(install.TrialFailedError):
+        install.update(app, FakeClient("2.0", script("2.0", "raise")), "1.0", state)
+    assert (state / "tuf-cache" / "timestamp.json").read_text() == "version 7"
+    assert (state / "data").read_text() == "v1 data\n"
