@@ -350,10 +350,11 @@ def update(
         raise RuntimeError("selfupdate.app.configure() was not called with a client")
 
     def do_handover(old: str, new: str, log: Path) -> None:
-        _clean_shiv()
         if handover == "finish":
+            # The new build says what changed and cleans shiv's directories (same PID).
             reexec_core.exec_into(FINISH_ENTRY, old, new, str(log), program=pyz)
         elif handover == "argv":
+            _clean_shiv()
             _reexec_self()
 
     try:
