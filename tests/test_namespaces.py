@@ -420,6 +420,21 @@ def test_every_exit_status_and_signal_death_arrives(tmp_path: Path) -> None:
     assert nsapp("run", "--", "sh", "-c", "kill -9 $$").returncode == 137
 
 
+def test_status_arrives_when_the_caller_ignores_sigchld(tmp_path: Path) -> None:
+    """With SIGCHLD ignored the kernel would reap the child itself and lose its status."""
+    done = script(
+        tmp_path,
+        """
+        import signal
+        from reexec_core import namespaces as n
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        print(n.run(["sh", "-c", "exit 5"]), n.run(["sh", "-c", "exit 6"], namespaces="user"),
+              signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN)
+        """,
+    )
+    assert done.stdout.split() == ["5", "6", "True"], done.stderr
+
+
 def test_signals_to_the_runner_reach_the_workload_handler() -> None:
     token = uuid.uuid4().hex
     code = textwrap.dedent("""

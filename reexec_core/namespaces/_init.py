@@ -46,6 +46,24 @@ def restore(mask: set[int] | list[int]) -> None:
     _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
 
 
+def default_sigchld() -> object:
+    """Set SIGCHLD to its default if it is ignored (auto-reaping); return what to restore."""
+    old = _signal.getsignal(SIGCHLD)
+    if old == _signal.SIG_IGN:
+        try:
+            _signal.signal(SIGCHLD, _signal.SIG_DFL)
+        except ValueError:  # not the main thread: Python allows it only there
+            return None
+        return old
+    return None
+
+
+def restore_sigchld(old: object) -> None:
+    """Undo :func:`default_sigchld`."""
+    if old is not None:
+        _signal.signal(SIGCHLD, old)
+
+
 def supervise(child: int, reap_all: bool, forward: bool = True) -> int:
     """Wait for ``child`` with the signals of ``WAITSET`` blocked; return its exit code.
 
@@ -73,7 +91,9 @@ def supervise(child: int, reap_all: bool, forward: bool = True) -> int:
             try:
                 pid, status = os.waitpid(-1 if reap_all else child, os.WNOHANG)
             except ChildProcessError:
-                pid, status = 0, 0
+                # No child left: someone else reaped ours (SIGCHLD ignored, or another
+                # waitpid in this process). Its status is lost; never wait forever.
+                return 255
             if pid == 0:
                 break
             if pid == child:

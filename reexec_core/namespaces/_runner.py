@@ -74,6 +74,8 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     ackr, ackw = os.pipe2(os.O_CLOEXEC)
     mask = _init.block()
     spec.sigmask = sorted(mask)
+    # With SIGCHLD ignored the kernel reaps our child itself and its status is lost.
+    chld = _init.default_sigchld()
     popen = None
     try:
         single = _single_threaded()
@@ -125,6 +127,7 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             popen.returncode = status
         return status
     finally:
+        _init.restore_sigchld(chld)
         _inside._ready = None
         for fd in (errr, ackw):
             try:
