@@ -1,22 +1,28 @@
 """The processes that build the namespaces and start the workload in them.
 
-Fast path (single-threaded caller)::
+Fast path (single-threaded caller), :func:`clone_main`::
 
-    runner ──fork──> setup (C1): unshare(user, mount, net, ...); uid/gid maps
-                       │ (PID or time namespace: they apply to children only)
-                       └─fork──> init (C2, PID 1): mounts, /proc, hostname, lo up
-                                   └─spawn──> workload (PID 2): exec CMD / the entry point
+    runner ──clone3(CLONE_NEW*)──> first process (PID 1 with a PID namespace): id map,
+                                   hostname, lo up, mounts, /proc
+                                     └─posix_spawn──> workload (PID 2): CMD / the entry point
 
-Without a PID or time namespace C1 sets up and execs the workload itself. A threaded caller
-cannot fork safely, so the runner starts C1 as a fresh interpreter instead (a registered
-entry point, see ``reexec_core.namespaces``), which then runs the same code.
+Without a PID or time namespace the first process execs the workload itself. Where clone3 is
+hidden (Docker's seccomp profile answers ENOSYS), :func:`setup_main` does the same the older
+way::
 
-Every process here dies with its parent: C1 and C2 set ``PR_SET_PDEATHSIG`` to SIGKILL and
-then check that the parent is still there, and when PID 1 dies the kernel kills the rest of
-its namespace. Failures before the workload runs go back to the runner over the *error pipe*
-(close-on-exec, so a successful exec reads as EOF) as ``E op NUL errno NUL flags NUL detail``;
-the runner raises the typed error. ``M`` on the same pipe asks the runner to write the uid/gid
-maps (ranges, or a root caller), answered by one byte on the *ack pipe*.
+    runner ──fork──> setup (C1): unshare(...); id map
+                       └─fork──> init (C2, PID 1): the inside; spawns the workload
+
+A threaded caller cannot fork safely, so the runner starts C1 as a fresh interpreter instead
+(a registered entry point, see ``reexec_core.namespaces``), which then runs ``setup_main``.
+
+Every process here dies with its parent: each sets ``PR_SET_PDEATHSIG`` to SIGKILL and then
+checks that its parent is still there (``getppid()``, or EOF on a pipe only the parent holds
+when the parent lies outside our PID namespace), and when PID 1 dies the kernel kills the rest
+of its namespace. Failures before the workload runs go back to the runner over the *error
+pipe* (close-on-exec, so a successful exec reads as EOF) as
+``E op NUL errno NUL flags NUL detail``; the runner raises the typed error. ``M`` on the same
+pipe asks the runner to write uid/gid map ranges, answered by one byte on the *ack pipe*.
 """
 
 from __future__ import annotations
