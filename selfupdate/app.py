@@ -223,8 +223,9 @@ def installed_path() -> Path | None:
 def _site_packages() -> str | None:
     """This build's shiv ``site-packages`` directory, if it runs from one."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.basename(here) != "site-packages":
-        return None
+    build_id = os.path.basename(os.path.dirname(here)).rpartition("_")[2]
+    if os.path.basename(here) != "site-packages" or len(build_id) != 64:
+        return None  # not shiv's ROOT/NAME_BUILDID/site-packages
     return here
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -120,3 +120,29 @@ def test_in_use_lock_blocks_removal_even_across_fork(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+
+
+def test_a_running_build_keeps_its_extraction(
+    build_pyz: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A real .pyz marks its extraction in use at start (selfupdate.app.at_start)."""
+    pyz = build_pyz("1.0.0", out=tmp_path / "old" / "nsapp.pyz")
+    root = tmp_path / "shiv"
+    env = dict(os.environ, SHIV_ROOT=str(root), NSAPP_STATE_DIR=str(tmp_path / "state"))
+    p = subprocess.Popen([sys.executable, str(pyz), "serve"], env=env, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().startswith(f"pid={p.pid} ")
+        (d,) = [x for x in root.iterdir() if x.is_dir()]
+        assert (d / INUSE_LOCK).exists()
+        # Not installed any more (nothing to keep), but running: kept.
+        assert install.clean_shiv_dirs([], "nsapp.pyz", root) == []
+    finally:
+        p.kill()
+        p.wait()
+    assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+    assert not d.exists()
+    # The build starts again afterwards (shiv extracts it afresh).
+    r = subprocess.run([sys.executable, str(pyz), "history"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("nsapp 1.0.0"), r.stderr
