@@ -255,6 +255,7 @@ class Fetcher(FetcherInterface):
         self.fetched_urls.append(url)
         del self.fetched_urls[:-64]
         cfg = self.config
+        start = time.monotonic()  # the deadline covers the request and headers too
         try:
             if urllib.parse.urlsplit(url).scheme == "file":
                 chunks = self._file_chunks(url)
@@ -268,7 +269,7 @@ class Fetcher(FetcherInterface):
                 raise _LengthExceededError(url, max_length)
             bar = self._bar(total or expected_length, label or url) if progress else None
             received = 0
-            start = window_start = time.monotonic()
+            window_start = time.monotonic()
             window_bytes = 0
             try:
                 for chunk in chunks:

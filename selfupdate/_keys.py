@@ -13,10 +13,13 @@ lies inside the repository directory (which is published as is).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,19 @@ def check_dir(keys_dir: Path) -> None:
             f"the keys directory {keys_dir} is accessible by other users "
             f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod -R go= {keys_dir}`"
         )
+
+
+@contextlib.contextmanager
+def locked(keys_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``keys_dir`` (one publisher command at a time per keys
+    directory: a cron ``refresh`` waits for a running ``publish``). Released on exit, also
+    when the process dies."""
+    fd = os.open(keys_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def generate() -> CryptoSigner:

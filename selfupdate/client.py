@@ -53,7 +53,14 @@ from selfupdate._trust import (
     releases,
 )
 
-__all__ = ["FetchConfig", "Release", "UpdateClient", "default_cache_dir"]
+__all__ = [
+    "FetchConfig",
+    "Release",
+    "UpdateClient",
+    "default_cache_dir",
+    "download_verified",
+    "target_url",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -167,43 +174,16 @@ class UpdateClient:
         if why is not None or info is None:
             raise errors.WrongReleaseError(release.target_path, why or "it is not listed")
 
-        hashers = {}
-        for alg in info.hashes:
-            try:
-                hashers[alg] = hashlib.new(alg)
-            except ValueError:
-                raise errors.TargetMismatchError(
-                    info.path, f"unsupported hash algorithm {alg!r}"
-                ) from None
-        url = self._target_url(updater, info)
-        start = _tell(fileobj)
-        try:
-            self.fetcher.copy_to(
-                url,
-                fileobj,
-                info.length,
-                label=f"{release.app} {release.version}",
-                hashers=list(hashers.values()),
-            )
-            for alg, h in hashers.items():
-                if h.hexdigest() != info.hashes[alg]:
-                    raise errors.TargetMismatchError(info.path, f"its {alg} hash differs")
-            fileobj.flush()
-        except BaseException:
-            _rewind(fileobj, start)
-            raise
+        download_verified(
+            self.fetcher,
+            info,
+            fileobj,
+            base_url=f"{self._base}/targets/",
+            consistent_snapshot=bool(updater._trusted_set.root.consistent_snapshot),
+            label=f"{release.app} {release.version}",
+        )
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _target_url(self, updater: Updater, info: TargetFile) -> str:
-        path = info.path
-        if updater._trusted_set.root.consistent_snapshot:
-            # Same rule as ngclient's download_target: the first listed hash prefixes the
-            # file name (TUF spec 5.7.3, consistent snapshots).
-            digest = next(iter(info.hashes.values()))
-            dirname, sep, basename = path.rpartition("/")
-            path = f"{dirname}{sep}{digest}.{basename}"
-        return f"{self._base}/targets/{path}"
 
     def _refresh(self) -> Updater:
         """A fresh Updater (ngclient refreshes once per instance) with refreshed metadata."""
@@ -278,6 +258,60 @@ class UpdateClient:
             # ngclient's own file work (reading and persisting the cache); transport errors
             # are DownloadErrors, so an OSError here is about the local cache.
             raise _LocalCacheError(e.strerror or type(e).__name__) from e
+
+
+def target_url(base_url: str, info: TargetFile, consistent_snapshot: bool) -> str:
+    """URL of a target file: ``base_url`` (ending in ``/``) + its path, with the first listed
+    hash prefixed to the file name under consistent snapshots (TUF spec 5.7.3; the same rule
+    as ngclient's ``download_target``)."""
+    path = info.path
+    if consistent_snapshot:
+        digest = next(iter(info.hashes.values()))
+        dirname, sep, basename = path.rpartition("/")
+        path = f"{dirname}{sep}{digest}.{basename}"
+    return f"{base_url}{path}"
+
+
+def download_verified(
+    fetcher: Fetcher,
+    info: TargetFile,
+    fileobj: BinaryIO,
+    *,
+    base_url: str,
+    consistent_snapshot: bool,
+    label: str = "",
+) -> None:
+    """Stream the target ``info`` (verified metadata) into ``fileobj`` in one pass: length
+    capped at the signed length, every signed hash computed on the way and compared at the
+    end. On any failure ``fileobj`` is truncated back to where it started, then the error
+    raised. Shared by :meth:`UpdateClient.download_to` and the conformance client.
+
+    Raises:
+        selfupdate.errors.TargetMismatchError: a hash differs or is of an unknown algorithm.
+        selfupdate.errors.FetchError: transport failures (incl. endless and slow data).
+        OSError: writing to ``fileobj`` failed.
+    """
+    hashers = {}
+    for alg in info.hashes:
+        try:
+            hashers[alg] = hashlib.new(alg)
+        except ValueError:
+            raise errors.TargetMismatchError(
+                info.path, f"unsupported hash algorithm {alg!r}"
+            ) from None
+    url = target_url(base_url, info, consistent_snapshot)
+    start = _tell(fileobj)
+    try:
+        fetcher.copy_to(
+            url, fileobj, info.length, label=label or info.path, hashers=list(hashers.values())
+        )
+        for alg, h in hashers.items():
+            if h.hexdigest() != info.hashes[alg]:
+                raise errors.TargetMismatchError(info.path, f"its {alg} hash differs")
+        fileobj.flush()
+    except BaseException:
+        _rewind(fileobj, start)
+        raise
 
 
 class _LocalCacheError(Exception):

@@ -363,6 +363,20 @@ def publish(
         selfupdate.errors.PublishError: bad version, channel or file.
     """
     repo = _open(keys_dir, repo_dir)
+    with _keys.locked(keys_dir):
+        return _publish(keys_dir, repo, file, version, channel, app, expiry_days, now)
+
+
+def _publish(
+    keys_dir: Path,
+    repo: _Repo,
+    file: Path,
+    version: str,
+    channel: str,
+    app: str | None,
+    expiry_days: Mapping[str, int] | None,
+    now: datetime | None,
+) -> PublishResult:
     app = app or str(_keys.read_config(keys_dir).get("app", ""))
     try:
         check_name("app", app)
@@ -429,7 +443,8 @@ def refresh(
 ) -> None:
     """Re-sign snapshot and timestamp with fresh expiry dates (run it from cron)."""
     repo = _open(keys_dir, repo_dir)
-    _Chain(keys_dir, repo, _expiry_days(keys_dir, expiry_days), _now(now)).from_snapshot()
+    with _keys.locked(keys_dir):
+        _Chain(keys_dir, repo, _expiry_days(keys_dir, expiry_days), _now(now)).from_snapshot()
 
 
 def rotate(
@@ -450,8 +465,11 @@ def rotate(
     if role not in _keys.ROLES:
         raise errors.PublishError(f"unknown role {role!r}: use one of {', '.join(_keys.ROLES)}")
     repo = _open(keys_dir, repo_dir)
-    days = _expiry_days(keys_dir, expiry_days)
-    now = _now(now)
+    with _keys.locked(keys_dir):
+        return _rotate(keys_dir, repo, role, _expiry_days(keys_dir, expiry_days), _now(now))
+
+
+def _rotate(keys_dir: Path, repo: _Repo, role: str, days: dict[str, int], now: datetime) -> str:
     root_md = repo.root()
     root = root_md.signed
     old_root_signer = _signer_for(keys_dir, "root", root)
