@@ -50,13 +50,16 @@ demo-reexec: $(VENV_STAMP)
 	echo "== $(VENV_PY) $$out --version"; $(VENV_PY) "$$out" --version; \
 	echo "== $(VENV_PY) $$out reexec-demo"; $(VENV_PY) "$$out" reexec-demo
 
+# Both passes run even if the first fails (CI shows everything); either failing fails.
 test: $(VENV_STAMP)
-	$(MAKE) --no-print-directory test-here
-	@if [ "$$(id -u)" = 0 ]; then \
-		$(MAKE) --no-print-directory test-unprivileged; \
+	@status=0; $(MAKE) --no-print-directory test-here || status=1; \
+	if [ "$$(id -u)" = 0 ]; then \
+		$(MAKE) --no-print-directory test-unprivileged || status=1; \
 	else \
 		echo "make test: not root, so the suite ran once, as $$(id -un)"; \
-	fi
+	fi; \
+	[ $$status = 0 ] && echo "make test: all passes succeeded" || echo "make test: FAILED (see above)" >&2; \
+	exit $$status
 
 test-here: $(VENV_STAMP)
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
