@@ -229,6 +229,7 @@ TRICKY_ARGS = [
     "-c",
     "line\nbreak",
     "back\\slash",
+    "undecodable byte \udcff (surrogateescape)",
 ]
 
 
