@@ -6,7 +6,8 @@
 - **slow retrieval**: connect and read timeouts, a total deadline per file and a minimum
   speed averaged over a window. Reads use ``read1`` (whatever one ``recv`` returns), so a
   server trickling one byte per second is measured after every byte and cut off within
-  ``deadline`` (or ``speed_window``) plus one ``read_timeout`` at worst;
+  ``deadline`` (or ``speed_window``) plus one ``read_timeout`` at worst; while the status
+  line and headers arrive, a timer enforces the deadline (urllib3 has only per-read timeouts);
 - **endless data**: a hard cap; the stream stops at the signed length, never reads past it;
 - constant memory: data is streamed in chunks of at most ``chunk_size`` bytes;
 - no redirect to another host (or scheme), no transparent decompression;
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -37,6 +40,8 @@ from typing import IO, Any, BinaryIO
 
 import requests
 import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.util
 from tuf.api import exceptions as tuf_exc
@@ -165,6 +170,71 @@ def _received(e: BaseException) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# The deadline while the status line and headers arrive. urllib3 only applies a per-read
+# timeout there, which a server sending one header byte per second never trips. A timer shuts
+# the connection's socket down when the file's deadline passes, so the blocked read returns.
+
+_deadline = threading.local()  # .until: time.monotonic() value for the current request
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        # The plain socket's method, also for TLS: SSLSocket.shutdown would drop its SSL
+        # object under the thread that is reading.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedMixin:
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        until = getattr(_deadline, "until", None)
+        if until is None:
+            return super().getresponse()  # type: ignore[misc]
+        timer = threading.Timer(max(until - time.monotonic(), 0.0), _shut, (self.sock,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            timer.cancel()
+
+
+class _WatchedHTTPConnection(_WatchedMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with watched connections (also through an HTTP(S) proxy)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
 class Fetcher(FetcherInterface):
     """Fetch files of a release repository over HTTP(S) or from ``file://`` URLs.
 
@@ -190,7 +260,7 @@ class Fetcher(FetcherInterface):
             # (a "read" error before any response). Not refused connects (pointless, and
             # noisy), statuses or redirects; body reads are outside urllib3's retries anyway.
             retry = urllib3.util.Retry(total=1, connect=0, read=1, status=0, redirect=0)
-            adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+            adapter = _Adapter(max_retries=retry)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self._session = session
@@ -261,7 +331,11 @@ class Fetcher(FetcherInterface):
                 chunks = self._file_chunks(url)
                 total = _file_size(url)
             else:
-                resp = self._open_http(url)
+                _deadline.until = start + cfg.deadline
+                try:
+                    resp = self._open_http(url)
+                finally:
+                    _deadline.until = None
                 chunks = self._http_chunks(resp)
                 cl = resp.headers.get("Content-Length")
                 total = int(cl) if cl and cl.isdigit() else None
@@ -308,6 +382,11 @@ class Fetcher(FetcherInterface):
         except Exception as e:
             if isinstance(e, errors.FetchError):
                 raise
+            elapsed = time.monotonic() - start
+            if elapsed >= cfg.deadline:  # the watchdog cut the connection (headers phase)
+                raise _SlowRetrievalError(
+                    url, f"it took longer than the {cfg.deadline:g} s deadline", 0, elapsed
+                ) from e
             raise _converted(e, url, cfg) from e
 
     def _open_http(self, url: str) -> requests.Response:

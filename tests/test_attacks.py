@@ -6,6 +6,7 @@ fail, if the check were removed: every scenario has a newer release on offer).""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -345,6 +346,30 @@ def test_slow_retrieval_total_deadline(
     e = refused(install, make_client(config=cfg), errors.SlowRetrievalError)
     assert "deadline" in str(e)
     assert e.received < rel.length
+
+
+def test_slow_retrieval_of_headers_is_cut_off(
+    install: Install, make_client: MakeClient, server: RepoServer
+) -> None:
+    """A server that trickles its status line and headers (one byte every 0.25 s, for 15 s
+    at most) never trips a per-read timeout; the deadline still cuts it off."""
+
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40
+    sent = 0
+
+    def slow_headers(h: Any) -> None:
+        nonlocal sent
+        for byte in head:
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+            sent += 1
+            time.sleep(0.25)
+
+    server.overrides["/metadata/timestamp.json"] = slow_headers
+    cfg = FetchConfig(read_timeout=5, deadline=1, min_speed=0)
+    e = refused(install, make_client(config=cfg), errors.SlowRetrievalError)
+    assert "deadline" in str(e)
+    assert sent < len(head) // 2  # the client hung up early instead of waiting it out
 
 
 # --- transport failures --------------------------------------------------------------------
