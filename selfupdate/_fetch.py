@@ -201,6 +201,7 @@ class _WatchedMixin:
             return super().getresponse()  # type: ignore[misc]
         finally:
             timer.cancel()
+            timer.join()  # leave no thread behind (a caller may unshare() or fork next)
 
 
 class _WatchedHTTPConnection(_WatchedMixin, urllib3.connection.HTTPConnection):
