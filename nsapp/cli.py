@@ -59,8 +59,6 @@ def build_parser(modules: list[object] | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Example app of the reexec / namespaces / self-update framework.",
-        # Room for the longest command name beside its help line.
-        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=32),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {VERSION}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
