@@ -163,7 +163,10 @@ class UpdateClient:
             OSError: writing to ``fileobj`` failed.
         """
         updater = self._updater or self._refresh()
-        info = self._call(lambda: updater.get_targetinfo(release.target_path))
+        try:
+            info = self._call(lambda: updater.get_targetinfo(release.target_path))
+        except _LocalCacheError as e:
+            raise errors.CacheError(str(self._metadata_dir), e.reason) from e.__cause__
         signed: Release | None = None
         if info is not None:
             try:
@@ -196,7 +199,11 @@ class UpdateClient:
                 if attempt == 2:
                     raise errors.CacheError(str(self._metadata_dir), e.reason) from e.__cause__
                 logger.warning("metadata cache unusable (%s): rebuilding it", e.reason)
-                self._wipe_cache()
+                try:
+                    self._wipe_cache()
+                except OSError as wipe:
+                    reason = wipe.strerror or type(wipe).__name__
+                    raise errors.CacheError(str(self._metadata_dir), reason) from wipe
                 continue
             self._updater = updater
             return updater
