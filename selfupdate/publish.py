@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -396,7 +397,9 @@ def _publish(
         raise errors.VersionNotNewerError(app, channel, version, existing[-1].version)
 
     warnings = inspect_file(file)
-    name = f"{app}-{version}{''.join(file.suffixes[-1:])}"
+    # Keep a real extension (.pyz, .zip, .whl) so a download has a sensible name.
+    ext = file.suffix if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,7}", file.suffix) else ""
+    name = f"{app}-{version}{ext}"
     target_path = f"{app}/{channel}/{name}"
     length, sha256 = _copy_target(file, repo.targets_dir / app / channel, name)
     tf = TargetFile(
