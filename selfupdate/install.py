@@ -734,6 +734,10 @@ def update(
                         f"{state_dir} failed ({e.strerror or e}); nothing was changed"
                     ) from e
             checkpoint("snapshot")
+            try:
+                seed_extraction(installed, layout.staged)
+            except Exception:  # noqa: BLE001 - zipfile raises several kinds
+                pass  # only an optimisation: shiv extracts the build itself in the trial
             note(f"trying {new} (migrations and health check) ...")
             failure = run_trial(layout.staged, current_version, new, layout.log,
                                 trial_timeout, trial_env)
@@ -876,6 +880,85 @@ def shiv_build_id(pyz: Path) -> str | None:
         return None
     build_id = env.get("build_id") if isinstance(env, dict) else None
     return build_id if isinstance(build_id, str) else None
+
+
+def _shiv_env(zf: Any) -> dict[str, Any]:
+    env = json.loads(zf.read("environment.json"))
+    if not isinstance(env, dict):
+        raise ValueError("environment.json is not an object")
+    return env
+
+
+def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | None:
+    """Prepare shiv's extraction of the build ``new`` from the extraction of ``old``.
+
+    A new build mostly carries the same dependencies as the old one. shiv would decompress
+    all of them again on the new build's first start (the trial); instead, every file of the
+    new archive's ``site-packages`` whose name, CRC-32 and size equal those of the old
+    archive's entry is hard-linked from the old extraction (which the running old build
+    made), and only the rest is extracted. The result is renamed into place under shiv's own
+    extraction lock, so shiv finds it complete and skips extraction, or extracts itself.
+
+    Both archives have the same base name (the staged file is named like the installed one).
+
+    Returns:
+        The extraction directory made, or None when there was nothing to do (no old
+        extraction, same build, already extracted, a build with its own shiv root).
+    """
+    import fcntl
+    import zipfile
+
+    root = root or shiv_root()
+    if not (zipfile.is_zipfile(old) and zipfile.is_zipfile(new)):
+        return None
+    with zipfile.ZipFile(old) as zo, zipfile.ZipFile(new) as zn:
+        env_old, env_new = _shiv_env(zo), _shiv_env(zn)
+        old_id, new_id = env_old.get("build_id"), env_new.get("build_id")
+        if env_new.get("root") or not old_id or not new_id or old_id == new_id:
+            return None
+        target = root / f"{new.name}_{new_id}"
+        old_sp = root / f"{old.name}_{old_id}" / "site-packages"
+        if target.exists() or not old_sp.is_dir():
+            return None
+        same = {
+            i.filename: i for i in zo.infolist() if i.filename.startswith("site-packages/")
+        }
+        tmp = root / f".{new.name}_{new_id}.seed-{os.getpid()}"
+        _rmtree(tmp)
+        try:
+            for info in zn.infolist():
+                name = info.filename
+                if not name.startswith("site-packages/") or ".." in name.split("/"):
+                    continue
+                dest = tmp / name
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                o = same.get(name)
+                src = root / f"{old.name}_{old_id}" / name
+                if o is not None and o.CRC == info.CRC and o.file_size == info.file_size:
+                    try:
+                        if src.stat().st_size == info.file_size:
+                            dest.parent.mkdir(parents=True, exist_ok=True)
+                            os.link(src, dest)
+                            continue
+                    except OSError:
+                        pass
+                zn.extract(info, tmp)
+                os.chmod(dest, (info.external_attr >> 16) or 0o644)
+            # shiv's extraction lock (fcntl.flock, as in shiv's bootstrap/filelock.py): shiv
+            # either sees our complete directory or extracts into its own .tmp first.
+            fd = os.open(root / f".{new.name}_{new_id}_lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if target.exists():
+                    return None
+                os.replace(tmp, target)
+            finally:
+                os.close(fd)
+        finally:
+            _rmtree(tmp)
+    return target
 
 
 def _used_by_a_process(path: Path) -> bool:

@@ -146,3 +146,33 @@ def test_a_running_build_keeps_its_extraction(
     r = subprocess.run([sys.executable, str(pyz), "history"], env=env, capture_output=True,
                        text=True)
     assert r.returncode == 0 and r.stdout.startswith("nsapp 1.0.0"), r.stderr
+
+
+def test_seeded_extraction_links_unchanged_files_and_runs(
+    build_pyz: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The new build's extraction, prepared from the old one's, is exactly what shiv makes."""
+    old = build_pyz("1.0.0", out=tmp_path / "opt" / "nsapp.pyz")
+    new = build_pyz("2.0.0", out=tmp_path / "staged" / "nsapp.pyz")
+    root = tmp_path / "shiv"
+    env = dict(os.environ, SHIV_ROOT=str(root), NSAPP_STATE_DIR=str(tmp_path / "state"))
+    subprocess.run([sys.executable, str(old), "history"], env=env, check=True,
+                   capture_output=True)
+    d = install.seed_extraction(old, new, root)
+    assert d is not None and d.name == f"nsapp.pyz_{install.shiv_build_id(new)}"
+    files = [p for p in (d / "site-packages").rglob("*") if p.is_file()]
+    linked = [p for p in files if p.stat().st_nlink > 1]
+    assert len(linked) > len(files) // 2  # the dependencies did not change
+    with zipfile.ZipFile(new) as zf:
+        names = {i.filename for i in zf.infolist()
+                 if i.filename.startswith("site-packages/") and not i.is_dir()}
+        assert {str(p.relative_to(d)) for p in files} == names
+        for p in files:
+            assert p.read_bytes() == zf.read(str(p.relative_to(d))), p
+    assert install.seed_extraction(old, new, root) is None  # already there
+    ino = d.stat().st_ino
+    r = subprocess.run([sys.executable, str(new), "history"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("nsapp 2.0.0"), r.stderr
+    assert d.stat().st_ino == ino  # shiv used it as it was
+    assert not [p for p in root.iterdir() if ".seed-" in p.name]
