@@ -130,6 +130,7 @@ def bench(where: str, runs: int, mb: int
             app = opt / "nsapp.pyz"
             upd_times: list[float] = []
             curl_times: list[float] = []
+            phases: list[list[float]] = []
             for i in range(runs):
                 # --- reset: v1 installed and run before (its extraction exists); v2 never ran
                 shutil.rmtree(opt, ignore_errors=True)
@@ -142,9 +143,9 @@ def bench(where: str, runs: int, mb: int
                         shutil.rmtree(d)
                 run([PY, str(app), "history", "--add", f"run {i}"], env=env)
                 t0 = time.perf_counter()
-                out = run([PY, str(app), "update"], env=env).stdout
+                marks = _timed_update(app, env)
                 upd_times.append(time.perf_counter() - t0)
-                assert "updated 1.0.0 -> 2.0.0" in out, out
+                phases.append(marks)
 
                 new = opt / "new"
                 t0 = time.perf_counter()
@@ -156,7 +157,35 @@ def bench(where: str, runs: int, mb: int
         finally:
             server.terminate()
             server.wait()
+    print(f"[{where}] phases of nsapp update, medians in ms: start+imports+TUF refresh "
+          f"{_med(phases, 0)}, download+verify+fsync+snapshot {_med(phases, 1)}, "
+          f"trial+switch+exec {_med(phases, 2)}, new build finishing {_med(phases, 3)}",
+          flush=True)
     return where, size, upd_times, curl_times, imports
+
+
+def _med(phases: list[list[float]], i: int) -> str:
+    return f"{statistics.median(p[i] for p in phases) * 1000:.0f}"
+
+
+def _timed_update(app: Path, env: dict[str, str]) -> list[float]:
+    """Run ``nsapp update``; return the durations between its progress lines."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([PY, "-u", str(app), "update"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    stamps = [t0]
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith(("downloading", "trying", "nsapp updated")):
+            stamps.append(time.perf_counter())
+    err = p.stderr.read() if p.stderr else ""
+    p.wait()
+    stamps.append(time.perf_counter())
+    if p.returncode != 0 or len(stamps) != 5:
+        raise SystemExit(f"nsapp update failed ({p.returncode}): {''.join(out)}{err}")
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def _build_id(pyz: Path) -> str:
