@@ -134,6 +134,9 @@ def inside_pyz() -> int:
     """Entry point run inside nsapp.pyz (through SHIV_ENTRY_POINT): the round-trip loop."""
     import reexec_core
 
+    # The children re-run the archive's own entry point (nsapp.cli:main), which dispatches;
+    # this loop stands in for a main, and a main calls init() first.
+    assert reexec_core.init() is False
     # Do not hand this bench's directory on to the children: measure what nsapp's child pays.
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p != here]
