@@ -1003,6 +1003,16 @@ def _used_by_a_process(path: Path) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> list[Path]:
     """Remove shiv extraction directories of builds of ``name`` that are no longer installed.
 
@@ -1027,7 +1037,14 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
         entries = sorted(os.listdir(root))
     except OSError:
         return removed
+    leftover = re.compile(r"\." + re.escape(name) + r"_[0-9a-f]{64}\.(?:seed|removing)-(\d+)")
     for entry in entries:
+        m = leftover.fullmatch(entry)
+        if m is not None and not _alive(int(m.group(1))):
+            # A seed or removal cut short by a kill: nobody uses a half-made directory.
+            shutil.rmtree(root / entry, ignore_errors=True)
+            removed.append(root / entry)
+            continue
         m = pattern.fullmatch(entry)
         if m is None or m.group(1) in keep_ids:
             continue

@@ -176,3 +176,16 @@ def test_seeded_extraction_links_unchanged_files_and_runs(
     assert r.returncode == 0 and r.stdout.startswith("nsapp 2.0.0"), r.stderr
     assert d.stat().st_ino == ino  # shiv used it as it was
     assert not [p for p in root.iterdir() if ".seed-" in p.name]
+
+
+def test_leftovers_of_killed_seeds_are_removed(tmp_path: Path) -> None:
+    root = tmp_path / "shiv"
+    root.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = root / f".nsapp.pyz_{ID['free']}.seed-{dead}"
+    (stale / "site-packages").mkdir(parents=True)
+    live = root / f".nsapp.pyz_{ID['free']}.seed-{os.getpid()}"
+    live.mkdir()
+    assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [stale]
+    assert live.exists()
