@@ -28,11 +28,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from selfupdate._fetch import Fetcher
-
 if TYPE_CHECKING:
-    from tuf.api.metadata import TargetFile
     from tuf.ngclient.updater import Updater
+
+    from selfupdate._fetch import Fetcher
 
 __all__ = ["main"]
 
@@ -78,6 +77,8 @@ def refresh(metadata_dir: Path, metadata_url: str) -> None:
             fetcher's errors are also ``selfupdate.errors.FetchError``).
         OSError: the local metadata cannot be read or written.
     """
+    from selfupdate._fetch import Fetcher
+
     _updater(metadata_dir, metadata_url, Fetcher()).refresh()
     print(f"selfupdate conformance client: refreshed metadata in {metadata_dir}")
 
@@ -91,8 +92,9 @@ def download(
 ) -> None:
     """Download and verify each target in order with one updater; skip cached ones.
 
-    A target is stored as ``target_dir/<URL-quoted target path>`` (ngclient's naming),
-    written through a temporary file and moved into place only once verified.
+    Each target is fetched and verified by ``selfupdate.client.download_verified`` (the
+    code ``UpdateClient.download_to`` runs) into a temporary file, which is moved into
+    place as ``target_dir/<URL-quoted target path>`` (ngclient's naming) once verified.
 
     Raises:
         ConformanceError: ``init`` was not run, or a target is not in the signed metadata.
@@ -102,6 +104,9 @@ def download(
         tuf.api.exceptions.DownloadError: metadata could not be downloaded.
         OSError: local files cannot be read or written.
     """
+    from selfupdate._fetch import Fetcher
+    from selfupdate.client import download_verified
+
     fetcher = Fetcher()
     updater = _updater(metadata_dir, metadata_url, fetcher)
     for name in target_names:
@@ -114,47 +119,17 @@ def download(
         if updater.find_cached_target(info, str(dest)):
             print(f"selfupdate conformance client: {name} is already cached as {dest}")
             continue
-        write = functools.partial(_fetch_target, updater, fetcher, info, base_url=target_base_url)
+        write = functools.partial(
+            download_verified,
+            fetcher,
+            info,
+            base_url=target_base_url.rstrip("/") + "/",
+            # ngclient exposes the trusted root only through its trusted set, as in
+            # UpdateClient.download_to.
+            consistent_snapshot=bool(updater._trusted_set.root.consistent_snapshot),
+        )
         _write_atomic(dest, write)
         print(f"selfupdate conformance client: downloaded {name} as {dest}")
-
-
-def _fetch_target(
-    updater: Updater, fetcher: Fetcher, info: TargetFile, fileobj: BinaryIO, *, base_url: str
-) -> None:
-    """Stream ``info``'s file into ``fileobj`` and check every signed hash.
-
-    TEMPORARY COPY of UpdateClient.download_to's download step (URL rule, copy_to with
-    hashers, hash comparison) until client.py exposes it as a function (asked of T).
-    """
-    import hashlib
-
-    from selfupdate import errors
-
-    path = info.path
-    if updater._trusted_set.root.consistent_snapshot:
-        # TUF spec 5.7.3: the first listed hash prefixes the file name.
-        digest = next(iter(info.hashes.values()))
-        dirname, sep, basename = path.rpartition("/")
-        path = f"{dirname}{sep}{digest}.{basename}"
-    hashers = {}
-    for alg in info.hashes:
-        try:
-            hashers[alg] = hashlib.new(alg)
-        except ValueError:
-            raise errors.TargetMismatchError(
-                info.path, f"unsupported hash algorithm {alg!r}"
-            ) from None
-    fetcher.copy_to(
-        f"{base_url.rstrip('/')}/{path}",
-        fileobj,
-        info.length,
-        label=info.path,
-        hashers=list(hashers.values()),
-    )
-    for alg, h in hashers.items():
-        if h.hexdigest() != info.hashes[alg]:
-            raise errors.TargetMismatchError(info.path, f"its {alg} hash differs")
 
 
 def _updater(metadata_dir: Path, metadata_url: str, fetcher: Fetcher) -> Updater:
