@@ -327,6 +327,7 @@ class Fetcher(FetcherInterface):
         del self.fetched_urls[:-64]
         cfg = self.config
         start = time.monotonic()  # the deadline covers the request and headers too
+        resp: requests.Response | None = None
         try:
             if urllib.parse.urlsplit(url).scheme == "file":
                 chunks = self._file_chunks(url)
@@ -389,6 +390,9 @@ class Fetcher(FetcherInterface):
                     url, f"it took longer than the {cfg.deadline:g} s deadline", 0, elapsed
                 ) from e
             raise _converted(e, url, cfg) from e
+        finally:
+            if resp is not None:
+                resp.close()  # also when we stop before reading (length cap, early close)
 
     def _open_http(self, url: str) -> requests.Response:
         cfg = self.config
