@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,6 +62,10 @@ def nsapp_popen(*args: str, **kw: object) -> subprocess.Popen[str]:
         env=_env(),
         **kw,  # type: ignore[call-overload]
     )
+    # A watchdog: if forwarding or the workload broke, a readline() would wait forever.
+    watchdog = threading.Timer(TIMEOUT, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
     return proc
 
 
