@@ -12,8 +12,10 @@ namespace when it exits. Our init:
 * exits with the workload's status, 128+N when it was killed by signal N.
 
 Signals a terminal generates (``si_code == SI_KERNEL``: Ctrl-C, Ctrl-\\, a resize, a hang-up)
-already reach the workload, which stays in the terminal's foreground process group; only
-signals sent with ``kill(2)`` are forwarded, so Ctrl-C is delivered once, not three times.
+go to the terminal's foreground process group. When the workload has the terminal it is that
+group alone (see ``_inside.take_foreground``); otherwise it shares the group with the runner and
+PID 1 and gets them directly too. Either way only signals sent with ``kill(2)`` are forwarded,
+so a Ctrl-C is delivered once, not three times.
 
 The relay (the process that created the namespaces and forked PID 1, and the runner itself)
 runs the same loop with ``reap_all=False``: it waits for its one child and passes signals on.
