@@ -181,6 +181,8 @@ def run_entry(
 
     Raises:
         NamespaceError, ValueError, TypeError: as for :func:`run`.
+        RuntimeError: this program cannot be started again under a name (``python -c``, or
+            ``reexec_core.init()`` was never called), from ``reexec_core.command``.
     """
     from reexec_core._registry import check_name
     from reexec_core.namespaces import _runner, _spec
@@ -190,6 +192,9 @@ def run_entry(
         if not isinstance(arg, str):
             raise TypeError(f"entry point arguments must be str, not {type(arg).__name__}")
     spec = _spec.make_spec(entry=[name, *args], **options)
+    # Fail here, in the caller, if this program cannot be started again under a name (no
+    # init() called, python -c): PID 1 makes the real Command inside the namespaces.
+    reexec_core.command(name, *args)
     return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
 
 
