@@ -239,6 +239,8 @@ def join(
         raise ValueError("give exactly one of argv and entry")
     if isinstance(argv, (str, bytes)):
         raise TypeError("argv must be a sequence of arguments, not a string")
+    if entry is not None:
+        reexec_core.command(entry, *entry_args)  # RuntimeError here, not in the namespaces
     own_fd = pidfd is None
     if pidfd is None:
         assert pid is not None
