@@ -4,12 +4,17 @@ validation, and the pure release choice of ``selfupdate._trust``."""
 
 from __future__ import annotations
 
+import fcntl
 import http.server
 import io
 import json
 import os
+import pty
+import ssl
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -24,6 +29,7 @@ from test_client_support import (
     make_install,
     make_pub,
     no_proxy_env,  # noqa: F401 - fixture, used through pytestmark
+    self_signed_cert,
     serve,
 )
 
@@ -196,6 +202,66 @@ def test_proxy_from_environment_is_used(
         proxy.shutdown()
         proxy.server_close()
     assert seen and all(p.startswith("http://releases.invalid/") for p in seen)
+
+
+def test_https_uses_the_ca_bundle_from_the_environment(
+    pub: Pub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REQUESTS_CA_BUNDLE is honoured the usual requests way: a server whose certificate
+    only that bundle vouches for is refused without it and accepted with it."""
+    cert, key = self_signed_cert(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    for server in serve(pub.repo, tls=ctx):
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        with pytest.raises(errors.UnreachableError) as ei:
+            client_for(pub, server.url, tmp_path / "c").check("1.0.0")
+        assert "TLS certificate" in str(ei.value)
+        assert_sentence(str(ei.value))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        c = client_for(pub, server.url, tmp_path / "c")
+        rel = c.check("1.0.0")
+        assert rel is not None and rel == pub.published["2.0.0"]
+        buf = io.BytesIO()
+        c.download_to(rel, buf)
+        assert buf.getvalue() == pub.target_file(rel).read_bytes()
+
+
+def test_progress_bar_on_a_terminal_by_default(pub: Pub, tmp_path: Path) -> None:
+    """progress=None: a bar when stderr is a terminal (a pty here), none otherwise."""
+    code = (
+        "import io, sys\n"
+        "from pathlib import Path\n"
+        "from selfupdate.client import UpdateClient\n"
+        "repo, cache = sys.argv[1:3]\n"
+        "root = (Path(repo) / 'metadata' / '1.root.json').read_bytes()\n"
+        "c = UpdateClient('nsapp', repo, root, cache_dir=Path(cache))\n"
+        "c.download_to(c.check('1.0.0'), io.BytesIO())\n"
+    )
+    for use_pty in (True, False):
+        primary, secondary = pty.openpty() if use_pty else os.pipe()
+        if use_pty:  # a new pty has 0 columns, where tqdm draws nothing: make it 80x24
+            fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(pub.repo), str(tmp_path / "c")],
+            cwd=REPO,
+            stderr=secondary,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        os.close(secondary)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the pty's other side closed
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(primary)
+        assert proc.wait(timeout=60) == 0, err
+        assert (b"nsapp 2.0.0" in err) is use_pty, (use_pty, err)
 
 
 def test_progress_bar_only_when_asked_or_on_a_terminal(

@@ -12,13 +12,14 @@ import io
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]
 class RepoServer:
     """Serve ``root`` on 127.0.0.1; ``overrides[path]`` replaces the answer for one URL path."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: ssl.SSLContext | None = None) -> None:
         self.root = root
+        self.scheme = "https" if tls else "http"
         self.overrides: dict[str, Behaviour] = {}
         self.requests: list[str] = []
         self.sent: dict[str, int] = {}  # path -> body bytes written by a behaviour
@@ -63,6 +65,8 @@ class RepoServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         # A client that hangs up on a misbehaving answer is the point of most tests: quiet.
         self.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         self.thread = threading.Thread(
@@ -72,7 +76,7 @@ class RepoServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_port}"
 
     def _static(self, h: http.server.BaseHTTPRequestHandler, path: str) -> None:
         file = (self.root / path.lstrip("/")).resolve()
@@ -371,9 +375,48 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def serve(root: Path) -> Iterator[RepoServer]:
-    server = RepoServer(root)
+def serve(root: Path, tls: ssl.SSLContext | None = None) -> Iterator[RepoServer]:
+    server = RepoServer(root, tls)
     try:
         yield server
     finally:
         server.close()
+
+
+def self_signed_cert(dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key), as PEM files: the test's own CA."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "selfupdate test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = dir / "cert.pem", dir / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
