@@ -32,6 +32,7 @@ the client is handed in by the caller.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -573,6 +574,22 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class _DownloadFile(io.FileIO):
+    """The staged file, unbuffered: every ``write`` reaches the kernel whole (short writes are
+    continued), so a full disk fails the write that hit it, not a later flush, and a partial
+    download can always be truncated."""
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        done = 0
+        while done < len(view):
+            n = super().write(view[done:])
+            if not n:
+                raise OSError(errno.EIO, "short write to the download file")
+            done += n
+        return done
+
+
 def _stage_download(layout: Layout, client: ClientLike, release: Any, mode: int) -> int:
     _rmtree(layout.staging)
     try:
@@ -582,13 +599,19 @@ def _stage_download(layout: Layout, client: ClientLike, release: Any, mode: int)
     except OSError as e:
         raise _dir_error(layout, e, "creating the download file") from e
     try:
-        with os.fdopen(fd, "wb") as f:
-            try:
+        try:
+            with _DownloadFile(fd, "wb") as f:
                 client.download_to(release, f)
-                f.flush()
                 os.fsync(f.fileno())
-            except OSError as e:
-                raise _dir_error(layout, e, "download") from e
+                size = os.fstat(f.fileno()).st_size
+        except OSError as e:
+            raise _dir_error(layout, e, "download") from e
+        expected = getattr(release, "length", None)
+        if isinstance(expected, int) and size != expected:
+            raise InstallError(
+                f"cannot update {layout.installed}: the download file has {size} bytes, not "
+                f"the {expected} that were verified; nothing was changed, try again"
+            )
         os.chmod(layout.staged, mode)
         fsync_dir(layout.staging)
     except BaseException:
