@@ -519,3 +519,26 @@ def test_sigkill_at_every_checkpoint_and_50_random_moments(
     seen = {v: results.count(v) for v in (V1, V2)}
     # Both outcomes happen: the kills really landed on both sides of the commit point.
     assert seen[V1] > 0 and seen[V2] > 0, (seen, full)
+
+
+def _heavy_imports(stderr: str) -> list[str]:
+    mods = [ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines()
+            if ln.startswith("import time:") and "|" in ln]
+    return [m for m in mods if m.split(".")[0] in ("tuf", "requests", "cryptography", "urllib3")]
+
+
+def test_start_hook_is_cheap_with_and_without_a_journal(world: World, inst: Install) -> None:
+    r = subprocess.run([PY, "-X", "importtime", str(inst.pyz), "history"], env=inst.env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and _heavy_imports(r.stderr) == []
+    # An update killed while downloading: the start hook undoes it, still without them.
+    staging = inst.pyz.parent / ".nsapp.pyz.update"
+    staging.mkdir()
+    (staging / "nsapp.pyz").write_bytes(b"half a download")
+    (inst.pyz.parent / ".nsapp.pyz.journal").write_text(json.dumps(
+        {"format": 1, "phase": "download", "kind": "update", "old": V1, "new": V2,
+         "state_dir": str(inst.state)}))
+    r = subprocess.run([PY, "-X", "importtime", str(inst.pyz), "history"], env=inst.env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and _heavy_imports(r.stderr) == []
+    assert not staging.exists() and not (inst.pyz.parent / ".nsapp.pyz.journal").exists()
