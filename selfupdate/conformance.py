@@ -241,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConformanceError, SelfUpdateError, RepositoryError, DownloadError, OSError) as e:
         # One sentence on stderr; tracebacks are kept for bugs (STYLE.md §4).
         log.debug("%s failed", args.command, exc_info=True)
-        print(f"selfupdate conformance client: {args.command} failed: {e}", file=sys.stderr)
+        why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else e
+        print(f"selfupdate conformance client: {args.command} failed: {why}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -258,6 +258,13 @@ def test_refresh_rejects_badly_signed_timestamp(tmp_path: Path, served: Served) 
     assert not (metadata_dir / "timestamp.json").exists()
 
 
+def test_refresh_without_init_fails_cleanly(tmp_path: Path, served: Served) -> None:
+    r = _client("--metadata-dir", tmp_path, "--metadata-url", served.metadata_url, "refresh")
+    _assert_one_sentence_error(r)
+    assert "init" in r.stderr
+    assert served.requests == []
+
+
 def test_usage_error_exits_2(tmp_path: Path) -> None:
     r = _client("--metadata-dir", tmp_path, "refresh")
     assert r.returncode == 2
