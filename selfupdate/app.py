@@ -166,8 +166,6 @@ def _state_dir() -> Path:
 
 def _post_update(old: str, new: str) -> int:
     """``post-update OLD NEW``: migrations crossed, then the health check; status 0 = good."""
-    import traceback
-
     state = _state_dir()
     print(f"post-update {old} -> {new} (this build: {_cfg.version}, state: {state})", flush=True)
     for v in migrations_between(old, new, list(_cfg.migrations)):
@@ -175,6 +173,8 @@ def _post_update(old: str, new: str) -> int:
         try:
             what = fn(state)
         except Exception as e:
+            import traceback
+
             traceback.print_exc(file=sys.stdout)
             print(f"FAILED: migration {v} ({fn.__name__}): {e}", flush=True)
             return 1
@@ -183,6 +183,8 @@ def _post_update(old: str, new: str) -> int:
         try:
             check(state)
         except Exception as e:
+            import traceback
+
             traceback.print_exc(file=sys.stdout)
             print(f"FAILED: health check {check.__name__}: {e}", flush=True)
             return 1
