@@ -389,6 +389,14 @@ class _CTypes:
             self.int_funcs[name] = int_func(ct.dlsym(handle, name))
         c_char = type("c_char", (simple,), {"_type_": "c"})
         self.ifreq: Any = type("ifreq", (ct.Array,), {"_type_": c_char, "_length_": 40})
+        # Arguments built once, here, before any fork or clone: a child that only uses them
+        # writes (copies) fewer pages of the parent's memory.
+        self.pdeathsig: dict[int, tuple[Any, ...]] = {}
+        self.lo_socket = (self.c_int(2), self.c_int(2), self.c_int(0))  # AF_INET, SOCK_DGRAM
+        self.lo_get = self.c_ulong(0x8913)  # SIOCGIFFLAGS
+        self.lo_set = self.c_ulong(0x8914)  # SIOCSIFFLAGS
+        self.lo_ifreq: Any = self.ifreq()
+        self.lo_ifreq[0], self.lo_ifreq[1] = b"l", b"o"
 
 
 _ct: _CTypes | None = None
@@ -408,13 +416,12 @@ def _c() -> _CTypes:
 
 
 def preload() -> None:
-    """Load the libc entry points now (before forking), unless this Python has ``os.unshare``.
+    """Load the libc entry points and build their arguments now, before forking or cloning.
 
     Raises:
         NamespaceUnsupportedError: not Linux.
     """
-    if not hasattr(os, "unshare"):
-        _c()
+    _c()
 
 
 def _check(rc: int, c: _CTypes) -> int:
@@ -480,18 +487,38 @@ def clone3(flags: int) -> int:
     run (it needs none with one thread), and ``os.fork`` would cost one more process to get
     the same, the child of an ``unshare``.
 
+    The C arguments are built once per set of flags: the child returns through as little
+    Python as possible (every page it writes is a copy-on-write fault).
+
     Returns:
         The child's pid in the parent; 0 in the child.
 
     Raises:
         OSError: the kernel refused (errno as for unshare; ENOSYS: no clone3 here).
     """
-    import struct
+    args = _clone_args.get(flags)
+    if args is None:
+        import struct
 
-    # struct clone_args, CLONE_ARGS_SIZE_VER0: flags, pidfd, child_tid, parent_tid,
-    # exit_signal, stack, stack_size, tls. stack 0: the child runs on a copy of our stack.
-    args = struct.pack("=8Q", flags, 0, 0, 0, 17, 0, 0, 0)  # exit_signal SIGCHLD
-    return _syscall("clone3", args, len(args))
+        c = _c()
+        machine = os.uname().machine
+        try:
+            nr = _SYSCALLS[machine]["clone3"]
+        except KeyError:
+            raise OSError(_ENOSYS, f"clone3 is not known on {machine}") from None
+        # struct clone_args, CLONE_ARGS_SIZE_VER0: flags, pidfd, child_tid, parent_tid,
+        # exit_signal, stack, stack_size, tls. stack 0: the child runs on a copy of our stack.
+        raw = struct.pack("=8Q", flags, 0, 0, 0, 17, 0, 0, 0)  # exit_signal SIGCHLD
+        args = _clone_args[flags] = (c.c_long(nr), c.c_char_p(raw), c.c_long(len(raw)))
+    c = _c()
+    rc: int = c.syscall(*args)
+    if rc == -1:
+        err: int = c.mod.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
+
+
+_clone_args: dict[int, tuple[object, ...]] = {}
 
 
 def unshare(flags: int) -> None:
@@ -592,29 +619,44 @@ def make_readonly(target: str) -> None:
 def set_pdeathsig(sig: int) -> None:
     """``prctl(PR_SET_PDEATHSIG, sig)`` through the preloaded libc (see ``preload``)."""
     c = _c()
-    zero = c.c_ulong(0)
-    _call("prctl", c.c_int(1), c.c_ulong(sig), zero, zero, zero)
+    args = c.pdeathsig.get(sig)
+    if args is None:
+        zero = c.c_ulong(0)
+        args = c.pdeathsig[sig] = (c.c_int(1), c.c_ulong(sig), zero, zero, zero)
+    if c.int_funcs["prctl"](*args) == -1:
+        err: int = c.mod.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def set_loopback_up() -> None:
     """Bring ``lo`` up in this network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS; no ``ip`` needed).
 
+    The C arguments are built by ``preload`` (before a fork or clone: fewer pages written in
+    the child).
+
     Raises:
         OSError: the ioctl failed (for example without CAP_NET_ADMIN in the namespace).
     """
     c = _c()
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    fd = _call("socket", c.c_int(2), c.c_int(2), c.c_int(0))  # AF_INET, SOCK_DGRAM
+    funcs = c.int_funcs
+    fd = funcs["socket"](*c.lo_socket)  # AF_INET, SOCK_DGRAM
+    if fd == -1:
+        err: int = c.mod.get_errno()
+        raise OSError(err, os.strerror(err))
     try:
         # struct ifreq: 16 bytes of name, then a union whose first short is ifr_flags.
-        req = c.ifreq()
-        req[0], req[1] = b"l", b"o"
-        _call("ioctl", c.c_int(fd), c.c_ulong(siocgifflags), req)
-        flags = int.from_bytes(req.raw[16:18], sys.byteorder) | iff_up
+        req = c.lo_ifreq
+        cfd = c.c_int(fd)
+        if funcs["ioctl"](cfd, c.lo_get, req) == -1:
+            err = c.mod.get_errno()
+            raise OSError(err, os.strerror(err))
+        flags = int.from_bytes(req.raw[16:18], sys.byteorder) | 0x1  # IFF_UP
         req[16:18] = flags.to_bytes(2, sys.byteorder)
-        _call("ioctl", c.c_int(fd), c.c_ulong(siocsifflags), req)
+        if funcs["ioctl"](cfd, c.lo_set, req) == -1:
+            err = c.mod.get_errno()
+            raise OSError(err, os.strerror(err))
     finally:
-        _call("close", c.c_int(fd))
+        funcs["close"](c.c_int(fd))
 
 
 def write_id_maps(
@@ -632,15 +674,30 @@ def write_id_maps(
     Raises:
         OSError: with ``filename`` set to the file that was refused.
     """
+    write_files(id_map_files(pid, uid_map, gid_map, deny_setgroups))
+
+
+def id_map_files(
+    pid: int | str,
+    uid_map: Sequence[tuple[int, int, int]],
+    gid_map: Sequence[tuple[int, int, int]],
+    deny_setgroups: bool,
+) -> list[tuple[str, bytes, bytes]]:
+    """The writes of :func:`write_id_maps` as ``(name, path, data)``, to do with ``write_files``."""
     base = f"/proc/{pid}/"
     items: list[tuple[str, bytes]] = []
     if deny_setgroups:
         items.append(("setgroups", b"deny"))
     items.append(("uid_map", _map_text(uid_map)))
     items.append(("gid_map", _map_text(gid_map)))
-    for name, data in items:
+    return [(name, os.fsencode(base + name), data) for name, data in items]
+
+
+def write_files(items: Sequence[tuple[str, bytes, bytes]]) -> None:
+    """Write each ``data`` to its ``path`` (one ``write``); OSError with ``filename`` = name."""
+    for name, path, data in items:
         try:
-            fd = os.open(base + name, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY)
             try:
                 os.write(fd, data)
             finally:

@@ -36,8 +36,17 @@ from reexec_core import _linux, _prctl
 from reexec_core.namespaces import _init
 from reexec_core.namespaces._spec import Spec
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: The workload's environment: str, or bytes (``os.environb``) when inherited.
+    Env = dict[Any, Any]
+
 _SIGKILL = 9
 _SIGPIPE, _SIGXFSZ, _SIGTTOU = 13, 25, 22
+#: Signals the workload starts with at their default action.
+_SIGDEF = (*_init.WAITSET, _SIGPIPE, _SIGXFSZ)
 
 
 class _Failed(Exception):
@@ -132,7 +141,8 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
     """
     try:
         # Every page this copy of the interpreter writes is a copy-on-write fault: no
-        # collection may walk the whole heap in here.
+        # collection may walk the whole heap in here (the runner disabled it before cloning,
+        # and built every argument used below, see prepare()).
         gc.disable()
         _linux.set_pdeathsig(_SIGKILL)
         if spec.flags & _linux.CLONE_NEWUSER:
@@ -142,7 +152,10 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
                     return 125  # the runner failed to write them, and raises the error
             else:
                 try:
-                    _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
+                    if _ready is not None and _ready[2]:
+                        _linux.write_files(_ready[2])
+                    else:
+                        _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
                 except OSError as e:
                     raise _Failed(e.filename or "uid_map", e.errno or 0, 0, "") from e
         # getppid() is 0 in a new PID namespace: the runner is the only writer of the ack
@@ -281,22 +294,35 @@ def _pivot(root: str) -> None:
     _step("pivot_root", root, os.chdir, "/")
 
 
-# (environment, resolved program path or None) worked out by the runner before it cloned:
-# work done before the clone costs no copy-on-write faults afterwards.
-_ready: tuple[dict[str, str], str | None] | None = None
+# (environment, resolved program path or None, id map writes) worked out by the runner before
+# it cloned: work done before the clone costs no copy-on-write faults afterwards.
+_ready: tuple[Env, str | None, list[tuple[str, bytes, bytes]]] | None = None
 
 
 def prepare(spec: Spec) -> None:
-    """In the runner, before cloning: the workload's environment and program path."""
+    """In the runner, before cloning: the workload's environment, program path and id maps.
+
+    The inherited environment is taken as bytes (``os.environb``): ``posix_spawn`` and
+    ``execve`` use them as they are, where str would be encoded again in the child.
+    """
     global _ready
-    env = dict(os.environ) if spec.env is None else dict(spec.env)
+    env: Env
+    if spec.env is not None:
+        env = dict(spec.env)
+    elif spec.entry is None:
+        env = dict(os.environb)
+    else:
+        env = dict(os.environ)
     path = None
     if spec.argv is not None and spec.root is None and spec.cwd is None:
         path = find_program(spec.argv[0], env)
-    _ready = (env, path)
+    maps: list[tuple[str, bytes, bytes]] = []
+    if spec.flags & _linux.CLONE_NEWUSER and not spec.parent_maps:
+        maps = _linux.id_map_files("self", spec.uid_map, spec.gid_map, True)
+    _ready = (env, path, maps)
 
 
-def _prepare_exec(spec: Spec) -> dict[str, str]:
+def _prepare_exec(spec: Spec) -> Env:
     if spec.cwd is not None:
         _step("chdir", spec.cwd, os.chdir, spec.cwd)
     elif spec.root:
@@ -322,7 +348,7 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
     if replace:
         if spec.foreground:
             take_foreground()
-        for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+        for sig in _SIGDEF:
             _signal.signal(sig, _signal.SIG_DFL)
         _init.restore(spec.sigmask)
         try:
@@ -338,7 +364,7 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
             argv,
             env,
             setsigmask=spec.sigmask,
-            setsigdef=(*_init.WAITSET, _SIGPIPE, _SIGXFSZ),
+            setsigdef=_SIGDEF,
         )
     except OSError as e:
         raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
@@ -363,14 +389,14 @@ def take_foreground() -> None:
         pass
 
 
-def _fork_foreground(spec: Spec, path: str, argv: list[str], env: dict[str, str]) -> int:
+def _fork_foreground(spec: Spec, path: str, argv: list[str], env: Env) -> int:
     """Spawn the workload in the terminal's foreground: it must take it *before* its exec
     (posix_spawn cannot), or a shell checking its terminal at start stops itself."""
     pid = os.fork()
     if pid == 0:
         try:
             take_foreground()
-            for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+            for sig in _SIGDEF:
                 _signal.signal(sig, _signal.SIG_DFL)
             _init.restore(spec.sigmask)
             os.execve(path, argv, env)
@@ -383,15 +409,17 @@ def _fork_foreground(spec: Spec, path: str, argv: list[str], env: dict[str, str]
     return pid
 
 
-def find_program(name: str, env: dict[str, str]) -> str:
-    """Search ``PATH`` of ``env`` like execvp(3); return ``name`` itself when not found.
+def find_program(name: str, env: Env) -> str:
+    """Search ``PATH`` of ``env`` (str or bytes) like execvp(3); ``name`` when not found.
 
     ``os.execvpe`` would do it, but ``os.get_exec_path`` imports ``warnings`` (~1 ms) in
     every setup process.
     """
     if "/" in name:
         return name
-    for entry in env.get("PATH", os.defpath).split(os.pathsep):
+    raw = env.get("PATH", env.get(b"PATH"))
+    search = os.defpath if raw is None else os.fsdecode(raw)
+    for entry in search.split(os.pathsep):
         candidate = os.path.join(entry or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
@@ -409,7 +437,7 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     if replace:
         if spec.foreground:
             take_foreground()
-        for sig in (*_init.WAITSET, _SIGPIPE, _SIGXFSZ):
+        for sig in _SIGDEF:
             _signal.signal(sig, _signal.SIG_DFL)
         _init.restore(spec.sigmask)
         try:

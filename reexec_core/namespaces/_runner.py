@@ -7,6 +7,7 @@ with ``sigwaitinfo``; the runner does the same while it waits, and passes them o
 
 from __future__ import annotations
 
+import gc
 import os
 
 from reexec_core import _linux
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 #: The name of the registered entry point a threaded caller starts the setup process under.
 ENTRY = "reexec-core-namespaces"
 _SIGKILL = 9
+_INHERITED = [None, None, None]
 
 
 def _fd(value: StdIO) -> int | None:
@@ -66,8 +68,9 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
     # Load libc's entry points once, here: every forked setup process inherits them.
     _linux.preload()
+    single = _single_threaded()
     # A thread's mask and sigwaitinfo see process signals only when it is the only thread.
-    forward = forward_signals and _single_threaded()
+    forward = forward_signals and single
     fg = _foreground(fds[0])
     spec.foreground = fg
     errr, errw = os.pipe2(os.O_CLOEXEC)
@@ -77,10 +80,13 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     # With SIGCHLD ignored the kernel reaps our child itself and its status is lost.
     chld = _init.default_sigchld()
     popen = None
+    # No collection while the setup process runs as a copy of this one: it would write to
+    # (and so copy) pages all over the heap, in the child and here.
+    collect = single and gc.isenabled()
     try:
-        single = _single_threaded()
         if single:
             _inside.prepare(spec)
+            gc.disable()
         child = _clone(spec, errr, errw, ackr, ackw, fds) if single else -1
         if child != -1:
             pass
@@ -116,6 +122,9 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
         os.close(errw)
         os.close(ackr)
         failure = _answer(spec, child, errr, ackw)
+        if collect:
+            gc.enable()
+            collect = False
         if failure is not None:
             _reap(child, popen)
             raise failure
@@ -127,6 +136,8 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             popen.returncode = status
         return status
     finally:
+        if collect:
+            gc.enable()
         _init.restore_sigchld(chld)
         _inside._ready = None
         for fd in (errr, ackw):
@@ -168,6 +179,8 @@ def _clone(spec: Spec, errr: int, errw: int, ackr: int, ackw: int, fds: list[int
 
 def _redirect(fds: list[int | None]) -> None:
     """In the child: make the given descriptors its stdin, stdout and stderr."""
+    if fds == _INHERITED:
+        return
     dups = [os.dup(fd) if fd is not None else None for fd in fds]
     for target, fd in enumerate(dups):
         if fd is not None:
