@@ -17,6 +17,11 @@ ENV_VAR = "REEXEC_CORE_ENTRY"
 _ENV_FORMAT_VERSION = "1"
 
 _entries: dict[str, EntryPoint] = {}
+# Entry points of reexec_core's own subpackages, registered when their module is imported. A
+# program that never imports such a module itself (say, one whose threaded caller reaches the
+# namespace runner only through a library) still gets them dispatched: the module is imported
+# on demand instead of failing with "no entry point registered".
+_BUILTIN_ENTRIES = {"reexec-core-namespaces": "reexec_core.namespaces"}
 # (name, args) handed over by the fast child bootstrap (_child.boot) before main runs.
 _pending: tuple[str, list[str]] | None = None
 # The name this process was started under, once known.
@@ -175,6 +180,9 @@ def _dispatch(name: str, args: list[str]) -> NoReturn:
     _dispatched = True
     _current = name
     fn = _entries.get(name)
+    if fn is None and name in _BUILTIN_ENTRIES:
+        __import__(_BUILTIN_ENTRIES[name])
+        fn = _entries.get(name)
     if fn is None:
         known = ", ".join(registered()) or "none"
         sys.stderr.write(
