@@ -5,6 +5,7 @@
 #   make lint        ruff check + mypy (strict on reexec_core)
 #   make bench       every bench/bench_*.py, side by side numbers and ratios
 #   make build       ./build.sh -> dist/nsapp.pyz
+#   make conformance the public TUF conformance suite against python -m selfupdate.conformance
 #
 # Variables: PYTHON3 (interpreter that creates .venv), PYTEST_ARGS, UNPRIV_PYTHON (a Python the
 # unprivileged user can run: outside /root), UNPRIV_UID.
@@ -24,10 +25,10 @@ UNPRIV_UID ?= 65534
 # `make demo` runs demo-reexec below.
 DEMO_SCRIPT := scripts/demo.sh
 
-.PHONY: help venv demo demo-reexec test test-here test-unprivileged lint bench build clean
+.PHONY: help venv demo demo-reexec test test-here test-unprivileged lint bench build conformance clean
 
 help:
-	@sed -n '1,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,12p' Makefile | sed 's/^# \{0,1\}//'
 
 venv: $(VENV_STAMP)
 
@@ -114,6 +115,16 @@ bench: $(VENV_STAMP)
 
 build: $(VENV_STAMP)
 	PYTHON=$(CURDIR)/$(VENV_PY) ./build.sh
+
+# Opt-in, not part of `make test` or CI: the suite lives in its own git repository, which a
+# clean CI machine cannot fetch. Needs the workplace runner and a snapshot of the suite.
+TUFCONF ?= ../shared/tools/tuf-conformance.sh
+conformance: $(VENV_STAMP)
+	@d="$$(mktemp -d)"; trap 'rm -rf "$$d"' EXIT; \
+	printf '#!/bin/sh\nPYTHONPATH=%s exec %s -m selfupdate.conformance "$$@"\n' \
+		"$(CURDIR)" "$(abspath $(VENV_PY))" > "$$d/client"; \
+	chmod +x "$$d/client"; cp selfupdate/conformance.xfails "$$d/client.xfails"; \
+	$(TUFCONF) "$$d/client"
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
