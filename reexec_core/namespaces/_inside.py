@@ -135,41 +135,35 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
 def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
     """The child of ``clone3``: already inside every new namespace (PID 1 with a PID one).
 
-    Gets its id maps (written by the runner, or its own single line), checks that the runner
-    is still there, sets the inside up, then execs the workload or, as PID 1, spawns and
+    Asks the runner for its id maps, sets the inside up meanwhile, waits for the maps (which
+    also proves the runner is still there), then execs the workload or, as PID 1, spawns and
     supervises it. Returns the exit code to ``os._exit`` with.
     """
     try:
         # Every page this copy of the interpreter writes is a copy-on-write fault: no
         # collection may walk the whole heap in here (the runner disabled it before cloning,
-        # and built every argument used below, see prepare()).
+        # and built the arguments used below, see prepare() and _linux.preload()).
         gc.disable()
         _linux.set_pdeathsig(_SIGKILL)
         if spec.flags & _linux.CLONE_NEWUSER:
-            if spec.parent_maps:
-                os.write(errfd, b"M")
-                if os.read(ackfd, 1) != b"\0":
-                    return 125  # the runner failed to write them, and raises the error
-            else:
-                try:
-                    if _ready is not None and _ready[2]:
-                        _linux.write_files(_ready[2])
-                    else:
-                        _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
-                except OSError as e:
-                    raise _Failed(e.filename or "uid_map", e.errno or 0, 0, "") from e
-        # getppid() is 0 in a new PID namespace: the runner is the only writer of the ack
-        # pipe, so EOF there means it died before our parent-death signal was set.
-        os.set_blocking(ackfd, False)
-        try:
-            if os.read(ackfd, 1) == b"":
-                os._exit(128 + _SIGKILL)
-        except BlockingIOError:
-            pass
-        os.close(ackfd)
+            # The runner owns this user namespace, so it may write our maps (one line of its
+            # own ids after "deny" in setgroups, like unshare -r; ranges as root or through
+            # newuidmap). It does so while we bring lo up and mount; see _await_maps.
+            os.write(errfd, b"M")
+        else:
+            # getppid() is 0 in a new PID namespace: the runner is the only writer of the ack
+            # pipe, so EOF there means it died before our parent-death signal was set.
+            os.set_blocking(ackfd, False)
+            try:
+                if os.read(ackfd, 1) == b"":
+                    os._exit(128 + _SIGKILL)
+            except BlockingIOError:
+                pass
+            os.close(ackfd)
+            ackfd = -1
         if spec.flags & _linux.CLONE_NEWPID:
             _prctl.set_name("ns-init")
-        inner_setup(spec)
+        inner_setup(spec, ackfd)
         if not spec.needs_fork:
             start_workload(spec, errfd, replace=True)
         child = start_workload(spec, errfd, replace=False)
@@ -178,6 +172,19 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
     except _Failed as f:
         report(errfd, f)
         return 125
+
+
+def _await_maps(ackfd: int) -> None:
+    """Wait for the runner's answer to our "M": the id maps are written (or it failed).
+
+    The runner answers only after reading the "M" sent after ``PR_SET_PDEATHSIG``: an answer
+    proves it was alive then (later, its death kills us); EOF means it died before.
+    """
+    answer = os.read(ackfd, 1)
+    os.close(ackfd)
+    if answer != b"\0":
+        # "E": the runner could not write them and raises the error itself.
+        os._exit(125 if answer else 128 + _SIGKILL)
 
 
 def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
@@ -201,8 +208,13 @@ def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
     return _init.supervise(child, reap_all=True)
 
 
-def inner_setup(spec: Spec) -> None:
-    """Inside every new namespace: mounts, a fresh /proc, new root, hostname, ``lo`` up."""
+def inner_setup(spec: Spec, ackfd: int = -1) -> None:
+    """Inside every new namespace: mounts, a fresh /proc, new root, hostname, ``lo`` up.
+
+    ``ackfd``: the id maps are still being written by the runner; wait for them
+    (:func:`_await_maps`) before the first step that may create files (mount points under a
+    new root, bind mounts and tmpfs), else at the end.
+    """
     flags = spec.flags
     # Before the mounts: after pivot_root the interpreter's own library may be out of reach.
     if spec.hostname is not None:
@@ -213,6 +225,9 @@ def inner_setup(spec: Spec) -> None:
         # Private propagation first: nothing we mount may leak back to the host.
         _step("private", "/", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
         prefix = spec.root or ""
+        if ackfd != -1 and (spec.mounts or spec.root):
+            _await_maps(ackfd)
+            ackfd = -1
         if spec.root and not os.path.isdir(spec.root):
             raise _Failed("pivot_root", 0, 0, f"{spec.root}: it is not a directory")
         for kind, src, dst in spec.mounts:
@@ -257,6 +272,8 @@ def inner_setup(spec: Spec) -> None:
             )
         if spec.root:
             _pivot(spec.root)
+    if ackfd != -1:
+        _await_maps(ackfd)
 
 
 def _ensure_dir(target: str, kind: str, create: bool) -> None:
@@ -294,13 +311,13 @@ def _pivot(root: str) -> None:
     _step("pivot_root", root, os.chdir, "/")
 
 
-# (environment, resolved program path or None, id map writes) worked out by the runner before
-# it cloned: work done before the clone costs no copy-on-write faults afterwards.
-_ready: tuple[Env, str | None, list[tuple[str, bytes, bytes]]] | None = None
+# (environment, resolved program path or None) worked out by the runner before it cloned:
+# work done before the clone costs no copy-on-write faults afterwards.
+_ready: tuple[Env, str | None] | None = None
 
 
 def prepare(spec: Spec) -> None:
-    """In the runner, before cloning: the workload's environment, program path and id maps.
+    """In the runner, before cloning: the workload's environment and program path.
 
     The inherited environment is taken as bytes (``os.environb``): ``posix_spawn`` and
     ``execve`` use them as they are, where str would be encoded again in the child.
@@ -316,10 +333,7 @@ def prepare(spec: Spec) -> None:
     path = None
     if spec.argv is not None and spec.root is None and spec.cwd is None:
         path = find_program(spec.argv[0], env)
-    maps: list[tuple[str, bytes, bytes]] = []
-    if spec.flags & _linux.CLONE_NEWUSER and not spec.parent_maps:
-        maps = _linux.id_map_files("self", spec.uid_map, spec.gid_map, True)
-    _ready = (env, path, maps)
+    _ready = (env, path)
 
 
 def _prepare_exec(spec: Spec) -> Env:

@@ -88,7 +88,8 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             _inside.prepare(spec)
             gc.disable()
         child = _clone(spec, errr, errw, ackr, ackw, fds) if single else -1
-        if child != -1:
+        cloned = child != -1
+        if cloned:
             pass
         elif single:
             child = os.fork()
@@ -121,7 +122,12 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             os.set_inheritable(ackr, False)
         os.close(errw)
         os.close(ackr)
-        failure = _answer(spec, child, errr, ackw)
+        if cloned:
+            # Write the child's id maps when it asks; what it reports later is read once it
+            # has exited (no wake-up here in between, while the workload starts).
+            failure = _serve_maps(spec, child, errr, ackw)
+        else:
+            failure = _answer(spec, child, errr, ackw)
         if collect:
             gc.enable()
             collect = False
@@ -132,6 +138,10 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             status = _init.supervise(child, reap_all=False)
         else:
             status = _wait(child)
+        if cloned:
+            failure = _late_failure(errr)
+            if failure is not None:
+                raise failure
         if popen is not None:
             popen.returncode = status
         return status
@@ -204,6 +214,43 @@ def _answer(spec: Spec, child: int, errr: int, ackw: int) -> _linux.NamespaceErr
                 os.write(ackw, b"E")
                 return e
             os.write(ackw, b"\0")
+    return _failure(data)
+
+
+def _serve_maps(spec: Spec, child: int, errr: int, ackw: int) -> _linux.NamespaceError | None:
+    """The clone path: write the child's id maps when it asks ("M"), answer on the ack pipe.
+
+    Returns a failure it reported instead (or right after), else None; failures reported
+    later are read by :func:`_late_failure` once it has exited.
+    """
+    if not spec.flags & _linux.CLONE_NEWUSER:
+        return None
+    data = os.read(errr, 65536)
+    if data[:1] != b"M":
+        return _failure(data)  # a failure before the maps, or EOF (killed)
+    try:
+        _write_maps(spec, child)
+    except _linux.NamespaceError as e:
+        os.write(ackw, b"E")
+        return e
+    os.write(ackw, b"\0")
+    return _failure(data[1:])
+
+
+def _late_failure(errr: int) -> _linux.NamespaceError | None:
+    """After the clone child exited: the failure it reported, if any (never blocks)."""
+    os.set_blocking(errr, False)
+    data = b""
+    try:
+        while chunk := os.read(errr, 65536):
+            data += chunk
+    except BlockingIOError:
+        pass
+    return _failure(data)
+
+
+def _failure(data: bytes) -> _linux.NamespaceError | None:
+    """Decode ``E op NUL errno NUL flags NUL detail`` from the error pipe (None if empty)."""
     if not data:
         return None
     op, errno, flags, detail = data[1:].decode("utf-8", "surrogateescape").split("\0", 3)
@@ -214,7 +261,7 @@ def _write_maps(spec: Spec, pid: int) -> None:
     """Write the child's uid/gid maps from outside: directly as root, else newuidmap."""
     if not spec.use_newidmap:
         try:
-            _linux.write_id_maps(pid, spec.uid_map, spec.gid_map, False)
+            _linux.write_id_maps(pid, spec.uid_map, spec.gid_map, spec.deny_setgroups)
         except OSError as e:
             raise _linux.error_for(e.filename or "uid_map", e.errno or 0, 0, "") from e
         return
