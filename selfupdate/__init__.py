@@ -8,27 +8,68 @@ registered children pay nothing for it):
   verify the newest release of an app on its channel.
 - :class:`FetchConfig` (:mod:`selfupdate._fetch`): timeouts, deadline, minimum speed.
 - :class:`SelfUpdateError` (:mod:`selfupdate.errors`): base of every error; ``str(e)`` is one
-  sentence saying what went wrong and what to do.
+  sentence saying what went wrong and what to do; the install-side leaves
+  :class:`InstallError`, :class:`UpdateInProgressError`, :class:`KnownBadError`,
+  :class:`TrialFailedError`, :class:`NoPreviousBuildError`.
+- :func:`configure`, :func:`migration`, :func:`health_check`, :func:`at_start`,
+  :func:`start_auto_update` (:mod:`selfupdate.app`): what an app calls to update itself in
+  place (:mod:`selfupdate.install` does the work).
 
 The publisher is the ``selfupdate`` command (:mod:`selfupdate.cli`, :mod:`selfupdate.publish`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+# mypy treats TYPE_CHECKING as True; importing typing at run time costs ~3-5 ms at every start
+# of an app that uses selfupdate.app.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from selfupdate._fetch import FetchConfig
-    from selfupdate.client import Release, UpdateClient
-    from selfupdate.errors import SelfUpdateError
+    from typing import Any
 
-__all__ = ["FetchConfig", "Release", "SelfUpdateError", "UpdateClient"]
+    from selfupdate._fetch import FetchConfig
+    from selfupdate.app import at_start, configure, health_check, migration, start_auto_update
+    from selfupdate.client import Release, UpdateClient
+    from selfupdate.errors import (
+        InstallError,
+        KnownBadError,
+        NoPreviousBuildError,
+        SelfUpdateError,
+        TrialFailedError,
+        UpdateInProgressError,
+    )
+
+__all__ = [
+    "FetchConfig",
+    "InstallError",
+    "KnownBadError",
+    "NoPreviousBuildError",
+    "Release",
+    "SelfUpdateError",
+    "TrialFailedError",
+    "UpdateClient",
+    "UpdateInProgressError",
+    "at_start",
+    "configure",
+    "health_check",
+    "migration",
+    "start_auto_update",
+]
 
 _LAZY = {
     "FetchConfig": "selfupdate._fetch",
     "Release": "selfupdate.client",
     "UpdateClient": "selfupdate.client",
     "SelfUpdateError": "selfupdate.errors",
+    "InstallError": "selfupdate.errors",
+    "KnownBadError": "selfupdate.errors",
+    "NoPreviousBuildError": "selfupdate.errors",
+    "TrialFailedError": "selfupdate.errors",
+    "UpdateInProgressError": "selfupdate.errors",
+    "at_start": "selfupdate.app",
+    "configure": "selfupdate.app",
+    "health_check": "selfupdate.app",
+    "migration": "selfupdate.app",
+    "start_auto_update": "selfupdate.app",
 }
 
 
