@@ -60,9 +60,14 @@ build() {
 V1="$(build 1.0.0)"; say "built $V1"
 V2="$(build 2.0.0)"; say "built $V2"
 
-step "4. Install 1.0.0 and use it: its state is a plain-text history file"
+step "4. Install 1.0.0 and use it: one file that starts parts of itself again, runs commands in"
+printf '   new namespaces, and keeps a little state (a plain-text history file)\n'
 cp "$V1" "$APP"; chmod 755 "$APP"
 show nsapp --version
+show nsapp reexec-demo
+# Rootless namespaces: PID 1 inside, root mapped onto the caller, a private hostname.
+show nsapp run --hostname demo-box -- sh -c 'echo "inside: pid=$$ uid=$(id -u) hostname=$(hostname)"' \
+    || say "(this kernel refused new namespaces: the sentence above says why and what to change)"
 nsapp history --add "installed 1.0.0" >/dev/null
 show nsapp history --add "used 1.0.0"
 show cat "$NSAPP_STATE_DIR/history.txt"
