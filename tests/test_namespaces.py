@@ -645,6 +645,34 @@ def test_command_not_found_is_127_with_one_sentence() -> None:
     assert "command not found" in done.stderr
 
 
+def test_a_setup_step_failing_while_the_runner_writes_the_maps_is_reported(
+    tmp_path: Path,
+) -> None:
+    """The clone child goes on after asking for its id maps: a step that fails then (and the
+    child's exit) must surface as that step's error, never as a map or broken-pipe error."""
+    done = script(
+        tmp_path,
+        """
+        import collections
+        from reexec_core import _linux, namespaces
+
+        def refuse():
+            raise OSError(1, "Operation not permitted")
+
+        _linux.set_loopback_up = refuse  # the clone child is a copy: it fails there
+        seen = collections.Counter()
+        for _ in range(20):
+            try:
+                namespaces.run(["true"], namespaces="user,net")
+            except namespaces.NamespaceSetupError as e:
+                seen[str(e)] += 1
+        print(dict(seen))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'cannot loopback lo up: Operation not permitted': 20}"
+
+
 # ------------------------------------------------------------------------------ join/entry
 
 ENTRY_APP = """

@@ -231,10 +231,20 @@ def _serve_maps(spec: Spec, child: int, errr: int, ackw: int) -> _linux.Namespac
     try:
         _write_maps(spec, child)
     except _linux.NamespaceError as e:
-        os.write(ackw, b"E")
-        return e
-    os.write(ackw, b"\0")
+        _ack(ackw, b"E")
+        # The child goes on after its "M": if it failed (and exited) meanwhile, its own
+        # report says why, not the map of a process that is gone.
+        return _failure(data[1:]) or _late_failure(errr) or e
+    _ack(ackw, b"\0")
     return _failure(data[1:])
+
+
+def _ack(ackw: int, answer: bytes) -> None:
+    """Answer the clone child; it may have failed and exited already (its report says why)."""
+    try:
+        os.write(ackw, answer)
+    except BrokenPipeError:
+        pass
 
 
 def _late_failure(errr: int) -> _linux.NamespaceError | None:
