@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
-import tempfile
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
+
+from selfupdate._durable import write_atomic, write_atomic_from
 
 if TYPE_CHECKING:
     from tuf.ngclient.updater import Updater
@@ -62,8 +62,8 @@ def init(metadata_dir: Path, trusted_root: Path) -> None:
     """
     data = trusted_root.read_bytes()
     metadata_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(metadata_dir / BOOTSTRAP_ROOT, lambda f: f.write(data))
-    _write_atomic(metadata_dir / "root.json", lambda f: f.write(data))
+    write_atomic(metadata_dir / BOOTSTRAP_ROOT, data)
+    write_atomic(metadata_dir / "root.json", data)
     print(f"selfupdate conformance client: initialized {metadata_dir}")
 
 
@@ -128,7 +128,7 @@ def download(
             # UpdateClient.download_to.
             consistent_snapshot=bool(updater._trusted_set.root.consistent_snapshot),
         )
-        _write_atomic(dest, write)
+        write_atomic_from(dest, write)
         print(f"selfupdate conformance client: downloaded {name} as {dest}")
 
 
@@ -151,23 +151,6 @@ def _updater(metadata_dir: Path, metadata_url: str, fetcher: Fetcher) -> Updater
             f"{metadata_dir} holds no trusted root: run the init command first"
         ) from None
     return Updater(str(metadata_dir), metadata_url, fetcher=fetcher, bootstrap=bootstrap)
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` with what ``write`` writes: temporary file, ``fsync``, ``os.replace``.
-
-    If ``write`` raises, ``path`` is left as it was and the temporary file is removed.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parser() -> argparse.ArgumentParser:

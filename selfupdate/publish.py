@@ -44,7 +44,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from selfupdate import _keys, errors
+from selfupdate import _durable, _keys, errors
 from selfupdate._trust import (
     Release,
     check_name,
@@ -158,11 +158,11 @@ class _Repo:
         role = md.signed.type
         self.meta_dir.mkdir(parents=True, exist_ok=True)
         if role == Timestamp.type:
-            _keys.write_atomic(self.meta_dir / "timestamp.json", data)
+            _durable.write_atomic(self.meta_dir / "timestamp.json", data)
         else:
-            _keys.write_atomic(self.meta_dir / f"{md.signed.version}.{role}.json", data)
+            _durable.write_atomic(self.meta_dir / f"{md.signed.version}.{role}.json", data)
             if role == Root.type:
-                _keys.write_atomic(self.meta_dir / "root.json", data)
+                _durable.write_atomic(self.meta_dir / "root.json", data)
         return data
 
 
@@ -433,7 +433,7 @@ def _copy_target(src: Path, dest_dir: Path, name: str) -> tuple[int, str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _keys.fsync_dir(dest_dir)
+    _durable.fsync_dir(dest_dir)
     return length, digest
 
 
@@ -494,7 +494,7 @@ def _rotate(keys_dir: Path, repo: _Repo, role: str, days: dict[str, int], now: d
 
     _keys.retire(keys_dir, role, old_keyid)
     os.replace(keys_dir / f"{role}.next.pem", keys_dir / f"{role}.pem")
-    _keys.fsync_dir(keys_dir)
+    _durable.fsync_dir(keys_dir)
 
     chain.root = root
     if role == "targets":
