@@ -2,8 +2,8 @@
 
 Fast path (single-threaded caller), :func:`clone_main`::
 
-    runner ──clone3(CLONE_NEW*)──> first process (PID 1 with a PID namespace): id map,
-                                   hostname, lo up, mounts, /proc
+    runner ──clone3(CLONE_NEW*)──> first process (PID 1 with a PID namespace): hostname,
+      (writes its id maps)         lo up, mounts, /proc
                                      └─posix_spawn──> workload (PID 2): CMD / the entry point
 
 Without a PID or time namespace the first process execs the workload itself. Where clone3 is
@@ -22,7 +22,10 @@ when the parent lies outside our PID namespace), and when PID 1 dies the kernel 
 of its namespace. Failures before the workload runs go back to the runner over the *error
 pipe* (close-on-exec, so a successful exec reads as EOF) as
 ``E op NUL errno NUL flags NUL detail``; the runner raises the typed error. ``M`` on the same
-pipe asks the runner to write uid/gid map ranges, answered by one byte on the *ack pipe*.
+pipe asks the runner to write the uid/gid maps, answered by one byte on the *ack pipe*: on the
+clone path always (with a user namespace), and the child goes on with its setup meanwhile, so
+the runner reads a failure reported after the maps once the child has exited; on the fork path
+for ranges (and a root caller's maps) only, the child waiting for the answer.
 """
 
 from __future__ import annotations
