@@ -41,16 +41,33 @@ def check_separate(keys_dir: Path, repo_dir: Path) -> None:
         )
 
 
-def create_dir(keys_dir: Path) -> None:
-    """Create ``keys_dir`` (mode 0700), or accept an existing empty one."""
+def check_new(keys_dir: Path) -> None:
+    """Refuse a ``keys_dir`` that exists and is not an empty directory (``init`` never
+    overwrites keys)."""
     if keys_dir.exists():
         if not keys_dir.is_dir() or any(keys_dir.iterdir()):
             raise errors.KeysError(
                 f"the keys directory {keys_dir} already exists and is not empty: "
                 "choose a new directory (init never overwrites keys)"
             )
+
+
+def create_dir(keys_dir: Path) -> None:
+    """Create ``keys_dir`` (mode 0700), or accept an existing empty one."""
+    check_new(keys_dir)
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
+
+
+def remove_all(keys_dir: Path, *, remove_dir: bool) -> None:
+    """Delete every file in ``keys_dir`` (an ``init`` that failed before its repository
+    trusted them), and the directory itself if ``remove_dir``. Best effort: the caller is
+    already handling the error that made the keys useless."""
+    with contextlib.suppress(OSError):
+        for child in keys_dir.iterdir():
+            child.unlink()
+        if remove_dir:
+            keys_dir.rmdir()
 
 
 def check_dir(keys_dir: Path) -> None:

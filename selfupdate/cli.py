@@ -14,6 +14,7 @@ Errors print one sentence on stderr and exit 1 (2 for usage errors), never a tra
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,19 @@ def _run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error_sentence(e: OSError) -> str:
+    """One sentence for an error of the file system: where, what, and a fix that fits it
+    (a full disk is not fixed by checking permissions)."""
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space and run the command again (nothing was half-written)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the permissions of the paths you passed"
+    else:
+        fix = "check the paths you passed"
+    return f"{where}{e.strerror or e}: {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``selfupdate`` console script. Returns the exit status."""
     ns = _parser().parse_args(argv)
@@ -145,11 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        where = f" ({e.filename})" if e.filename else ""
-        print(
-            f"{PROG}: error: {e.strerror or e}{where}: check the paths and their permissions",
-            file=sys.stderr,
-        )
+        print(f"{PROG}: error: {_os_error_sentence(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -281,7 +281,10 @@ def init(
     Raises:
         selfupdate.errors.KeysError: ``keys_dir`` exists and is not empty, or lies inside
             ``repo_dir``.
-        selfupdate.errors.RepositoryStateError: ``repo_dir`` already has a repository.
+        selfupdate.errors.RepositoryStateError: ``repo_dir`` already has a repository, or
+            cannot be created.
+        OSError: the keys or the metadata cannot be written; the new keys are removed
+            again, so ``init`` can be run again once the cause is fixed.
     """
     try:
         check_name("app", app)
@@ -296,7 +299,36 @@ def init(
             f"{repo_dir} already holds a repository: use `selfupdate publish`, or choose an "
             "empty directory for a new one"
         )
+    _keys.check_new(keys_dir)
+    try:
+        # Before any key exists: a repository path that is a file or not writable must not
+        # leave behind a keys directory that no repository trusts (and that a second
+        # `init` would then refuse as not empty).
+        (repo.targets_dir / app).mkdir(parents=True, exist_ok=True)
+        repo.meta_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise errors.RepositoryStateError(
+            f"cannot create the repository directory {repo_dir} ({e.strerror}): pass a --repo "
+            "directory you can write"
+        ) from e
+    keys_existed = keys_dir.exists()
     _keys.create_dir(keys_dir)
+    try:
+        _init_signed(keys_dir, repo, app, days, now)
+    except BaseException:
+        # Until root.json is written (last) no repository trusts the new keys: remove them,
+        # so that `init` can simply be run again (after a full disk, Ctrl-C, ...).
+        if not repo.exists():
+            _keys.remove_all(keys_dir, remove_dir=not keys_existed)
+        raise
+    return repo.meta_dir / "root.json"
+
+
+def _init_signed(
+    keys_dir: Path, repo: _Repo, app: str, days: dict[str, int], now: datetime
+) -> None:
+    """Write the new keys, then the initial metadata with ``root.json`` last: a repository
+    "exists" (:meth:`_Repo.exists`) only once it is complete."""
     signers = {role: _keys.generate() for role in _keys.ROLES}
     for role, signer in signers.items():
         _keys.save(keys_dir, role, signer)
@@ -310,8 +342,6 @@ def init(
         root.add_key(signer.public_key, role)
     root_md = _sign(Metadata(root), signers["root"])
     targets_md = _sign(Metadata(Targets(expires=exp("targets"))), signers["targets"])
-    (repo.targets_dir / app).mkdir(parents=True, exist_ok=True)
-    repo.write(root_md)
     targets_data = repo.write(targets_md)
     snap_md = _sign(
         Metadata(
@@ -328,7 +358,7 @@ def init(
         signers["timestamp"],
     )
     repo.write(ts_md)
-    return repo.meta_dir / "root.json"
+    repo.write(root_md)
 
 
 def inspect_file(path: Path) -> list[str]:

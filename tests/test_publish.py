@@ -279,3 +279,32 @@ def test_console_script_entry_point() -> None:
     with pytest.raises(SystemExit) as ei:
         main(["--help"])
     assert ei.value.code == 0
+
+
+def test_init_with_a_file_as_repo_leaves_no_keys_behind(tmp_path: Path) -> None:
+    keys, not_a_dir = tmp_path / "keys", tmp_path / "file"
+    not_a_dir.write_bytes(b"x")
+    assert_error(su("init", "--keys", keys, "--repo", not_a_dir), "cannot create the repository")
+    assert not keys.exists()  # else a second init refuses the keys directory as not empty
+    assert not_a_dir.read_bytes() == b"x"
+    assert su("init", "--keys", keys, "--repo", tmp_path / "repo").returncode == 0
+
+
+@pytest.mark.skipif(
+    subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0,
+    reason="no unprivileged user+mount namespaces here (needed for a private full tmpfs)",
+)
+def test_init_on_a_full_disk_removes_its_keys_and_can_be_run_again(tmp_path: Path) -> None:
+    keys, full = tmp_path / "keys", tmp_path / "full"
+    full.mkdir()
+    # A one-page tmpfs: the directories fit, the second metadata file does not.
+    shell = (
+        f"mount -t tmpfs -o size=4k tmpfs {full} && "
+        f"PYTHONPATH={REPO} {sys.executable} -m selfupdate init --keys {keys} --repo {full}/r"
+    )
+    proc = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", shell], capture_output=True, text=True, timeout=120
+    )
+    assert_error(proc, "No space left", "free some space")
+    assert not keys.exists()
+    assert su("init", "--keys", keys, "--repo", tmp_path / "repo").returncode == 0
