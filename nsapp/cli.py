@@ -87,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     modules = _load_commands(until=started_as)
     if reexec_core.init():
         return 0
+    try:
+        return _run_command(modules, args)
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a bug: no traceback, the shell's status for SIGINT.
+        # Commands that must undo something on Ctrl-C (update) do so before this point.
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_command(modules: list[object], args: list[str]) -> int:
     for module in modules:
         fast_main = getattr(module, "fast_main", None)
         if fast_main is not None:

@@ -134,3 +134,24 @@ def test_command_modules_import_nothing_heavy() -> None:
     assert set(__import__("nsapp.cli").cli.COMMAND_MODULES) <= imported
     heavy = {n for n in imported if n.split(".")[0] in HEAVY}
     assert not heavy, f"importing the command modules imported {sorted(heavy)}"
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path: Path) -> None:
+    """SIGINT to a running command (here the long-running ``serve``) is the user's choice:
+    one line, exit 130, no traceback."""
+    import signal
+
+    env = dict(_env(), PYTHONPATH=str(REPO), NSAPP_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsapp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("pid=")  # running its loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "nsapp: interrupted\n"
