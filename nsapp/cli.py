@@ -83,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         # without importing the commands or building the parser.
         print(f"{PROG} {VERSION}")
         return 0
-    # Register the commands' entry points, then dispatch if started under a name (as in Go).
-    modules = _load_commands(until=started_as)
-    if reexec_core.init():
-        return 0
     try:
+        # Register the commands' entry points, then dispatch if started under a name (as in
+        # Go). init() ends a registered child itself, also on Ctrl-C (status 130).
+        modules = _load_commands(until=started_as)
+        if reexec_core.init():
+            return 0
         return _run_command(modules, args)
     except KeyboardInterrupt:
         # Ctrl-C is the user's choice, not a bug: no traceback, the shell's status for SIGINT.

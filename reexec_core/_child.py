@@ -234,7 +234,9 @@ def exec_into(name: str, *args: str, program: str | os.PathLike[str] | None = No
     """Replace this process (same PID) with this program, or another build, started as ``name``.
 
     Standard output and error are flushed first. The parent-death signal, if any, is kept
-    (prctl(2): it survives ``execve`` of a non-set-user-ID program).
+    (prctl(2): it survives ``execve`` of a non-set-user-ID program). SIGINT is held back
+    until the new process dispatches (a Ctrl-C during its start-up then ends it with status
+    130, as one in the entry point does).
 
     Args:
         name: the entry point's name.
@@ -259,7 +261,20 @@ def exec_into(name: str, *args: str, program: str | os.PathLike[str] | None = No
                 stream.flush()
             except (OSError, ValueError):
                 pass
-    os.execve(sys.executable, argv, env)
+    # A Ctrl-C while the new interpreter starts (a .pyz's shiv bootstrap takes a good part of
+    # a second) would otherwise end it with a KeyboardInterrupt traceback from code that is
+    # not ours yet. A blocked signal stays blocked and pending across execve (signal(7)), so
+    # block SIGINT here and let the dispatch unblock it where an interrupt is handled.
+    import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
+
+    if _signal.SIGINT not in _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT}):
+        env[_registry.SIGINT_VAR] = "1"
+    try:
+        os.execve(sys.executable, argv, env)
+    except BaseException:
+        if _registry.SIGINT_VAR in env:
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
+        raise
 
 
 def boot(spec: BootSpec) -> NoReturn:

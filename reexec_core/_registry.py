@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 #: (``command(..., program=PATH)``); :func:`init` removes it at once so it never leaks.
 ENV_VAR = "REEXEC_CORE_ENTRY"
 _ENV_FORMAT_VERSION = "1"
+#: Set by ``exec_into()`` when it blocked SIGINT for the execve; the dispatch unblocks it.
+SIGINT_VAR = "REEXEC_CORE_SIGINT_HELD"
 
 _entries: dict[str, EntryPoint] = {}
 # Entry points of reexec_core's own subpackages, registered when their module is imported. A
@@ -131,8 +133,9 @@ def init() -> bool:
     When started under a name it runs that entry point with the arguments given to
     ``command()``/``exec_into()`` and then exits the process with its status (an int return
     value; None means 0; ``SystemExit`` as usual; status 1 and the traceback on stderr for an
-    uncaught exception); an unknown name prints a message and exits with status 127. It does
-    so by raising ``SystemExit``: do not catch it around ``init()``.
+    uncaught exception; status 130 and no traceback for ``KeyboardInterrupt``); an unknown
+    name prints a message and exits with status 127. It does so by raising ``SystemExit``:
+    do not catch it around ``init()``.
 
     Returns:
         False, at once and having done nothing, for an ordinary start (so
@@ -174,6 +177,18 @@ def _from_env(raw: str) -> tuple[str, list[str]]:
     return name, sys.argv[1:]
 
 
+def _release_sigint() -> None:
+    """Unblock SIGINT if ``exec_into()`` blocked it for the execve that started us; a Ctrl-C
+    that arrived meanwhile is raised now, as KeyboardInterrupt, where the dispatch handles
+    it."""
+    import os
+
+    if os.environ.pop(SIGINT_VAR, None) is not None:
+        import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
+
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
+
+
 def _dispatch(name: str, args: list[str]) -> NoReturn:
     """Run the entry point ``name`` with ``args`` and exit with its status."""
     global _dispatched, _current
@@ -193,9 +208,14 @@ def _dispatch(name: str, args: list[str]) -> NoReturn:
         raise SystemExit(127)
     sys.argv = [name, *args]
     try:
+        _release_sigint()
         status = fn(*args)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a bug in the entry point: no traceback, the
+        # shell's status for SIGINT (128 + 2).
+        raise SystemExit(130) from None
     except Exception:
         # sys.excepthook prints the traceback without importing the traceback module.
         sys.excepthook(*sys.exc_info())

@@ -62,7 +62,8 @@ def _report(kind, **extra):
         "shiv_bootstrap": "_bootstrap" in sys.modules,
         "site": "site" in sys.modules,
         "self_argv": reexec_core.self_argv(),
-        "env_leak": "REEXEC_CORE_ENTRY" in os.environ,
+        "env_leak": [k for k in os.environ if k.startswith("REEXEC_CORE_")] != [],
+        "sigint_blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []),
         "cwd": os.getcwd(),
     }
     data.update(extra)
@@ -87,6 +88,10 @@ def status(*args):
 
 def boom(*args):
     raise RuntimeError("boom from the entry point")
+
+
+def interrupted(*args):
+    raise KeyboardInterrupt
 
 
 def sysexit(*args):
@@ -130,12 +135,21 @@ reexec_core.register("status", status)
 reexec_core.register("report-status", report_status)
 reexec_core.register("boom", boom)
 reexec_core.register("sysexit", sysexit)
+reexec_core.register("interrupted", interrupted)
 reexec_core.register("spawn-main", spawn_main)
 reexec_core.register("nested", nested)
 reexec_core.register("sleeper", sleeper)
 reexec_core.register("exec-self", exec_self)
 reexec_core.register("exec-other", exec_other)
 reexec_core.register("a-rather-long-entry-name", report)
+
+
+# A slow start of the program that exec_into() starts (as a .pyz's shiv bootstrap is):
+# main creates the marker just before exec_into, so only the new process waits here.
+_slow = os.environ.get("RXAPP_SLOW_START")
+if _slow and os.path.exists(_slow):
+    os.unlink(_slow)
+    time.sleep(5)
 
 
 def main():
@@ -181,6 +195,10 @@ def main():
         name, *rest = args
         _report("before-exec")
         reexec_core.exec_into(name, *rest)
+    if action == "exec-slow":
+        open(os.environ["RXAPP_SLOW_START"], "w").close()
+        _report("before-exec")
+        reexec_core.exec_into("report")
     if action == "exec-program":
         program, name, *rest = args
         _report("before-exec")
@@ -480,6 +498,12 @@ def test_uncaught_exception_prints_traceback_and_exits_1(mode: Mode) -> None:
     assert "RuntimeError: boom from the entry point" in proc.stderr
 
 
+def test_keyboard_interrupt_in_an_entry_point_exits_130_without_traceback(mode: Mode) -> None:
+    proc = run(mode, "child", "interrupted")
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize(("value", "status"), [("3", 3), ("0", 0), ("a message", 1)])
 def test_system_exit_as_usual(mode: Mode, value: str, status: int) -> None:
     proc = run(mode, "child", "sysexit", value)
@@ -512,6 +536,31 @@ def test_exec_into_keeps_the_pid(mode: Mode, away: Path) -> None:
     assert after["pid"] == before["pid"]
     assert after["args"] == ["a b", "ü"] and after["build"] == mode.build
     assert after["name"] == "report"
+    assert after["env_leak"] is False and after["sigint_blocked"] is False
+
+
+@pytest.mark.parametrize("start", ["script", "pyz"])
+def test_ctrl_c_while_exec_into_target_starts_exits_130_without_traceback(
+    app: App, start: str, tmp_path: Path
+) -> None:
+    """SIGINT during the new process's start-up (before its main runs) is held back until
+    the dispatch, which ends it with 130 instead of a traceback from the import machinery."""
+    m = _mode(app, start)
+    proc = subprocess.Popen(
+        [*m.argv, "exec-slow"],
+        cwd=m.cwd,
+        env=_env(RXAPP_SLOW_START=str(tmp_path / "slow")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["kind"] == "before-exec"
+    time.sleep(1.5)  # the new process is starting (it waits 5 s at import)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (130, ""), err
+    assert "Traceback" not in err
 
 
 def test_process_name_is_the_entry_name(mode: Mode) -> None:
