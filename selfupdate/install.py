@@ -590,7 +590,45 @@ class _DownloadFile(io.FileIO):
         return done
 
 
-def _stage_download(layout: Layout, client: ClientLike, release: Any, mode: int) -> int:
+class _Durable:
+    """The staged file's ``fsync``, started in a thread right after the download so the disk
+    writes it while the state snapshot, the extraction seeding and the trial run (they need
+    only the page cache); :meth:`wait` finishes it before the commit point. Holds a duplicate
+    of the download's file descriptor (close-on-exec: the trial does not inherit it)."""
+
+    def __init__(self, fd: int) -> None:
+        import threading
+
+        self._fd = os.dup(fd)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="fsync-staged", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            self._error = e
+
+    def wait(self) -> None:
+        """Return once the staged file is on disk (data, size and mode); raise its OSError."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        os.fsync(self._fd)  # what changed since the first fsync (the mode): cheap
+
+    def close(self) -> None:
+        self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _stage_download(
+    layout: Layout, client: ClientLike, release: Any, mode: int
+) -> tuple[int, _Durable]:
+    """Download into the staged file; return its inode and its :class:`_Durable` (``wait()``
+    before the switch, ``close()`` always)."""
     _rmtree(layout.staging)
     try:
         layout.staging.mkdir(mode=0o700)
@@ -598,12 +636,13 @@ def _stage_download(layout: Layout, client: ClientLike, release: Any, mode: int)
         fd = os.open(layout.staged, flags, 0o600)
     except OSError as e:
         raise _dir_error(layout, e, "creating the download file") from e
+    durable: _Durable | None = None
     try:
         try:
             with _DownloadFile(fd, "wb") as f:
                 client.download_to(release, f)
-                os.fsync(f.fileno())
                 size = os.fstat(f.fileno()).st_size
+                durable = _Durable(f.fileno())
         except OSError as e:
             raise _dir_error(layout, e, "download") from e
         expected = getattr(release, "length", None)
@@ -614,10 +653,12 @@ def _stage_download(layout: Layout, client: ClientLike, release: Any, mode: int)
             )
         os.chmod(layout.staged, mode)
         fsync_dir(layout.staging)
+        return os.stat(layout.staged).st_ino, durable
     except BaseException:
+        if durable is not None:
+            durable.close()
         _rmtree(layout.staging)
         raise
-    return os.stat(layout.staged).st_ino
 
 
 def run_trial(
@@ -650,7 +691,7 @@ def run_trial(
             return f"could not be started ({e.strerror})"
         checkpoint("trial")
         try:
-            status = proc.wait(timeout=timeout)
+            status = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
@@ -668,6 +709,23 @@ def run_trial(
     if status == 127:
         return "exited with status 127 (it does not know the post-update entry point)"
     return f"exited with status {status} during its migration and health check"
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """``proc.wait(timeout)`` without its polling (sleeps of up to 50 ms between checks, i.e.
+    up to 50 ms lost after the trial ended): block on a pidfd until the child exits."""
+    import select
+
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def _kill_group(pid: int) -> None:
@@ -741,10 +799,11 @@ def update(
                           state_dir=str(state_dir) if state_dir else None)
         except OSError as e:
             raise _dir_error(layout, e, "writing the update journal") from e
+        durable: _Durable | None = None
         try:
             note(f"downloading {new} ...")
             checkpoint("download")
-            ino = _stage_download(layout, client, release, mode)
+            ino, durable = _stage_download(layout, client, release, mode)
             checkpoint("downloaded")
             write_journal(layout, phase="trial", kind="update", old=current_version, new=new,
                           state_dir=str(state_dir) if state_dir else None, candidate_ino=ino)
@@ -765,9 +824,17 @@ def update(
             failure = run_trial(layout.staged, current_version, new, layout.log,
                                 trial_timeout, trial_env)
             checkpoint("trial-done")
+            if failure is None:
+                try:
+                    durable.wait()  # the staged file is on disk before it can be committed
+                except OSError as e:
+                    raise _dir_error(layout, e, "download") from e
         except BaseException:
+            if durable is not None:
+                durable.close()
             _undo(layout, {})
             raise
+        durable.close()
         if failure is not None:
             _undo(layout, {})
             try:
@@ -964,10 +1031,13 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
                         if src.stat().st_size == info.file_size:
                             dest.parent.mkdir(parents=True, exist_ok=True)
                             os.link(src, dest)
+                            if name.endswith(".py"):
+                                _link_pyc(src, dest)
                             continue
                     except OSError:
                         pass
-                zn.extract(info, tmp)
+                if not _copy_stored(new, info, dest):
+                    zn.extract(info, tmp)
                 os.chmod(dest, (info.external_attr >> 16) or 0o644)
             # shiv's extraction lock (fcntl.flock, as in shiv's bootstrap/filelock.py): shiv
             # either sees our complete directory or extracts into its own .tmp first.
@@ -982,6 +1052,60 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
         finally:
             _rmtree(tmp)
     return target
+
+
+def _link_pyc(src: Path, dest: Path) -> None:
+    """Hard-link the old extraction's bytecode of ``src`` beside its link ``dest``, so the new
+    build does not compile again what the old one compiled. Python still checks it against
+    the source's mtime and size, which a hard link shares: a stale file is just recompiled."""
+    import sys
+
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return
+    pyc = f"{src.stem}.{tag}.pyc"
+    old = src.parent / "__pycache__" / pyc
+    try:
+        if old.is_file():
+            (dest.parent / "__pycache__").mkdir(exist_ok=True)
+            os.link(old, dest.parent / "__pycache__" / pyc)
+    except OSError:
+        pass
+
+
+def _copy_stored(archive: Path, info: Any, dest: Path) -> bool:
+    """Copy a big *stored* (uncompressed) archive entry with ``copy_file_range``: the kernel
+    copies page cache to page cache, no reads into Python, no CRC pass (the whole archive's
+    signed SHA-256 was verified by the download). False: not such an entry, extract normally."""
+    import struct
+    import zipfile
+
+    if (info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1
+            or info.file_size < (1 << 20) or not hasattr(os, "copy_file_range")):
+        return False
+    with open(archive, "rb") as src:
+        src.seek(info.header_offset)
+        header = src.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            return False
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        offset = info.header_offset + 30 + name_len + extra_len
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            left = info.file_size
+            while left:
+                n = os.copy_file_range(src.fileno(), fd, left, offset)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"short copy of {info.filename}")
+                offset += n
+                left -= n
+        except BaseException:
+            os.close(fd)
+            os.unlink(dest)
+            raise
+        os.close(fd)
+    return True
 
 
 def _used_by_a_process(path: Path) -> bool:
