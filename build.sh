@@ -25,12 +25,19 @@ usage() {
     sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
+# One plain line instead of bash's "./build.sh: line N: 2: ..." for a flag without a value.
+need() {
+    if [ "$2" -lt 2 ]; then
+        echo "build.sh: $1 needs a value" >&2
+        usage
+    fi
+}
 while [ $# -gt 0 ]; do
     case "$1" in
-        --version) VERSION="${2:?--version needs a value}"; shift 2 ;;
-        --out) OUT="${2:?--out needs a path}"; shift 2 ;;
-        --trusted-root) TRUSTED_ROOT="${2:?--trusted-root needs a file}"; shift 2 ;;
-        --repo-url) REPO_URL="${2:?--repo-url needs a URL}"; shift 2 ;;
+        --version) need "$1" $#; VERSION="$2"; shift 2 ;;
+        --out) need "$1" $#; OUT="$2"; shift 2 ;;
+        --trusted-root) need "$1" $#; TRUSTED_ROOT="$2"; shift 2 ;;
+        --repo-url) need "$1" $#; REPO_URL="$2"; shift 2 ;;
         -h|--help) usage ;;
         *) echo "build.sh: unknown argument: $1" >&2; usage ;;
     esac
@@ -49,11 +56,29 @@ if [ -n "$TRUSTED_ROOT" ] && ! [ -f "$TRUSTED_ROOT" ]; then
     echo "build.sh: --trusted-root $TRUSTED_ROOT: no such file" >&2
     exit 1
 fi
+# Catch a wrong file (a targets.json, a key) at build time: a build with it could never verify
+# an update. Only the shape is checked here; the client verifies the signatures.
+if [ -n "$TRUSTED_ROOT" ] && ! "$PY" -I - "$TRUSTED_ROOT" <<'PYEOF'
+import json, sys
+try:
+    with open(sys.argv[1], "rb") as f:
+        ok = json.load(f)["signed"]["_type"] == "root"
+except (OSError, ValueError, KeyError, TypeError):
+    ok = False
+sys.exit(0 if ok else 1)
+PYEOF
+then
+    echo "build.sh: --trusted-root $TRUSTED_ROOT is not TUF root metadata: pass the" \
+        "repository's metadata/root.json (selfupdate init prints its path)" >&2
+    exit 1
+fi
 if [ -z "$VERSION" ]; then
     VERSION="$("$PY" -I -c 'import sys; sys.path.insert(0, sys.argv[1]); from nsapp._version import VERSION; print(VERSION)' "$ROOT")"
 fi
 case "$VERSION" in
-    *[!A-Za-z0-9.+!_-]*|"") echo "build.sh: bad version: '$VERSION'" >&2; exit 2 ;;
+    *[!A-Za-z0-9.+!_-]*|"")
+        echo "build.sh: bad version '$VERSION': use a PEP 440 version such as 1.2.0" >&2
+        exit 2 ;;
 esac
 
 # Files inside the archive keep their mode bits: fix them so the umask cannot change the bytes.

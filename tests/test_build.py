@@ -65,20 +65,30 @@ def test_pyz_carries_no_build_tools(build_pyz) -> None:  # type: ignore[no-untyp
 
 def test_release_files_only_when_asked(build_pyz, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "root.json"
-    root.write_bytes(b"{}\n")
+    root.write_bytes(b'{"signed": {"_type": "root"}}\n')
     with zipfile.ZipFile(build_pyz("1.0.0")) as zf:
         assert not [n for n in zf.namelist() if "/_release/" in n]
     with zipfile.ZipFile(build_pyz("1.0.0", trusted_root=root, repo_url="file:///r")) as zf:
-        assert zf.read("site-packages/nsapp/_release/trusted_root.json") == b"{}\n"
+        assert zf.read("site-packages/nsapp/_release/trusted_root.json") == root.read_bytes()
         assert zf.read("site-packages/nsapp/_release/repo_url.txt") == b"file:///r\n"
 
 
 @pytest.mark.parametrize(
-    "args", [["--bogus"], ["--version", "1.0 bad"], ["--trusted-root", "/nonexistent/root.json"]]
+    "args",
+    [
+        ["--bogus"],
+        ["--version", "1.0 bad"],
+        ["--trusted-root", "/nonexistent/root.json"],
+        ["--trusted-root", "{not_root}"],  # exists, but is no TUF root
+        ["--repo-url"],  # no value
+    ],
 )
 def test_bad_arguments_are_refused(args: list[str], tmp_path: Path) -> None:
-    proc = _build(*args, "--out", str(tmp_path / "x.pyz"))
-    assert proc.returncode != 0 and "build.sh:" in proc.stderr
+    not_root = tmp_path / "targets.json"
+    not_root.write_text('{"signed": {"_type": "targets"}}')
+    proc = _build("--out", str(tmp_path / "x.pyz"), *(a.format(not_root=not_root) for a in args))
+    assert proc.returncode != 0 and proc.stderr.startswith("build.sh: "), proc.stderr
+    assert "line " not in proc.stderr.splitlines()[0]  # not bash's own "line N:" diagnostics
     assert not (tmp_path / "x.pyz").exists()
 
 
