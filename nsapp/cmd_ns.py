@@ -47,7 +47,9 @@ def _mount(kind: str) -> Any:
             raise ValueError(value)
         return (kind, os.path.abspath(src), dst)
 
-    parse.__name__ = f"{kind} mount (SRC:DST with an absolute DST)"
+    # argparse names the type in its error: "invalid <__name__> value: 'x'".
+    form = "an absolute DST" if kind == "tmpfs" else "SRC:DST with an absolute DST"
+    parse.__name__ = f"{kind} mount ({form})"
     return parse
 
 
