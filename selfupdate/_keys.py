@@ -112,6 +112,7 @@ def save(keys_dir: Path, name: str, signer: CryptoSigner) -> Path:
 
 
 def load(keys_dir: Path, role: str) -> CryptoSigner:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     path = keys_dir / f"{role}.pem"
@@ -126,8 +127,12 @@ def load(keys_dir: Path, role: str) -> CryptoSigner:
         raise errors.KeysError(
             f"the {role} key {path} is missing: pass the keys directory `selfupdate init` made"
         ) from None
-    except (ValueError, TypeError) as e:
-        raise errors.KeysError(f"the key file {path} is not a valid private key ({e})") from e
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        # Not cryptography's text: it runs to several sentences and a URL.
+        raise errors.KeysError(
+            f"the key file {path} is not a valid unencrypted PEM private key: restore it from "
+            "your backup of the keys directory"
+        ) from e
     return CryptoSigner(priv)
 
 

@@ -426,6 +426,10 @@ def _publish(
     if existing and parse_version(version) <= parse_version(existing[-1].version):
         raise errors.VersionNotNewerError(app, channel, version, existing[-1].version)
 
+    # Every key the chain will sign with, before anything is written: a broken or wrong key
+    # must not leave a copied target file behind that no metadata names.
+    for role in ("targets", "snapshot", "timestamp"):
+        _signer_for(keys_dir, role, chain.root)
     warnings = inspect_file(file)
     # Keep a real extension (.pyz, .zip, .whl) so a download has a sensible name.
     ext = file.suffix if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,7}", file.suffix) else ""

@@ -308,3 +308,19 @@ def test_init_on_a_full_disk_removes_its_keys_and_can_be_run_again(tmp_path: Pat
     assert_error(proc, "No space left", "free some space")
     assert not keys.exists()
     assert su("init", "--keys", keys, "--repo", tmp_path / "repo").returncode == 0
+
+
+@pytest.mark.parametrize("role", ["targets", "timestamp"])
+def test_publish_with_a_corrupted_key_says_so_and_writes_nothing(
+    tmp_path: Path, repo: tuple[Path, Path], role: str
+) -> None:
+    keys, r = repo
+    (keys / f"{role}.pem").write_bytes(b"garbage\n")
+    before = snapshot_tree(r)
+    build = make_build(tmp_path / "app.pyz", "2.0.0")
+    assert_error(
+        su("publish", "--keys", keys, "--repo", r, build, "--version", "2.0.0"),
+        f"{role}.pem is not a valid",
+        "restore it",
+    )
+    assert snapshot_tree(r) == before  # no orphan target file either
