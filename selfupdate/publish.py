@@ -20,6 +20,7 @@ Signing keys live in ``KEYS_DIR`` (see :mod:`selfupdate._keys`). Each function r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -127,6 +128,8 @@ class _Repo:
                 f"{self.dir} is not a complete selfupdate repository (no metadata/{name}): "
                 "run `selfupdate init` or pass the right --repo"
             ) from None
+        except OSError:
+            raise  # unreadable is not corrupt: the CLI says to check permissions, not restore
         except Exception as e:  # tuf's DeserializationError and friends
             raise errors.RepositoryStateError(
                 f"{path} is not valid TUF metadata ({e}): restore it from a backup"
@@ -435,7 +438,9 @@ def _publish(
     ext = file.suffix if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,7}", file.suffix) else ""
     name = f"{app}-{version}{ext}"
     target_path = f"{app}/{channel}/{name}"
-    length, sha256 = _copy_target(file, repo.targets_dir / app / channel, name)
+    dest_dir = repo.targets_dir / app / channel
+    known = set(dest_dir.iterdir()) if dest_dir.is_dir() else set()
+    length, sha256 = _copy_target(file, dest_dir, name)
     tf = TargetFile(
         length,
         {"sha256": sha256},
@@ -443,7 +448,18 @@ def _publish(
         {"custom": custom_fields(app, channel, version)},
     )
     chain.targets.signed.targets[target_path] = tf
-    chain.from_targets()
+    timestamp = repo.meta_dir / "timestamp.json"
+    published_before = timestamp.read_bytes()
+    try:
+        chain.from_targets()
+    except BaseException:
+        # Until timestamp.json changes no client can reach the new target: remove the copy,
+        # unless it was there before (the same build published earlier on this channel).
+        copied = dest_dir / f"{sha256}.{name}"
+        with contextlib.suppress(OSError):  # best effort: the original error is what counts
+            if copied not in known and timestamp.read_bytes() == published_before:
+                copied.unlink()
+        raise
     return PublishResult(Release(app, channel, version, target_path, length, sha256), warnings)
 
 

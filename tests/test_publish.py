@@ -324,3 +324,24 @@ def test_publish_with_a_corrupted_key_says_so_and_writes_nothing(
         "restore it",
     )
     assert snapshot_tree(r) == before  # no orphan target file either
+
+
+def test_publish_that_cannot_write_metadata_leaves_no_target_file(
+    tmp_path: Path, repo: tuple[Path, Path]
+) -> None:
+    keys, r = repo
+    # A directory where the next targets metadata goes: its os.replace fails, also as root.
+    (r / "metadata" / "2.targets.json").mkdir()
+    before = snapshot_tree(r)
+    build = make_build(tmp_path / "app.pyz", "2.0.0")
+    assert_error(su("publish", "--keys", keys, "--repo", r, build, "--version", "2.0.0"))
+    assert snapshot_tree(r) == before
+
+
+def test_unreadable_metadata_is_not_called_corrupt(tmp_path: Path, repo: tuple[Path, Path]) -> None:
+    _, r = repo
+    (r / "metadata" / "timestamp.json").unlink()
+    (r / "metadata" / "timestamp.json").mkdir()  # unreadable as a file, also as root
+    proc = su("status", "--repo", r)
+    assert_error(proc, "timestamp.json")
+    assert "restore" not in proc.stderr and "not valid" not in proc.stderr
