@@ -192,30 +192,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="also map your /etc/subuid and /etc/subgid ranges (newuidmap/newgidmap)",
     )
     p.add_argument("--hostname", metavar="NAME", help="hostname inside the UTS namespace")
-    p.add_argument(
-        "--bind",
-        metavar="SRC:DST",
-        dest="mounts",
-        action="append",
-        type=_mount("bind"),
-        help="bind-mount SRC on DST inside (repeatable; applied in order)",
-    )
-    p.add_argument(
-        "--ro-bind",
-        metavar="SRC:DST",
-        dest="mounts",
-        action="append",
-        type=_mount("ro-bind"),
-        help="bind-mount SRC on DST read-only (recursively)",
-    )
-    p.add_argument(
-        "--tmpfs",
-        metavar="DST",
-        dest="mounts",
-        action="append",
-        type=_mount("tmpfs"),
-        help="mount an empty tmpfs on DST inside",
-    )
+    # One list for all three kinds: mounts are applied in command-line order.
+    for kind, metavar, text in (
+        ("bind", "SRC:DST", "bind-mount SRC on DST inside (repeatable; applied in order)"),
+        ("ro-bind", "SRC:DST", "bind-mount SRC on DST read-only (recursively)"),
+        ("tmpfs", "DST", "mount an empty tmpfs on DST inside"),
+    ):
+        p.add_argument(
+            f"--{kind}",
+            metavar=metavar,
+            dest="mounts",
+            action="append",
+            type=_mount(kind),
+            help=text,
+        )
     p.add_argument(
         "--root",
         metavar="DIR",
