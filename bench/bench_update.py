@@ -90,7 +90,8 @@ def main() -> int:
         rows.append(bench(where, ns.runs, ns.mb))
         if not imports:
             imports = rows[-1][-1]
-    print(f"{ns.runs} runs each, interleaved, loopback HTTP, medians (min)")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{ns.runs} runs each, interleaved, loopback HTTP, medians (min); load average {load}")
     print(f"{'100 MB padding in':18} {'size':>8} {'nsapp update':>18} {'curl+sha256sum+mv':>20} "
           f"{'ratio':>7}")
     for where, size, upd, curl, _ in rows:
