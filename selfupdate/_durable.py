@@ -11,7 +11,6 @@ the directory containing the file has also reached disk").
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 TYPE_CHECKING = False
@@ -46,6 +45,8 @@ def write_atomic_from(path: Path, write: Callable[[BinaryIO], object], mode: int
         OSError: the directory is not writable, the disk is full, ...; and whatever ``write``
             raises. In every case ``path`` is left as it was and the temporary file is removed.
     """
+    import tempfile  # not at module level: the installer imports this module at every start
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
