@@ -198,7 +198,9 @@ class UpdateClient:
             except _LocalCacheError as e:
                 if attempt == 2:
                     raise errors.CacheError(str(self._metadata_dir), e.reason) from e.__cause__
-                logger.warning("metadata cache unusable (%s): rebuilding it", e.reason)
+                # info, not warning: with no logging configured a warning reaches stderr as a
+                # second line beside the one-sentence error (or the successful result).
+                logger.info("metadata cache unusable (%s): rebuilding it", e.reason)
                 try:
                     self._wipe_cache()
                 except OSError as wipe:

@@ -41,6 +41,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfupdate._durable import fsync_dir, write_atomic
 from selfupdate.app import INUSE_LOCK, TRIAL_ENTRY
 from selfupdate.errors import (
     InstallError,
@@ -217,32 +218,6 @@ def newest_is_bad(version: str, bad: list[str]) -> bool:
     return version in bad
 
 
-# --------------------------------------------------------------------------------------------
-# Small durable file operations
-
-
-def fsync_dir(path: Path) -> None:
-    """``fsync`` a directory so that renames and new names in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: write a temporary file, ``fsync``, rename, ``fsync`` dir."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def read_journal(layout: Layout) -> dict[str, Any] | None:
     try:
         data = layout.journal.read_bytes()
@@ -384,8 +359,9 @@ def copy_state_from(layout: Layout, snap: Path) -> None:
 class UpdateLock:
     """Exclusive ``flock`` on ``D/.I.lock``; released by the kernel if the holder dies."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, action: str = "update") -> None:
         self.layout = layout
+        self.action = action  # for messages: "update", "roll back"
         self.fd: int | None = None
 
     def acquire(self, blocking: bool = False) -> bool:
@@ -394,7 +370,7 @@ class UpdateLock:
         try:
             fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            raise _dir_error(self.layout, e, "lock") from e
+            raise _dir_error(self.layout, e, "lock", self.action) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -420,20 +396,27 @@ class UpdateLock:
         self.release()
 
 
-def _dir_error(layout: Layout, e: OSError, what: str) -> InstallError:
+def _no_previous_build(installed: Path) -> NoPreviousBuildError:
+    return NoPreviousBuildError(
+        f"there is no previous build of {installed} to roll back to (one is kept only after "
+        "an update)"
+    )
+
+
+def _dir_error(layout: Layout, e: OSError, what: str, action: str = "update") -> InstallError:
     d = layout.dir
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return InstallError(
-            f"cannot update {layout.installed}: its directory {d} is not writable "
-            f"({os.strerror(e.errno)}); run the update as a user who may write there"
+            f"cannot {action} {layout.installed}: its directory {d} is not writable "
+            f"({os.strerror(e.errno)}); run it as a user who may write there"
         )
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return InstallError(
-            f"cannot update {layout.installed}: no space left in {d} ({what}); free some "
-            "space and run the update again (nothing was changed)"
+            f"cannot {action} {layout.installed}: no space left in {d} ({what}); free some "
+            "space and try again (nothing was changed)"
         )
     return InstallError(
-        f"cannot update {layout.installed}: {what} failed: {e.strerror or e} "
+        f"cannot {action} {layout.installed}: {what} failed: {e.strerror or e} "
         f"({getattr(e, 'filename', None) or d}); nothing was changed"
     )
 
@@ -906,13 +889,14 @@ def rollback(
         UpdateInProgressError, InstallError: as for :func:`update`.
     """
     layout = Layout(installed, state_dir)
-    with UpdateLock(layout):
+    # Checked before the lock too: with no previous build, that is the one thing to say, even
+    # where the directory is not writable (the lock file could not be created).
+    if not layout.previous.exists() and not layout.journal.exists():
+        raise _no_previous_build(installed)
+    with UpdateLock(layout, "roll back"):
         recover(layout)
         if not layout.previous.exists():
-            raise NoPreviousBuildError(
-                f"there is no previous build of {installed} to roll back to (one is kept only "
-                "after an update)"
-            )
+            raise _no_previous_build(installed)
         try:
             prev = layout.previous_version.read_text().strip() or "previous"
         except FileNotFoundError:
@@ -923,7 +907,7 @@ def rollback(
             write_journal(layout, phase="trial", kind="rollback", old=current_version, new=prev,
                           state_dir=sd, candidate_ino=ino)
         except OSError as e:
-            raise _dir_error(layout, e, "writing the journal") from e
+            raise _dir_error(layout, e, "writing the journal", "roll back") from e
         try:
             if state_dir is not None:
                 snapshot_state(layout)
@@ -933,7 +917,7 @@ def rollback(
                                 trial_timeout, trial_env)
         except OSError as e:
             _undo(layout, {})
-            raise _dir_error(layout, e, "preparing the rollback") from e
+            raise _dir_error(layout, e, "preparing the rollback", "roll back") from e
         except BaseException:
             _undo(layout, {})
             raise

@@ -280,6 +280,32 @@ def test_read_only_directory_is_a_clear_error(env: tuple[Path, Path]) -> None:
     assert app.read_bytes() == v1
 
 
+def test_rollback_in_a_read_only_directory_says_what_is_wrong(env: tuple[Path, Path]) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes to a mode-0555 directory anyway (the e2e test uses a ro mount)")
+    app, state = env
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    v2 = app.read_bytes()
+    app.parent.chmod(0o555)
+    try:
+        with pytest.raises(install.InstallError, match="^cannot roll back .* not writable"):
+            install.rollback(app, "2.0", state)
+    finally:
+        app.parent.chmod(0o755)
+    assert app.read_bytes() == v2
+
+
+def test_rollback_without_a_previous_build_says_so_before_locking(
+    env: tuple[Path, Path],
+) -> None:
+    app, state = env
+    with pytest.raises(install.NoPreviousBuildError, match="no previous build"):
+        install.rollback(app, "1.0", state)
+    # Nothing was created beside the installed file (a read-only directory gets this message
+    # too, not a complaint about the lock file).
+    assert not install.Layout(app).lock.exists()
+
+
 def test_journal_is_json_with_a_format(env: tuple[Path, Path]) -> None:
     app, _ = env
     layout = install.Layout(app)
