@@ -360,6 +360,19 @@ def _prepare_exec(spec: Spec) -> Env:
     return dict(os.environ) if spec.env is None else dict(spec.env)
 
 
+def _reset_for_exec(spec: Spec) -> None:
+    """Give the workload the terminal (if asked) and the signal state the caller had.
+
+    Called right before this process becomes the workload (no PID 1 between them): the
+    signals the setup caught go back to their defaults and the caller's mask is restored.
+    """
+    if spec.foreground:
+        take_foreground()
+    for sig in _SIGDEF:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _init.restore(spec.sigmask)
+
+
 def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
     """Start the workload: exec in place (``replace``) or spawn a child; return its pid."""
     env = _prepare_exec(spec)
@@ -371,11 +384,7 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
     if path is None:
         path = find_program(argv[0], env)
     if replace:
-        if spec.foreground:
-            take_foreground()
-        for sig in _SIGDEF:
-            _signal.signal(sig, _signal.SIG_DFL)
-        _init.restore(spec.sigmask)
+        _reset_for_exec(spec)
         try:
             os.execve(path, argv, env)
         except OSError as e:
@@ -460,11 +469,7 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     os.environ.clear()
     os.environ.update(env)
     if replace:
-        if spec.foreground:
-            take_foreground()
-        for sig in _SIGDEF:
-            _signal.signal(sig, _signal.SIG_DFL)
-        _init.restore(spec.sigmask)
+        _reset_for_exec(spec)
         try:
             reexec_core.exec_into(name, *args)
         except OSError as e:
