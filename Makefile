@@ -1,14 +1,16 @@
 # Two commands for a newcomer: `make demo` and `make test` (each creates .venv when needed).
 #
-#   make demo        build the example app and show it working (scripts/demo.sh once it exists)
-#   make test        the whole test suite; as root, then AGAIN as the unprivileged user nobody
+#   make demo        build the example app and show its whole cycle (scripts/demo.sh)
+#   make test        the whole test suite: on every CPython >= 3.11 found (PYTHONS), then AGAIN
+#                    as the unprivileged user nobody on the system Python
 #   make lint        ruff check + mypy (strict on reexec_core)
 #   make bench       every bench/bench_*.py, side by side numbers and ratios
 #   make build       ./build.sh -> dist/nsapp.pyz
 #   make conformance the public TUF conformance suite against python -m selfupdate.conformance
 #
-# Variables: PYTHON3 (interpreter that creates .venv), PYTEST_ARGS, UNPRIV_PYTHON (a Python the
-# unprivileged user can run: outside /root), UNPRIV_UID.
+# Variables: PYTHON3 (interpreter that creates .venv), PYTHONS (interpreters for the root pass;
+# default: one per CPython version >= 3.11 found, see scripts/pythons.sh), PYTEST_ARGS,
+# UNPRIV_PYTHON (a Python the unprivileged user can run: outside /root), UNPRIV_UID.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -21,14 +23,15 @@ VENV_STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 UNPRIV_PYTHON ?= /usr/bin/python3
 UNPRIV_UID ?= 65534
-# The demo's body lives in this script (owned by the in-place update work); until it exists,
-# `make demo` runs demo-reexec below.
-DEMO_SCRIPT := scripts/demo.sh
+PYTHONS ?= $(shell scripts/pythons.sh $(PYTHON3))
+# Tools some tests need, as command:debian-package. As root with apt-get, `make test` installs
+# the missing ones (newuidmap drives the subordinate-id path; bwrap is the reference tool).
+SYSTEM_TOOLS := newuidmap:uidmap newgidmap:uidmap bwrap:bubblewrap setpriv:util-linux
 
-.PHONY: help venv demo demo-reexec test test-here test-unprivileged lint bench build conformance clean
+.PHONY: help venv demo test test-here test-python system-deps test-unprivileged lint bench build conformance clean
 
 help:
-	@sed -n '1,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,13p' Makefile | sed 's/^# \{0,1\}//'
 
 venv: $(VENV_STAMP)
 
@@ -38,32 +41,56 @@ $(VENV_STAMP): pyproject.toml
 	@touch $@
 
 demo: $(VENV_STAMP)
-	@if [ -f $(DEMO_SCRIPT) ]; then \
-		PYTHON=$(CURDIR)/$(VENV_PY) bash $(DEMO_SCRIPT); \
-	else \
-		$(MAKE) --no-print-directory demo-reexec; \
-	fi
+	PYTHON=$(CURDIR)/$(VENV_PY) bash scripts/demo.sh
 
-# Build the single-file app and run its first two commands.
-demo-reexec: $(VENV_STAMP)
-	@out="$$(PYTHON=$(CURDIR)/$(VENV_PY) ./build.sh --version 1.0.0 --out dist/nsapp.pyz | tail -n 1)"; \
-	echo "== built $$out"; \
-	echo "== $(VENV_PY) $$out --version"; $(VENV_PY) "$$out" --version; \
-	echo "== $(VENV_PY) $$out reexec-demo"; $(VENV_PY) "$$out" reexec-demo
-
-# Both passes run even if the first fails (CI shows everything); either failing fails.
-test: $(VENV_STAMP)
+# Every pass runs even if an earlier one fails (CI shows everything); any failing fails.
+# The root pass runs with .venv, then once more for each other CPython version in PYTHONS.
+test: $(VENV_STAMP) system-deps
 	@status=0; $(MAKE) --no-print-directory test-here || status=1; \
+	here="$$($(VENV_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+	for py in $(PYTHONS); do \
+		ver="$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" || { status=1; continue; }; \
+		[ "$$ver" = "$$here" ] && continue; \
+		$(MAKE) --no-print-directory test-python PY="$$py" || status=1; \
+	done; \
 	if [ "$$(id -u)" = 0 ]; then \
 		$(MAKE) --no-print-directory test-unprivileged || status=1; \
 	else \
-		echo "make test: not root, so the suite ran once, as $$(id -un)"; \
+		echo "make test: not root, so the suite ran as $$(id -un) only"; \
 	fi; \
 	[ $$status = 0 ] && echo "make test: all passes succeeded" || echo "make test: FAILED (see above)" >&2; \
 	exit $$status
 
 test-here: $(VENV_STAMP)
+	@echo "== root pass on $$($(VENV_PY) -V 2>&1) (.venv)"
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+# The root pass on another interpreter PY, in its own .venv-X.Y.
+test-python:
+	@test -n "$(PY)" || { echo "test-python: set PY=/path/to/python3.X" >&2; exit 2; }
+	@ver="$$("$(PY)" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; v=".venv-$$ver"; \
+	if ! [ -x "$$v/bin/python" ]; then "$(PY)" -m venv "$$v"; fi; \
+	if ! [ -f "$$v/.installed" ] || [ pyproject.toml -nt "$$v/.installed" ]; then \
+		"$$v/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' && touch "$$v/.installed"; \
+	fi; \
+	echo "== root pass on $$("$$v/bin/python" -V 2>&1) ($$v)"; \
+	"$$v/bin/python" -m pytest $(PYTEST_ARGS)
+
+# As root with apt-get: install the packages of SYSTEM_TOOLS whose command is missing, so
+# their tests run instead of skipping. Anything else: say what is missing and go on.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do \
+		command -v "$${t%%:*}" >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	missing="$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' ')"; \
+	if [ -z "$${missing// /}" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "== installing $$missing(tests need them)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+			echo "make: installing $$missing failed; the tests that need them will skip" >&2; \
+	else \
+		echo "make: $$missing not installed (install them as root); the tests that need them will skip" >&2; \
+	fi
 
 # The suite again as an unprivileged user. The interpreter of .venv may live under /root
 # (mode 0700), which nobody cannot read: `setpriv -- /root/.../python` then only *appears* to
