@@ -1,0 +1,279 @@
+"""The namespace runner's boundaries, attacked by a hostile workload (security issue, 1, 2, 7).
+
+- The workload cannot push input into the caller's terminal (TIOCSTI), through its stdin or
+  through ``/dev/tty``, with or without a terminal on stdin (bubblewrap's CVE-2017-5226).
+- The workload cannot read the caller's memory or reach the caller's descriptors through
+  PID 1 (``/proc/1/mem``, ``/proc/1/fd/N``, ``/proc/1/environ``), on the clone fast path and
+  on the fresh-interpreter path of a threaded caller.
+- A threaded caller's spec (``env=`` secrets) is not on any command line.
+
+Each attack runs for real, as whichever user runs the suite (root and nobody in ``make test``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], capture_output=True).returncode
+    != 0,
+    reason="this kernel or policy refuses unprivileged user+pid namespaces (unshare -Urpf)",
+)
+
+INJECT = textwrap.dedent(
+    """
+    import fcntl, os, sys, termios
+    results = []
+    for how in ("stdin", "/dev/tty"):
+        try:
+            fd = 0 if how == "stdin" else os.open("/dev/tty", os.O_RDWR)
+            for c in b"echo INJECTED\\n":
+                fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))
+            results.append(how + ":injected")
+        except OSError as e:
+            results.append(how + ":" + (e.strerror or str(e)))
+    print(" ".join(results), file=sys.stderr)
+    """
+)
+
+
+def _in_a_terminal(script: str, timeout: float = 60) -> tuple[int, bytes]:
+    """Run ``script`` (Python) as the session leader of a new pty, as a login shell would be.
+
+    The script runs the workload; afterwards, whatever sits in the terminal's input queue (what
+    the caller's shell would read and run next) is printed as ``QUEUE:<repr>``. Returns the
+    exit status and everything the terminal showed.
+    """
+    epilogue = textwrap.dedent(
+        """
+        import os as _os, termios as _t
+        _a = _t.tcgetattr(0); _a[3] &= ~_t.ICANON; _a[6][_t.VMIN] = 0; _a[6][_t.VTIME] = 0
+        _t.tcsetattr(0, _t.TCSANOW, _a)
+        _q = b""
+        while True:
+            _d = _os.read(0, 4096)
+            if not _d:
+                break
+            _q += _d
+        print("QUEUE:" + repr(_q), flush=True)
+        """
+    )
+    pid, master = pty.fork()
+    if pid == 0:  # the "caller's shell": its controlling terminal is the pty's slave
+        try:
+            os.execve(
+                sys.executable,
+                [sys.executable, "-c", script + "\n" + epilogue],
+                dict(os.environ, PYTHONPATH=str(REPO)),
+            )
+        finally:
+            os._exit(127)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the session is over
+            break
+        if not data:
+            break
+        out += data
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    return os.waitstatus_to_exitcode(status), out
+
+
+def _queue(out: bytes) -> str:
+    line = next((x for x in out.splitlines() if x.startswith(b"QUEUE:")), None)
+    assert line is not None, f"the terminal session did not finish: {out!r}"
+    return line.decode()
+
+
+RUN = "from reexec_core import namespaces; import sys\n"
+
+
+@pytest.mark.parametrize("stdin", ["terminal", "devnull"])
+def test_workload_cannot_inject_into_the_callers_terminal(stdin: str) -> None:
+    redirect = ", stdin=open('/dev/null')" if stdin == "devnull" else ""
+    script = RUN + (
+        f"st = namespaces.run([sys.executable, '-c', {INJECT!r}]{redirect})\n"
+        "print('STATUS', st, flush=True)\n"
+    )
+    status, out = _in_a_terminal(script)
+    assert status == 0, out
+    assert b"STATUS 0" in out, out
+    assert _queue(out) == "QUEUE:b''", f"the workload's input reached the caller: {out!r}"
+    assert b"injected" not in out.replace(b"INJECTED", b""), out
+
+
+def test_interactive_workload_has_a_terminal_of_its_own() -> None:
+    # With a terminal on stdin the workload still gets a terminal (a pty of its own), with the
+    # caller's window size, and is the foreground of it; its exit status comes back.
+    probe = (
+        "import os, fcntl, termios, struct, sys\n"
+        "rows, cols = struct.unpack('hhhh', fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2]\n"
+        "print('TTY', os.isatty(0), os.isatty(1), rows, cols,"
+        " os.tcgetpgrp(0) == os.getpgrp(), flush=True)\n"
+        "sys.exit(7)\n"
+    )
+    script = (
+        "import fcntl, termios, struct\n"
+        "fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('hhhh', 33, 111, 0, 0))\n"
+        + RUN
+        + f"st = namespaces.run([sys.executable, '-c', {probe!r}])\n"
+        "print('STATUS', st, flush=True)\n"
+    )
+    status, out = _in_a_terminal(script)
+    assert status == 0, out
+    assert b"TTY True True 33 111 True" in out, out
+    assert b"STATUS 7" in out, out
+    assert _queue(out) == "QUEUE:b''", out
+
+
+def test_the_callers_terminal_is_restored_after_an_interactive_run() -> None:
+    script = (
+        "import termios\nbefore = termios.tcgetattr(0)\n"
+        + RUN
+        + "namespaces.run(['true'])\n"
+        "print('SAME', termios.tcgetattr(0) == before, flush=True)\n"
+    )
+    status, out = _in_a_terminal(script)
+    assert status == 0, out
+    assert b"SAME True" in out, out
+
+
+READ_PID1 = textwrap.dedent(
+    """
+    import json, os, sys
+    addr, size, fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    seen = {}
+    try:
+        with open("/proc/1/mem", "rb") as mem:
+            mem.seek(addr)
+            seen["mem"] = mem.read(size).hex()
+    except OSError as e:
+        seen["mem"] = "refused: " + e.strerror
+    try:
+        seen["fd"] = sorted(os.listdir(os.open("/proc/1/fd/%d" % fd, os.O_RDONLY)))[:3]
+    except OSError as e:
+        seen["fd"] = "refused: " + e.strerror
+    try:
+        seen["fds"] = sorted(os.listdir("/proc/1/fd"))
+    except OSError as e:
+        seen["fds"] = "refused: " + e.strerror
+    try:
+        seen["environ"] = open("/proc/1/environ", "rb").read().decode(errors="replace")
+    except OSError as e:
+        seen["environ"] = "refused: " + e.strerror
+    seen["own_fds"] = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+    print(json.dumps(seen))
+    """
+)
+
+CALLER = textwrap.dedent(
+    """
+    import ctypes, json, os, sys, threading
+    from reexec_core import namespaces
+    import reexec_core
+    reexec_core.init()
+    secret = b"TOKEN-" + os.urandom(16).hex().encode()
+    buf = ctypes.create_string_buffer(secret)           # a secret at a known address
+    dirfd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # a held directory
+    os.environ["CALLER_SECRET"] = secret.decode()
+    if sys.argv[1] == "threaded":
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+    r, w = os.pipe()
+    st = namespaces.run(
+        [sys.executable, "-c", sys.argv[2], str(ctypes.addressof(buf)), str(len(secret)),
+         str(dirfd)],
+        stdout=w, env={"PATH": "/usr/bin:/bin", "SPEC_SECRET": secret.decode()},
+    )
+    os.close(w)
+    seen = json.loads(os.read(r, 1 << 20))
+    print(json.dumps({"status": st, "secret": secret.hex(), "seen": seen}))
+    """
+)
+
+
+@pytest.mark.parametrize("caller", ["single", "threaded"])
+def test_workload_cannot_read_pid1_memory_or_descriptors(caller: str, tmp_path: Path) -> None:
+    # A script, not `python -c`: a threaded caller starts itself again for the set-up.
+    script = tmp_path / "caller.py"
+    script.write_text(CALLER)
+    proc = subprocess.run(
+        [sys.executable, str(script), caller, READ_PID1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen = result["seen"]
+    assert result["status"] == 0, result
+    assert seen["mem"].startswith("refused"), f"read the caller's memory: {seen['mem']}"
+    assert result["secret"] not in seen["mem"]
+    assert str(seen["fd"]).startswith("refused"), f"opened the caller's directory: {seen['fd']}"
+    assert str(seen["fds"]).startswith("refused"), f"listed PID 1's descriptors: {seen['fds']}"
+    assert str(seen["environ"]).startswith("refused"), seen["environ"]
+    # The workload gets its stdio and nothing else (the listing's own fd aside).
+    assert len(seen["own_fds"]) <= 4, seen["own_fds"]
+
+
+def test_threaded_callers_spec_is_on_no_command_line(tmp_path: Path) -> None:
+    # A threaded caller starts the setup process as a fresh interpreter; its spec (env=
+    # secrets included) must travel through a pipe, not argv, which every user can read.
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        from reexec_core import namespaces
+        import reexec_core
+        reexec_core.init()
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+        probe = "import sys, time; print('READY', flush=True); sys.stdin.read()"
+        sys.exit(namespaces.run([sys.executable, '-c', probe],
+                                env={"PATH": "/usr/bin:/bin", "SPEC_SECRET": "s3cr3t-" + "x" * 8}))
+        """
+    )
+    caller = tmp_path / "caller.py"
+    caller.write_text(script)
+    proc = subprocess.Popen(
+        [sys.executable, str(caller)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"READY\n"
+        leaked = []
+        for pid in os.listdir("/proc"):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"s3cr3t-" in cmdline:
+                leaked.append(cmdline)
+        assert not leaked, f"a spec secret is on a command line: {leaked}"
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
