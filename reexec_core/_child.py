@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from reexec_core import _prctl, _registry, _self
+from reexec_core import _registry, _self
 
 TYPE_CHECKING = False  # mypy treats this name as True; importing typing would cost ~25 ms here
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _build(
 ) -> tuple[list[str], str | None]:
     """Return (argv, value of REEXEC_CORE_ENTRY or None) for starting ``name``."""
     # os is imported where needed, not at module level, so that a fast child, which only
-    # runs boot(), does not pay for it (see _prctl).
+    # runs boot(), does not pay for it (see reexec_core._libc).
     import os
 
     if program is None:
@@ -287,7 +287,7 @@ def boot(spec: BootSpec) -> NoReturn:
     if version != _BOOT_VERSION:
         sys.stderr.write(f"reexec_core: bootstrap version {version} is not {_BOOT_VERSION}\n")
         raise SystemExit(127)
-    _prctl.start_child(name, sig, ppid)
+    _registry.start_child(name, sig, ppid)
     # -S skipped site, which is what turns sys.prefix into the venv's: keep the parent's.
     sys.prefix, sys.exec_prefix = prefix, exec_prefix
     args = sys.argv[1:]

@@ -84,7 +84,7 @@ def is_registered(name: str) -> bool:
     """Return whether an entry point is registered under ``name``.
 
     Lets a program that registers entry points from several modules stop importing them
-    once the one it was started under is registered (see ``nsapp.cli``).
+    once the one it was started under is registered (with :func:`current_name`).
 
     Args:
         name: an entry point's name.
@@ -150,7 +150,7 @@ def init() -> bool:
     if pending is not None:
         _pending = None
         _dispatch(*pending)
-    import os  # not at module level: a fast child never needs it here (see _prctl)
+    import os  # not at module level: a fast child never needs it (see reexec_core._libc)
 
     raw = os.environ.pop(ENV_VAR, None)
     if raw is None:
@@ -160,8 +160,6 @@ def init() -> bool:
 
 def _from_env(raw: str) -> tuple[str, list[str]]:
     """Decode :data:`ENV_VAR`; set up name and parent-death signal as a fast child does."""
-    from reexec_core import _prctl
-
     parts = raw.split(":", 3)
     try:
         if len(parts) != 4 or parts[0] != _ENV_FORMAT_VERSION:
@@ -173,8 +171,74 @@ def _from_env(raw: str) -> tuple[str, list[str]]:
             "it is set by reexec_core.command() and must not be set by hand\n"
         )
         raise SystemExit(127) from None
-    _prctl.start_child(name, sig, ppid)
+    start_child(name, sig, ppid)
     return name, sys.argv[1:]
+
+
+# TASK_COMM_LEN is 16 bytes including the terminating NUL (prctl(2), PR_SET_NAME).
+_COMM_MAX = 15
+
+
+def set_name(name: str) -> bool:
+    """Set this process's name (what ``ps`` and ``/proc/PID/comm`` show), like ``PR_SET_NAME``.
+
+    Written through ``/proc/self/comm``, which proc(5) documents as equivalent to
+    ``prctl(PR_SET_NAME)``, with ``posix`` (a registered child has not imported ``os``). The
+    kernel keeps at most 15 bytes; a longer name is cut at a character boundary.
+
+    Args:
+        name: the new process name.
+
+    Returns:
+        True if the name was set, False where the platform offers no way to do it.
+    """
+    import posix
+
+    raw = name.encode("utf-8", "surrogateescape")[:_COMM_MAX]
+    # Do not split a multi-byte character: the kernel would store the half.
+    raw = raw.decode("utf-8", "ignore").encode("utf-8")
+    try:
+        fd = posix.open("/proc/self/comm", posix.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        posix.write(fd, raw)
+    except OSError:
+        return False
+    finally:
+        posix.close(fd)
+    return True
+
+
+def start_child(name: str, pdeathsig: int, ppid: int) -> None:
+    """What a registered child does first thing: parent-death signal, parent check, name.
+
+    Setting the signal here, in the child, instead of in a ``preexec_fn`` lets ``subprocess``
+    start the child with ``vfork``/``posix_spawn`` instead of a full ``fork``. The price is a
+    window between the spawn and this call in which the parent may already have died; like
+    Go's runtime, close it by comparing ``getppid()`` with the pid the parent handed over.
+
+    Args:
+        name: the entry point's name, shown by ``ps``.
+        pdeathsig: signal number to receive when the parent dies, or 0 for none.
+        ppid: the parent's pid when it started this process, or 0 to skip the check.
+    """
+    import posix
+
+    from reexec_core import _libc
+
+    if pdeathsig:
+        try:
+            _libc.set_pdeathsig(pdeathsig)
+        except OSError:
+            pass  # not Linux: no parent-death signal to be had
+        else:
+            parent = posix.getppid()
+            # getppid() is 0 when the parent lives outside our PID namespace: nothing to compare.
+            if ppid and parent not in (ppid, 0):
+                posix.kill(posix.getpid(), pdeathsig)
+                posix._exit(128 + pdeathsig)
+    set_name(name)
 
 
 def _release_sigint() -> None:

@@ -92,7 +92,7 @@ def origin() -> Origin:
 
 def _detect() -> Origin:
     # os is imported here, not at module level: a fast child adopts its parent's origin and
-    # never needs it (importing os costs ~2 ms of a child started with -S; see _prctl).
+    # never needs it (importing os costs ~2 ms of a child started with -S; see _libc).
     import os
 
     exe = sys.executable

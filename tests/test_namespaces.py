@@ -654,7 +654,8 @@ def test_a_setup_step_failing_while_the_runner_writes_the_maps_is_reported(
         tmp_path,
         """
         import collections
-        from reexec_core import _linux, namespaces
+        from reexec_core import namespaces
+        from reexec_core.namespaces import _linux
 
         def refuse():
             raise OSError(1, "Operation not permitted")

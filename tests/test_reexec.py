@@ -40,7 +40,7 @@ from rxapp._marker import BUILD
 
 
 def _report(kind, **extra):
-    from reexec_core import _prctl
+    from reexec_core import _libc
 
     try:
         import venvonly  # exists only in the test venv's site-packages
@@ -55,7 +55,7 @@ def _report(kind, **extra):
         "argv": sys.argv,
         "name": reexec_core.current_name(),
         "comm": open("/proc/self/comm", encoding="utf-8").read().rstrip("\n"),
-        "pdeathsig": _prctl.get_pdeathsig(),
+        "pdeathsig": _libc.get_pdeathsig(),
         "prefix": sys.prefix,
         "venv_import": venv_import,
         "no_site": sys.flags.no_site,
@@ -687,7 +687,7 @@ def test_child_whose_parent_is_already_gone_exits() -> None:
     # over. Hand over a pid that is not our parent and the child must kill itself at once.
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from reexec_core import _prctl; _prctl.start_child('x', 15, 1);"
+        "from reexec_core import _registry; _registry.start_child('x', 15, 1);"
         "print('survived')"
     )
     proc = subprocess.run(

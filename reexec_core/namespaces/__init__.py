@@ -22,7 +22,7 @@ Example::
   (``nsenter -t PID``), given its pid or a pidfd.
 * :func:`unshare` — move the calling process itself (single-threaded) into new namespaces.
 
-Options (keywords, named like the ``nsapp run`` flags):
+Options (keywords; a CLI would name its flags alike):
 
 ``namespaces``
     ``"user,pid,mount,net,uts,ipc,cgroup,time"`` or a list; None (default) means all this
@@ -64,7 +64,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from typing import Any
 
-    from reexec_core._linux import (
+    from reexec_core.namespaces._runner import StdIO
+    from reexec_core.namespaces.errors import (
         CommandError,
         IdMapError,
         JoinError,
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
         NamespaceUnsupportedError,
         ThreadedCallerError,
     )
-    from reexec_core.namespaces._runner import StdIO
 
 _ERRORS = frozenset(
     {
@@ -95,12 +95,12 @@ _ERRORS = frozenset(
 
 
 def __getattr__(name: str) -> Any:
-    # The exception classes live with the Linux calls (reexec_core._linux) and load on first
-    # use: importing this module must stay cheap, every start of an app that uses it pays.
+    # The exception classes (in .errors, with the diagnosis) load on first use: importing this
+    # module must stay cheap, every start of an app that uses it pays.
     if name in _ERRORS:
-        from reexec_core import _linux
+        from reexec_core.namespaces import errors
 
-        return getattr(_linux, name)
+        return getattr(errors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -125,7 +125,7 @@ __all__ = [
 
 def available() -> list[str]:
     """Return the namespace types this kernel has, in canonical order."""
-    from reexec_core import _linux
+    from reexec_core.namespaces import _linux
 
     return _linux.kernel_namespaces()
 
@@ -230,8 +230,7 @@ def join(
         ThreadedCallerError: called from a process with several threads.
         ValueError: neither or both of ``argv`` and ``entry``; neither or both of pid, pidfd.
     """
-    from reexec_core import _linux
-    from reexec_core.namespaces import _runner, _spec
+    from reexec_core.namespaces import _linux, _runner, _spec, errors
 
     if (pid is None) == (pidfd is None):
         raise ValueError("give exactly one of pid and pidfd")
@@ -241,13 +240,14 @@ def join(
         raise TypeError("argv must be a sequence of arguments, not a string")
     if entry is not None:
         reexec_core.command(entry, *entry_args)  # RuntimeError here, not in the namespaces
+    errors.require_linux()
     own_fd = pidfd is None
     if pidfd is None:
         assert pid is not None
         try:
             pidfd = _linux.pidfd_open(pid)
         except OSError as e:
-            raise _linux.error_for("join", e.errno or 0, 0, f"process {pid}") from e
+            raise errors.error_for("join", e.errno or 0, 0, f"process {pid}") from e
     try:
         if pid is None:
             pid = _pid_of(pidfd)
@@ -292,11 +292,13 @@ def _pid_of(pidfd: int) -> int:
                 pid = int(line.split()[1])
                 if pid > 0:
                     return pid
-    from reexec_core import _linux
+    from errno import ESRCH
 
-    raise _linux.JoinError(
+    from reexec_core.namespaces.errors import JoinError
+
+    raise JoinError(
         f"cannot join: descriptor {pidfd} is not a pidfd of a running process",
-        3,
+        ESRCH,
         "join",
     )
 
@@ -311,17 +313,21 @@ def unshare(namespaces: Iterable[str] | str) -> None:
         ThreadedCallerError: user or mount namespaces asked for by a process with threads.
         NamespaceError: another leaf, naming the cause.
     """
-    from reexec_core import _linux
-    from reexec_core.namespaces import _spec
+    from reexec_core.namespaces import _linux, _spec, errors
 
     flags, _ = _spec.parse_names(namespaces)
-    _linux.unshare(flags)
+    errors.require_linux()
+    try:
+        _linux.unshare_raw(flags)
+    except OSError as e:
+        threads = _linux.thread_count()
+        raise errors.error_for("unshare", e.errno or 0, flags, threads=threads) from e
 
 
 def _setup_entry(spec_json: str, errfd: str, ackfd: str) -> int:
-    from reexec_core.namespaces import _inside
+    from reexec_core.namespaces import _setup
 
-    return _inside.entry_main(spec_json, errfd, ackfd)
+    return _setup.entry_main(spec_json, errfd, ackfd)
 
 
 # The entry point a threaded caller's setup process is started under (see _runner.execute).

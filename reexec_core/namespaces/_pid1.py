@@ -13,7 +13,7 @@ namespace when it exits. Our init:
 
 Signals a terminal generates (``si_code == SI_KERNEL``: Ctrl-C, Ctrl-\\, a resize, a hang-up)
 go to the terminal's foreground process group. When the workload has the terminal it is that
-group alone (see ``_inside.take_foreground``); otherwise it shares the group with the runner and
+group alone (see ``_setup.take_foreground``); otherwise it shares the group with the runner and
 PID 1 and gets them directly too. Either way only signals sent with ``kill(2)`` are forwarded,
 so a Ctrl-C is delivered once, not three times.
 

@@ -1,18 +1,29 @@
-"""The runner: start the setup process (fork, or a fresh interpreter), answer it, wait for it.
+"""The caller side: start the setup process (clone, fork or a fresh interpreter), answer it, wait.
 
-See ``_inside`` for the process tree. The runner blocks the forwarded signals *before* it
-forks, so none sent in between is lost: the children inherit the mask and take the signals
-with ``sigwaitinfo``; the runner does the same while it waits, and passes them on.
+See ``_setup`` for the process tree and ``_wire`` for what the two sides say to each other.
+The runner blocks the forwarded signals *before* it forks, so none sent in between is lost:
+the children inherit the mask and take the signals with ``sigwaitinfo``; the runner does the
+same while it waits, and passes them on.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+from errno import EINVAL, ENOENT, ENOSYS
 
-from reexec_core import _linux
-from reexec_core.namespaces import _init, _inside
+from reexec_core.namespaces import _linux, _pid1, _setup, _wire
 from reexec_core.namespaces._spec import Spec
+from reexec_core.namespaces.errors import (
+    IdMapError,
+    JoinError,
+    NamespaceError,
+    NamespaceLimitError,
+    NamespacePermissionError,
+    ThreadedCallerError,
+    error_for,
+    require_linux,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,9 +61,10 @@ def execute(
     Raises:
         NamespaceError: a typed leaf, when the kernel or the system refused a step.
     """
+    require_linux()
     try:
         return _execute(spec, stdin, stdout, stderr, forward_signals)
-    except (_linux.NamespacePermissionError, _linux.NamespaceLimitError) as e:
+    except (NamespacePermissionError, NamespaceLimitError) as e:
         if spec.auto and spec.flags & _linux.CLONE_NEWUSER and os.geteuid() == 0:
             # "All the caller can create": root can do without the user namespace when a
             # policy forbids it. A namespace the caller named is never dropped.
@@ -75,23 +87,21 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     spec.foreground = fg
     errr, errw = os.pipe2(os.O_CLOEXEC)
     ackr, ackw = os.pipe2(os.O_CLOEXEC)
-    mask = _init.block()
+    mask = _pid1.block()
     spec.sigmask = sorted(mask)
     # With SIGCHLD ignored the kernel reaps our child itself and its status is lost.
-    chld = _init.default_sigchld()
+    chld = _pid1.default_sigchld()
     popen = None
     # No collection while the setup process runs as a copy of this one: it would write to
     # (and so copy) pages all over the heap, in the child and here.
     collect = single and gc.isenabled()
     try:
         if single:
-            _inside.prepare(spec)
+            _setup.prepare(spec)
             gc.disable()
         child = _clone(spec, errr, errw, ackr, ackw, fds) if single else -1
         cloned = child != -1
-        if cloned:
-            pass
-        elif single:
+        if single and not cloned:  # no clone3 here: fork, unshare, fork
             child = os.fork()
             if child == 0:  # C1
                 status = 125
@@ -99,12 +109,12 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
                     os.close(errr)
                     os.close(ackw)
                     _redirect(fds)
-                    status = _inside.setup_main(spec, errw, ackr, os.getppid())
+                    status = _setup.setup_main(spec, errw, ackr, os.getppid())
                 except BaseException as e:  # noqa: B036 - must never return into the caller
-                    _inside.report(errw, _inside.crashed("the setup", e))
+                    _wire.report(errw, _wire.crashed("the setup", e))
                 finally:
                     os._exit(status)
-        else:
+        elif not single:
             # fork() in a threaded process may deadlock on a lock another thread held: start
             # the setup process as a fresh interpreter instead (the reexec pattern).
             import reexec_core
@@ -135,7 +145,7 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             _reap(child, popen)
             raise failure
         if forward:
-            status = _init.supervise(child, reap_all=False)
+            status = _pid1.supervise(child, reap_all=False)
         else:
             status = _wait(child)
         if cloned:
@@ -148,14 +158,14 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     finally:
         if collect:
             gc.enable()
-        _init.restore_sigchld(chld)
-        _inside._ready = None
+        _pid1.restore_sigchld(chld)
+        _setup.forget()
         for fd in (errr, ackw):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        _init.restore(mask)
+        _pid1.restore(mask)
         if fg:
             _take_terminal_back(0 if fds[0] is None else fds[0])
 
@@ -170,18 +180,18 @@ def _clone(spec: Spec, errr: int, errw: int, ackr: int, ackw: int, fds: list[int
     try:
         child = _linux.clone3(spec.flags)
     except OSError as e:
-        if e.errno == 38:  # ENOSYS (old kernel, or a seccomp profile that hides clone3)
+        if e.errno == ENOSYS:  # an old kernel, or a seccomp profile that hides clone3
             return -1
-        raise _linux.error_for("unshare", e.errno or 0, spec.flags) from e
+        raise error_for("unshare", e.errno or 0, spec.flags) from e
     if child == 0:
         status = 125
         try:
             os.close(errr)
             os.close(ackw)
             _redirect(fds)
-            status = _inside.clone_main(spec, errw, ackr)
+            status = _setup.clone_main(spec, errw, ackr)
         except BaseException as e:  # noqa: B036 - must never return into the caller
-            _inside.report(errw, _inside.crashed("the namespace's first process", e))
+            _wire.report(errw, _wire.crashed("the namespace's first process", e))
         finally:
             os._exit(status)
     return child
@@ -198,45 +208,45 @@ def _redirect(fds: list[int | None]) -> None:
             os.close(fd)
 
 
-def _answer(spec: Spec, child: int, errr: int, ackw: int) -> _linux.NamespaceError | None:
+def _answer(spec: Spec, child: int, errr: int, ackw: int) -> NamespaceError | None:
     """Serve the setup process until it has started the workload (EOF) or failed."""
     data = b""
     while True:
-        chunk = os.read(errr, 65536)
+        chunk = os.read(errr, _wire.READ_SIZE)
         if not chunk:
             break
         data += chunk
-        if data == b"M":
+        if data == _wire.MAP_REQUEST:
             data = b""
             try:
                 _write_maps(spec, child)
-            except _linux.NamespaceError as e:
-                os.write(ackw, b"E")
+            except NamespaceError as e:
+                os.write(ackw, _wire.MAPS_FAILED)
                 return e
-            os.write(ackw, b"\0")
+            os.write(ackw, _wire.MAPS_WRITTEN)
     return _failure(data)
 
 
-def _serve_maps(spec: Spec, child: int, errr: int, ackw: int) -> _linux.NamespaceError | None:
-    """The clone path: write the child's id maps when it asks ("M"), answer on the ack pipe.
+def _serve_maps(spec: Spec, child: int, errr: int, ackw: int) -> NamespaceError | None:
+    """The clone path: write the child's id maps when it asks, answer on the ack pipe.
 
     Returns a failure it reported instead (or right after), else None; failures reported
     later are read by :func:`_late_failure` once it has exited.
     """
     if not spec.flags & _linux.CLONE_NEWUSER:
         return None
-    data = os.read(errr, 65536)
-    if data[:1] != b"M":
+    data = os.read(errr, _wire.READ_SIZE)
+    if data[:1] != _wire.MAP_REQUEST:
         return _failure(data)  # a failure before the maps, or EOF (killed)
     try:
         _write_maps(spec, child)
-    except _linux.NamespaceError as e:
-        _ack(ackw, b"E")
+    except NamespaceError as e:
+        _ack(ackw, _wire.MAPS_FAILED)
         # The child goes on after its "M": if it failed (and exited) meanwhile, its own
         # report says why, not the map of a process that is gone.
-        return _failure(data[1:]) or _late_failure(errr) or e
-    _ack(ackw, b"\0")
-    return _failure(data[1:])
+        return _failure(data[len(_wire.MAP_REQUEST) :]) or _late_failure(errr) or e
+    _ack(ackw, _wire.MAPS_WRITTEN)
+    return _failure(data[len(_wire.MAP_REQUEST) :])
 
 
 def _ack(ackw: int, answer: bytes) -> None:
@@ -247,24 +257,24 @@ def _ack(ackw: int, answer: bytes) -> None:
         pass
 
 
-def _late_failure(errr: int) -> _linux.NamespaceError | None:
+def _late_failure(errr: int) -> NamespaceError | None:
     """After the clone child exited: the failure it reported, if any (never blocks)."""
     os.set_blocking(errr, False)
     data = b""
     try:
-        while chunk := os.read(errr, 65536):
+        while chunk := os.read(errr, _wire.READ_SIZE):
             data += chunk
     except BlockingIOError:
         pass
     return _failure(data)
 
 
-def _failure(data: bytes) -> _linux.NamespaceError | None:
-    """Decode ``E op NUL errno NUL flags NUL detail`` from the error pipe (None if empty)."""
-    if not data:
+def _failure(data: bytes) -> NamespaceError | None:
+    """The typed error for a failure report read from the error pipe (None if there is none)."""
+    failure = _wire.decode(data)
+    if failure is None:
         return None
-    op, errno, flags, detail = data[1:].decode("utf-8", "surrogateescape").split("\0", 3)
-    return _linux.error_for(op, int(errno), int(flags), detail)
+    return error_for(failure.op, failure.errno, failure.flags, failure.detail)
 
 
 def _write_maps(spec: Spec, pid: int) -> None:
@@ -273,7 +283,7 @@ def _write_maps(spec: Spec, pid: int) -> None:
         try:
             _linux.write_id_maps(pid, spec.uid_map, spec.gid_map, spec.deny_setgroups)
         except OSError as e:
-            raise _linux.error_for(e.filename or "uid_map", e.errno or 0, 0, "") from e
+            raise error_for(e.filename or "uid_map", e.errno or 0, 0, "") from e
         return
     import shutil
     import subprocess
@@ -281,7 +291,7 @@ def _write_maps(spec: Spec, pid: int) -> None:
     for tool, idmap in (("newuidmap", spec.uid_map), ("newgidmap", spec.gid_map)):
         path = shutil.which(tool)
         if path is None:
-            raise _linux.IdMapError(
+            raise IdMapError(
                 f"cannot map id ranges: {tool} is not installed (Debian/Ubuntu: apt-get install "
                 "uidmap); or drop the range options",
                 0,
@@ -297,7 +307,7 @@ def _write_maps(spec: Spec, pid: int) -> None:
         )
         if done.returncode != 0:
             why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-            raise _linux.IdMapError(
+            raise IdMapError(
                 f"cannot map id ranges with {tool}: {why} (the ranges must be granted to this "
                 "user in /etc/subuid and /etc/subgid)",
                 0,
@@ -311,7 +321,7 @@ def _wait(child: int) -> int:
             _, status = os.waitpid(child, 0)
         except InterruptedError:
             continue
-        return _init.exit_code(status)
+        return _pid1.exit_code(status)
 
 
 def _reap(child: int, popen: object) -> None:
@@ -368,60 +378,39 @@ def join_flags(pid: int, names: list[str] | None) -> int:
             theirs = os.stat(f"/proc/{pid}/ns/{entry}")
         except FileNotFoundError:
             if names is not None:
-                raise _linux.error_for("setns", 2, flag, f"process {pid}") from None
+                raise error_for("setns", ENOENT, flag, f"process {pid}") from None
             continue
         except PermissionError as e:
-            raise _linux.JoinError(
+            raise JoinError(
                 f"cannot join the namespaces of process {pid}: not permitted to inspect it; "
                 "join as the user that started it or as root",
                 e.errno or 0,
                 "join",
             ) from e
         except OSError as e:
-            raise _linux.error_for("join", e.errno or 0, 0, f"process {pid}") from e
+            raise error_for("join", e.errno or 0, 0, f"process {pid}") from e
         ours = os.stat(f"/proc/self/ns/{entry}")
         if names is not None or (theirs.st_ino, theirs.st_dev) != (ours.st_ino, ours.st_dev):
             flags |= flag
     return flags
 
 
-def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
-    """The joining process: setns into the target's namespaces, then run the workload."""
-    try:
-        _inside.die_with_parent(parent)
-        flags = spec.join_flags
-        try:
-            _linux.setns_raw(pidfd, flags)  # a pidfd joins them all at once (Linux 5.8+)
-        except OSError as e:
-            raise _inside._Failed("setns", e.errno or 0, flags, f"process {spec.join}") from e
-        os.close(pidfd)
-        if not spec.cwd:
-            os.chdir("/")
-        if not flags & (_linux.CLONE_NEWPID | _linux.CLONE_NEWTIME):
-            _inside.start_workload(spec, errfd, replace=True)
-        child = _inside.start_workload(spec, errfd, replace=False)
-        os.close(errfd)
-        return _init.supervise(child, reap_all=False)
-    except _inside._Failed as f:
-        _inside.report(errfd, f)
-        return 125
-
-
 def join(
     spec: Spec, pidfd: int, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool
 ) -> int:
     """Run ``spec`` in the namespaces ``pidfd`` refers to; return the exit code."""
+    require_linux()
     if not _single_threaded():
-        raise _linux.ThreadedCallerError(
+        raise ThreadedCallerError(
             "cannot join namespaces from a process with more than one thread: fork() there is "
             "unsafe; call join() before starting threads",
-            22,
+            EINVAL,
             "join",
         )
     fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
     forward = forward_signals
     errr, errw = os.pipe2(os.O_CLOEXEC)
-    mask = _init.block()
+    mask = _pid1.block()
     spec.sigmask = sorted(mask)
     try:
         child = os.fork()
@@ -430,9 +419,9 @@ def join(
             try:
                 os.close(errr)
                 _redirect(fds)
-                status = join_main(spec, pidfd, errw, os.getppid())
+                status = _setup.join_main(spec, pidfd, errw, os.getppid())
             except BaseException as e:  # noqa: B036 - must never return into the caller
-                _inside.report(errw, _inside.crashed("the setup", e))
+                _wire.report(errw, _wire.crashed("the setup", e))
             finally:
                 os._exit(status)
         os.close(errw)
@@ -440,7 +429,7 @@ def join(
         if failure is not None:
             _reap(child, None)
             raise failure
-        return _init.supervise(child, reap_all=False) if forward else _wait(child)
+        return _pid1.supervise(child, reap_all=False) if forward else _wait(child)
     finally:
         os.close(errr)
-        _init.restore(mask)
+        _pid1.restore(mask)

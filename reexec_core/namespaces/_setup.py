@@ -1,4 +1,4 @@
-"""The processes that build the namespaces and start the workload in them.
+"""The child side: the processes that build the namespaces and start the workload in them.
 
 Fast path (single-threaded caller), :func:`clone_main`::
 
@@ -15,17 +15,13 @@ way::
 
 A threaded caller cannot fork safely, so the runner starts C1 as a fresh interpreter instead
 (a registered entry point, see ``reexec_core.namespaces``), which then runs ``setup_main``.
+:func:`join_main` is the process that joins a running sandbox's namespaces (``join``).
 
 Every process here dies with its parent: each sets ``PR_SET_PDEATHSIG`` to SIGKILL and then
 checks that its parent is still there (``getppid()``, or EOF on a pipe only the parent holds
 when the parent lies outside our PID namespace), and when PID 1 dies the kernel kills the rest
-of its namespace. Failures before the workload runs go back to the runner over the *error
-pipe* (close-on-exec, so a successful exec reads as EOF) as
-``E op NUL errno NUL flags NUL detail``; the runner raises the typed error. ``M`` on the same
-pipe asks the runner to write the uid/gid maps, answered by one byte on the *ack pipe*: on the
-clone path always (with a user namespace), and the child goes on with its setup meanwhile, so
-the runner reads a failure reported after the maps once the child has exited; on the fork path
-for ranges (and a root caller's maps) only, the child waiting for the answer.
+of its namespace. Failures before the workload runs, and the request for the uid/gid maps, go
+to the runner over the pipes of ``_wire``; the runner raises the typed error.
 """
 
 from __future__ import annotations
@@ -34,10 +30,12 @@ import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
 import gc
 import os
 import sys
+from errno import ENOENT
 
-from reexec_core import _linux, _prctl
-from reexec_core.namespaces import _init
+from reexec_core import _registry
+from reexec_core.namespaces import _linux, _pid1, _wire
 from reexec_core.namespaces._spec import Spec
+from reexec_core.namespaces._wire import Failure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,31 +47,7 @@ if TYPE_CHECKING:
 _SIGKILL = 9
 _SIGPIPE, _SIGXFSZ, _SIGTTOU = 13, 25, 22
 #: Signals the workload starts with at their default action.
-_SIGDEF = (*_init.WAITSET, _SIGPIPE, _SIGXFSZ)
-
-
-class _Failed(Exception):
-    """A setup step failed: carries what the runner needs to raise the typed error."""
-
-    def __init__(self, op: str, errno: int, flags: int = 0, detail: str = "") -> None:
-        super().__init__(op)
-        self.op, self.errno, self.flags, self.detail = op, errno, flags, detail
-
-
-def crashed(who: str, e: BaseException) -> _Failed:
-    """A bug (not a refusal) in a setup process, described for the runner's error."""
-    return _Failed("start", 0, 0, f"{who} ({type(e).__name__}: {e})")
-
-
-def report(errfd: int, failure: _Failed) -> None:
-    """Send a failure to the runner over the error pipe."""
-    msg = f"E{failure.op}\0{failure.errno}\0{failure.flags}\0{failure.detail}".encode(
-        "utf-8", "surrogateescape"
-    )
-    try:
-        os.write(errfd, msg)
-    except OSError:
-        pass
+_SIGDEF = (*_pid1.WAITSET, _SIGPIPE, _SIGXFSZ)
 
 
 def die_with_parent(parent: int) -> None:
@@ -87,7 +61,7 @@ def _step(op: str, detail: str, fn: object, *args: object, flags: int = 0) -> No
     try:
         fn(*args)  # type: ignore[operator]
     except OSError as e:
-        raise _Failed(op, e.errno or 0, flags, detail) from e
+        raise Failure(op, e.errno or 0, flags, detail) from e
 
 
 def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
@@ -102,14 +76,14 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
         _step("unshare", "", _linux.unshare_raw, flags, flags=flags)
         if spec.flags & _linux.CLONE_NEWUSER:
             if spec.parent_maps:
-                os.write(errfd, b"M")
-                if os.read(ackfd, 1) != b"\0":
-                    return 125  # the runner failed to write them, and raises the error
+                _wire.request_maps(errfd)
+                if _wire.read_answer(ackfd) != _wire.MAPS_WRITTEN:
+                    return 125  # the runner failed to write them (and raises the error), or died
             else:
                 try:
                     _linux.write_id_maps("self", spec.uid_map, spec.gid_map, True)
                 except OSError as e:
-                    raise _Failed(e.filename or "uid_map", e.errno or 0, 0, "") from e
+                    raise Failure(e.filename or "uid_map", e.errno or 0, 0, "") from e
         os.close(ackfd)
         if not spec.needs_fork:
             inner_setup(spec)
@@ -121,17 +95,17 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
             try:
                 os.close(alive_w)
                 status = init_main(spec, errfd, alive_r)
-            except _Failed as f:
-                report(errfd, f)
+            except Failure as f:
+                _wire.report(errfd, f)
             except BaseException as e:  # noqa: B036 - must never return into the caller
-                report(errfd, crashed("PID 1", e))
+                _wire.report(errfd, _wire.crashed("PID 1", e))
             finally:
                 os._exit(status)
         os.close(errfd)
         os.close(alive_r)
-        return _init.supervise(child, reap_all=False)
-    except _Failed as f:
-        report(errfd, f)
+        return _pid1.supervise(child, reap_all=False)
+    except Failure as f:
+        _wire.report(errfd, f)
         return 125
 
 
@@ -152,20 +126,17 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
             # The runner owns this user namespace, so it may write our maps (one line of its
             # own ids after "deny" in setgroups, like unshare -r; ranges as root or through
             # newuidmap). It does so while we bring lo up and mount; see _await_maps.
-            os.write(errfd, b"M")
+            _wire.request_maps(errfd)
         else:
             # getppid() is 0 in a new PID namespace: the runner is the only writer of the ack
             # pipe, so EOF there means it died before our parent-death signal was set.
-            os.set_blocking(ackfd, False)
-            try:
-                if os.read(ackfd, 1) == b"":
-                    os._exit(128 + _SIGKILL)
-            except BlockingIOError:
-                pass
+            if _wire.peer_gone(ackfd):
+                os._exit(128 + _SIGKILL)
             os.close(ackfd)
             ackfd = -1
         if spec.flags & _linux.CLONE_NEWPID:
-            # _prctl.set_name, without its encoding work (bytes constants: fewer pages written).
+            # _registry.set_name, without its encoding work (bytes constants: fewer pages
+            # written).
             try:
                 fd = os.open(b"/proc/self/comm", os.O_WRONLY)
                 try:
@@ -179,22 +150,22 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
             start_workload(spec, errfd, replace=True)
         child = start_workload(spec, errfd, replace=False)
         os.close(errfd)
-        return _init.supervise(child, reap_all=True)
-    except _Failed as f:
-        report(errfd, f)
+        return _pid1.supervise(child, reap_all=True)
+    except Failure as f:
+        _wire.report(errfd, f)
         return 125
 
 
 def _await_maps(ackfd: int) -> None:
-    """Wait for the runner's answer to our "M": the id maps are written (or it failed).
+    """Wait for the runner's answer to our map request: the id maps are written (or it failed).
 
-    The runner answers only after reading the "M" sent after ``PR_SET_PDEATHSIG``: an answer
-    proves it was alive then (later, its death kills us); EOF means it died before.
+    The runner answers only after reading the request sent after ``PR_SET_PDEATHSIG``: an
+    answer proves it was alive then (later, its death kills us); EOF means it died before.
     """
-    answer = os.read(ackfd, 1)
+    answer = _wire.read_answer(ackfd)
     os.close(ackfd)
-    if answer != b"\0":
-        # "E": the runner could not write them and raises the error itself.
+    if answer != _wire.MAPS_WRITTEN:
+        # MAPS_FAILED: the runner could not write them and raises the error itself.
         os._exit(125 if answer else 128 + _SIGKILL)
 
 
@@ -202,21 +173,38 @@ def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
     """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise."""
     _linux.set_pdeathsig(_SIGKILL)
     # getppid() is 0 here (the parent is outside our PID namespace): ask the pipe instead.
-    # Its only writer is C1: EOF means C1 is gone, "would block" that it is alive.
-    os.set_blocking(alive_r, False)
-    try:
-        os.read(alive_r, 1)
-    except BlockingIOError:
-        pass
-    else:
+    # Its only writer is C1, which never writes: EOF means C1 is gone.
+    if _wire.peer_gone(alive_r):
         os._exit(128 + _SIGKILL)
     os.close(alive_r)
     if spec.flags & _linux.CLONE_NEWPID:
-        _prctl.set_name("ns-init")
+        _registry.set_name("ns-init")
     inner_setup(spec)
     child = start_workload(spec, errfd, replace=False)
     os.close(errfd)
-    return _init.supervise(child, reap_all=True)
+    return _pid1.supervise(child, reap_all=True)
+
+
+def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
+    """The joining process: setns into the target's namespaces, then run the workload."""
+    try:
+        die_with_parent(parent)
+        flags = spec.join_flags
+        try:
+            _linux.setns_raw(pidfd, flags)  # a pidfd joins them all at once (Linux 5.8+)
+        except OSError as e:
+            raise Failure("setns", e.errno or 0, flags, f"process {spec.join}") from e
+        os.close(pidfd)
+        if not spec.cwd:
+            os.chdir("/")
+        if not flags & (_linux.CLONE_NEWPID | _linux.CLONE_NEWTIME):
+            start_workload(spec, errfd, replace=True)
+        child = start_workload(spec, errfd, replace=False)
+        os.close(errfd)
+        return _pid1.supervise(child, reap_all=False)
+    except Failure as f:
+        _wire.report(errfd, f)
+        return 125
 
 
 def inner_setup(spec: Spec, ackfd: int = -1) -> None:
@@ -240,7 +228,7 @@ def inner_setup(spec: Spec, ackfd: int = -1) -> None:
             _await_maps(ackfd)
             ackfd = -1
         if spec.root and not os.path.isdir(spec.root):
-            raise _Failed("pivot_root", 0, 0, f"{spec.root}: it is not a directory")
+            raise Failure("pivot_root", 0, 0, f"{spec.root}: it is not a directory")
         for kind, src, dst in spec.mounts:
             target = prefix + dst
             if kind == "tmpfs":
@@ -296,7 +284,7 @@ def _ensure_dir(target: str, kind: str, create: bool) -> None:
     if os.path.isdir(target):
         return
     if not create:
-        raise _Failed(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
+        raise Failure(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
     _step(kind, f"{target} (creating the mount point)", os.makedirs, target)
 
 
@@ -305,12 +293,12 @@ def _ensure_target(src: str, target: str, kind: str, create: bool) -> None:
         _ensure_dir(target, kind, create)
     elif not os.path.exists(target):
         if not create:
-            raise _Failed(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
+            raise Failure(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
         except OSError as e:
-            raise _Failed(kind, e.errno or 0, 0, f"{target} (creating the mount point)") from e
+            raise Failure(kind, e.errno or 0, 0, f"{target} (creating the mount point)") from e
 
 
 def _pivot(root: str) -> None:
@@ -323,7 +311,7 @@ def _pivot(root: str) -> None:
 
 
 # (environment, resolved program path or None) worked out by the runner before it cloned:
-# work done before the clone costs no copy-on-write faults afterwards.
+# work done before the clone costs no copy-on-write faults afterwards. See prepare/forget.
 _ready: tuple[Env, str | None] | None = None
 
 
@@ -345,6 +333,12 @@ def prepare(spec: Spec) -> None:
     if spec.argv is not None and spec.root is None and spec.cwd is None:
         path = find_program(spec.argv[0], env)
     _ready = (env, path)
+
+
+def forget() -> None:
+    """In the runner, once the run is over: drop what :func:`prepare` worked out."""
+    global _ready
+    _ready = None
 
 
 def _prepare_exec(spec: Spec) -> Env:
@@ -370,7 +364,7 @@ def _reset_for_exec(spec: Spec) -> None:
         take_foreground()
     for sig in _SIGDEF:
         _signal.signal(sig, _signal.SIG_DFL)
-    _init.restore(spec.sigmask)
+    _pid1.restore(spec.sigmask)
 
 
 def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
@@ -388,10 +382,10 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         try:
             os.execve(path, argv, env)
         except OSError as e:
-            _init.block()
-            raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+            _pid1.block()
+            raise Failure("exec", e.errno or 0, 0, argv[0]) from e
     if spec.foreground:
-        return _fork_foreground(spec, path, argv, env)
+        return _fork_foreground(spec, errfd, path, argv, env)
     try:
         return os.posix_spawn(
             path,
@@ -401,7 +395,7 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
             setsigdef=_SIGDEF,
         )
     except OSError as e:
-        raise _Failed("exec", e.errno or 0, 0, argv[0]) from e
+        raise Failure("exec", e.errno or 0, 0, argv[0]) from e
 
 
 def take_foreground() -> None:
@@ -423,21 +417,25 @@ def take_foreground() -> None:
         pass
 
 
-def _fork_foreground(spec: Spec, path: str, argv: list[str], env: Env) -> int:
+def _fork_foreground(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> int:
     """Spawn the workload in the terminal's foreground: it must take it *before* its exec
-    (posix_spawn cannot), or a shell checking its terminal at start stops itself."""
+    (posix_spawn cannot), or a shell checking its terminal at start stops itself.
+
+    An exec that fails is reported to the runner like posix_spawn's failure (the runner raises
+    the ``CommandError``; the caller decides what to print), and the child exits 127 for a
+    command not found, 126 otherwise, as a shell does.
+    """
     pid = os.fork()
     if pid == 0:
         try:
             take_foreground()
             for sig in _SIGDEF:
                 _signal.signal(sig, _signal.SIG_DFL)
-            _init.restore(spec.sigmask)
+            _pid1.restore(spec.sigmask)
             os.execve(path, argv, env)
         except OSError as e:
-            msg = f"nsapp: cannot run {argv[0]}: {e.strerror}\n"
-            os.write(2, msg.encode(errors="replace"))
-            os._exit(127 if e.errno == 2 else 126)
+            _wire.report(errfd, Failure("exec", e.errno or 0, 0, argv[0]))
+            os._exit(127 if e.errno == ENOENT else 126)
         finally:
             os._exit(127)
     return pid
@@ -473,8 +471,8 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
         try:
             reexec_core.exec_into(name, *args)
         except OSError as e:
-            _init.block()
-            raise _Failed("exec", e.errno or 0, 0, spec.name) from e
+            _pid1.block()
+            raise Failure("exec", e.errno or 0, 0, spec.name) from e
     # The Command is made here, in PID 1, so the child's parent check sees the right parent.
     cmd = reexec_core.command(name, *args)
     os.environ.clear()
@@ -483,19 +481,19 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     def child_setup() -> None:
         if spec.foreground:
             take_foreground()
-        _init.restore(spec.sigmask)
+        _pid1.restore(spec.sigmask)
 
     try:
         proc = cmd.popen(env=env, preexec_fn=child_setup, close_fds=False, restore_signals=True)
     except OSError as e:
-        raise _Failed("exec", e.errno or 0, 0, spec.name) from e
+        raise Failure("exec", e.errno or 0, 0, spec.name) from e
     return proc.pid
 
 
 def entry_main(spec_json: str, errfd: str, ackfd: str) -> int:
     """C1 started as a fresh interpreter (threaded callers): the registered entry point."""
     spec = Spec.from_json(spec_json)
-    _init.block()
+    _pid1.block()
     status = setup_main(spec, int(errfd), int(ackfd), 0)
     sys.stdout.flush()
     os._exit(status)

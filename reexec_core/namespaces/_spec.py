@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from reexec_core import _linux
+from reexec_core.namespaces import _linux
+from reexec_core.namespaces.errors import IdMapError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def make_spec(
                 if found is None and own == 0:
                     found = (1, 4294967294)  # root may map every id onto itself
                 if found is None:
-                    raise _linux.IdMapError(
+                    raise IdMapError(
                         f"cannot map a full id range: {path} has no range for uid {own}; add "
                         f"one (e.g. `usermod --add-subuids 100000-165535 USER`) or drop subids",
                         0,
