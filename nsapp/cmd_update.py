@@ -27,7 +27,7 @@ PROG = "nsapp"
 def _client(repo_url: str | None) -> Any:
     """An UpdateClient for this build's embedded trusted root and repository URL."""
     from nsapp import release_config
-    from selfupdate.install import InstallError
+    from selfupdate.errors import InstallError
 
     root, url = release_config.load()
     if root is None:
@@ -41,7 +41,7 @@ def _client(repo_url: str | None) -> Any:
             "this build has no release repository URL; pass --repo URL or build it with "
             "./build.sh --repo-url URL"
         )
-    from selfupdate.client import UpdateClient
+    from selfupdate.releases.client import UpdateClient
 
     return UpdateClient(PROG, url, root, cache_dir=state.state_dir() / "tuf-cache")
 

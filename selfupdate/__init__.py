@@ -1,21 +1,24 @@
 """Signed releases (TUF) and in-place self-update for single-file Python programs.
 
-Public surface (each name is loaded on first use, so ``import selfupdate`` stays cheap: it
-never imports ``tuf``, ``requests`` or ``cryptography``; a program's ``--version`` and its
-registered children pay nothing for it):
+The surface an app uses, each name loaded on first use so that ``import selfupdate`` stays
+cheap (it never imports ``tuf``, ``requests`` or ``cryptography``; a program's ``--version``
+and its registered children pay nothing for it):
 
-- :class:`UpdateClient`, :class:`Release` (:mod:`selfupdate.client`): find, download and
-  verify the newest release of an app on its channel.
-- :class:`FetchConfig` (:mod:`selfupdate._fetch`): timeouts, deadline, minimum speed.
-- :class:`SelfUpdateError` (:mod:`selfupdate.errors`): base of every error; ``str(e)`` is one
-  sentence saying what went wrong and what to do; the install-side leaves
-  :class:`InstallError`, :class:`UpdateInProgressError`, :class:`KnownBadError`,
-  :class:`TrialFailedError`, :class:`NoPreviousBuildError`.
 - :func:`configure`, :func:`migration`, :func:`health_check`, :func:`at_start`,
-  :func:`start_auto_update` (:mod:`selfupdate.app`): what an app calls to update itself in
-  place (:mod:`selfupdate.install` does the work).
+  :func:`update`, :func:`rollback`, :func:`start_auto_update` (:mod:`selfupdate.app`): what an
+  app calls to update itself in place;
+- :class:`UpdateClient`, :class:`Release` (:mod:`selfupdate.releases.client`): find, download
+  and verify the newest release of an app on its channel; :class:`FetchConfig`
+  (:mod:`selfupdate.releases._fetch`): timeouts, deadline, minimum speed;
+- :mod:`errors` and its base :class:`SelfUpdateError` (``str(e)`` is one sentence saying what
+  went wrong and what to do), with the install-side leaves :class:`InstallError`,
+  :class:`UpdateInProgressError`, :class:`KnownBadError`, :class:`TrialFailedError`,
+  :class:`NoPreviousBuildError`.
 
-The publisher is the ``selfupdate`` command (:mod:`selfupdate.cli`, :mod:`selfupdate.publish`).
+Two halves with separate dependencies: :mod:`selfupdate.releases` (signed releases: the only
+place ``tuf``, ``requests``, ``cryptography`` and ``securesystemslib`` are imported; also the
+publisher, the ``selfupdate`` command) and :mod:`selfupdate.install` (installing a verified
+file: stdlib and ``reexec_core`` only). :mod:`selfupdate.app` ties them together for an app.
 """
 
 from __future__ import annotations
@@ -26,9 +29,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from selfupdate._fetch import FetchConfig
-    from selfupdate.app import at_start, configure, health_check, migration, start_auto_update
-    from selfupdate.client import Release, UpdateClient
+    from selfupdate import errors
+    from selfupdate.app import (
+        at_start,
+        configure,
+        health_check,
+        migration,
+        rollback,
+        start_auto_update,
+        update,
+    )
     from selfupdate.errors import (
         InstallError,
         KnownBadError,
@@ -37,6 +47,8 @@ if TYPE_CHECKING:
         TrialFailedError,
         UpdateInProgressError,
     )
+    from selfupdate.releases._fetch import FetchConfig
+    from selfupdate.releases.client import Release, UpdateClient
 
 __all__ = [
     "FetchConfig",
@@ -50,15 +62,20 @@ __all__ = [
     "UpdateInProgressError",
     "at_start",
     "configure",
+    "errors",
     "health_check",
     "migration",
+    "rollback",
     "start_auto_update",
+    "update",
 ]
 
+# name -> module that defines it ("" for a submodule of this package of that name)
 _LAZY = {
-    "FetchConfig": "selfupdate._fetch",
-    "Release": "selfupdate.client",
-    "UpdateClient": "selfupdate.client",
+    "FetchConfig": "selfupdate.releases._fetch",
+    "Release": "selfupdate.releases.client",
+    "UpdateClient": "selfupdate.releases.client",
+    "errors": "",
     "SelfUpdateError": "selfupdate.errors",
     "InstallError": "selfupdate.errors",
     "KnownBadError": "selfupdate.errors",
@@ -69,7 +86,9 @@ _LAZY = {
     "configure": "selfupdate.app",
     "health_check": "selfupdate.app",
     "migration": "selfupdate.app",
+    "rollback": "selfupdate.app",
     "start_auto_update": "selfupdate.app",
+    "update": "selfupdate.app",
 }
 
 
@@ -80,7 +99,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'selfupdate' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    if module:
+        value = getattr(importlib.import_module(module), name)
+    else:
+        value = importlib.import_module(f"selfupdate.{name}")
     globals()[name] = value
     return value
 

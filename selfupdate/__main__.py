@@ -1,7 +1,7 @@
-"""``python -m selfupdate``: the publisher's command line (see :mod:`selfupdate.cli`)."""
+"""``python -m selfupdate``: the publisher's command line (see :mod:`selfupdate.releases.cli`)."""
 
 import sys
 
-from selfupdate.cli import main
+from selfupdate.releases.cli import main
 
 sys.exit(main())

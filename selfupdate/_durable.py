@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import BinaryIO
 
-__all__ = ["fsync_dir", "write_atomic", "write_atomic_from"]
+__all__ = ["fsync_dir", "fsync_tree", "write_atomic", "write_atomic_from"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,6 +32,25 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """``fsync`` every regular file and directory under ``root`` (symlinks are not followed).
+
+    Raises:
+        OSError: a file or directory cannot be opened or synced.
+    """
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def write_atomic_from(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:

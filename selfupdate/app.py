@@ -1,10 +1,11 @@
-"""The app-facing side of in-place updates: migrations, a health check, auto-update, start hook.
+"""The app-facing side of in-place updates: migrations, a health check, update, rollback,
+auto-update, the start hook.
 
 An app declares, at import time of its command modules::
 
     from selfupdate import app as su
 
-    su.configure("nsapp", VERSION, state_dir=my_state_dir, client=make_update_client)
+    su.configure("myapp", VERSION, state_dir=my_state_dir, client=make_update_client)
 
     @su.migration("2.0.0")
     def history_to_jsonl(state_dir: Path) -> str:
@@ -20,11 +21,15 @@ build: migrations for the versions crossed, then the health check) and ``update-
 ``reexec_core.init()``: cheap (a ``stat`` when no update was interrupted), it finishes or undoes
 an update a ``kill -9`` interrupted and marks this build's shiv extraction as in use.
 
-A long-running command opts in to automatic updates with :func:`start_auto_update`: a
-background thread checks every ``interval`` seconds and, once an update is committed, execs the
-new build with the process's original arguments (same PID).
+:func:`update` runs :func:`selfupdate.install.update`, which returns once the new build is
+committed, and then execs the new build (same PID). A long-running command opts in to automatic
+updates with :func:`start_auto_update`: a background thread checks every ``interval`` seconds
+and, once an update is committed, execs the new build with the process's original arguments.
 
-Nothing here imports ``tuf``, ``requests``, ``cryptography`` or ``packaging`` at import time.
+This module is the top of the package: it uses :mod:`selfupdate.install`,
+:mod:`selfupdate._shiv` and (through the app's ``client`` factory) :mod:`selfupdate.releases`;
+nothing in the framework imports it. Nothing here imports ``tuf``, ``requests``,
+``cryptography`` or ``packaging`` at import time.
 """
 
 from __future__ import annotations
@@ -32,11 +37,17 @@ from __future__ import annotations
 import os
 import sys
 
+from selfupdate import _shiv
+from selfupdate._names import FINISH_ENTRY, TRIAL_ENTRY
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
     from pathlib import Path
-    from typing import Any
+
+    from selfupdate.install import Outcome
+    from selfupdate.install._staging import ClientLike
 
     Migration = Callable[[Path], str | None]
     HealthCheck = Callable[[Path], None]
@@ -48,17 +59,10 @@ __all__ = [
     "installed_path",
     "migration",
     "migrations_between",
+    "rollback",
     "start_auto_update",
     "update",
-    "rollback",
 ]
-
-#: Entry point names: the trial run of a new build, and the new build after the handover.
-TRIAL_ENTRY = "post-update"
-FINISH_ENTRY = "update-finish"
-
-#: Name of the shared-lock file each running build holds in its shiv extraction directory.
-INUSE_LOCK = ".in-use.lock"
 
 # The process's own arguments, as it was started (auto-update re-execs with them).
 _ORIGINAL_ARGS: list[str] = list(sys.argv[1:])
@@ -68,11 +72,10 @@ class _Config:
     name: str = ""
     version: str = ""
     state_dir: Callable[[], Path] | None = None
-    client: Callable[[str | None], Any] | None = None
+    client: Callable[[str | None], ClientLike] | None = None
     trial_timeout: float = 60.0
     migrations: dict[str, Migration] = {}
     health_checks: list[HealthCheck] = []
-    inuse_fd: int | None = None
 
 
 _cfg = _Config()
@@ -83,7 +86,7 @@ def configure(
     version: str,
     *,
     state_dir: Callable[[], Path],
-    client: Callable[[str | None], Any],
+    client: Callable[[str | None], ClientLike],
     trial_timeout: float | None = None,
 ) -> None:
     """Declare the app and register the ``post-update`` and ``update-finish`` entry points.
@@ -91,7 +94,7 @@ def configure(
     Call once, at import time (before ``reexec_core.init()``).
 
     Args:
-        name: the app's name (for messages).
+        name: the app's name (the program name in what this module prints).
         version: this build's version (PEP 440).
         state_dir: returns the app's state directory (snapshotted around an update).
         client: ``client(repo_url_or_None) -> UpdateClient``; called only when updating, so the
@@ -120,6 +123,9 @@ def migration(version: str) -> Callable[[Migration], Migration]:
     A migration for version V runs when updating from a version below V to V or above, in
     version order. It may print or return a line describing what it changed. If it raises,
     the update fails and the state directory is restored.
+
+    Raises:
+        ValueError: a migration for ``version`` is already registered.
     """
 
     def deco(fn: Migration) -> Migration:
@@ -154,6 +160,11 @@ def migrations_between(old: str, new: str, versions: list[str]) -> list[str]:
     return sorted(crossed, key=Version)
 
 
+def installed_path() -> Path | None:
+    """The real path of the running ``.pyz`` (symlinks resolved), or None when not in one."""
+    return _shiv.running_archive()
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points run by the new build
 
@@ -165,7 +176,10 @@ def _state_dir() -> Path:
 
 
 def _post_update(old: str, new: str) -> int:
-    """``post-update OLD NEW``: migrations crossed, then the health check; status 0 = good."""
+    """``post-update OLD NEW``: migrations crossed, then the health check; status 0 = good.
+
+    Its output goes to the trial's log, which the user is pointed to when it fails.
+    """
     state = _state_dir()
     print(f"post-update {old} -> {new} (this build: {_cfg.version}, state: {state})", flush=True)
     for v in migrations_between(old, new, list(_cfg.migrations)):
@@ -211,26 +225,6 @@ def _update_finish(old: str, new: str, log: str) -> int:
 # Start hook
 
 
-def installed_path() -> Path | None:
-    """The real path of the running ``.pyz`` (symlinks resolved), or None when not in one."""
-    boot = sys.modules.get("_bootstrap")
-    archive = getattr(getattr(boot, "__loader__", None), "archive", None)
-    if not isinstance(archive, str) or not hasattr(boot, "bootstrap"):
-        return None
-    from pathlib import Path
-
-    return Path(os.path.realpath(archive))
-
-
-def _site_packages() -> str | None:
-    """This build's shiv ``site-packages`` directory, if it runs from one."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    build_id = os.path.basename(os.path.dirname(here)).rpartition("_")[2]
-    if os.path.basename(here) != "site-packages" or len(build_id) != 64:
-        return None  # not shiv's ROOT/NAME_BUILDID/site-packages
-    return here
-
-
 def at_start() -> None:
     """App-start hook (call in main after ``reexec_core.init()`` returned False).
 
@@ -240,10 +234,13 @@ def at_start() -> None:
     """
     if os.environ.get("REEXEC_CORE_ENTRY"):
         return
-    pyz = installed_path()
+    pyz = _shiv.running_archive()
     if pyz is None:
         return
-    _hold_extraction()
+    if not _shiv.hold_extraction():
+        # A cleaner removed this extraction between shiv's check and our lock: start again,
+        # and shiv extracts afresh.
+        _reexec_self()
     journal = os.path.join(os.path.dirname(pyz), f".{os.path.basename(pyz)}.journal")
     if not os.path.exists(journal):
         return
@@ -251,33 +248,6 @@ def at_start() -> None:
 
     if recover_at_start(pyz, _state_dir() if _cfg.state_dir else None):
         _reexec_self()
-
-
-def _hold_extraction() -> None:
-    import fcntl
-
-    sp = _site_packages()
-    if sp is None or _cfg.inuse_fd is not None:
-        return
-    try:
-        fd = os.open(
-            os.path.join(os.path.dirname(sp), INUSE_LOCK),
-            os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o644,
-        )
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
-        os.close(fd)
-        return
-    if not os.path.isdir(sp):
-        # A cleaner removed this extraction between shiv's check and our lock: start again,
-        # and shiv extracts afresh.
-        os.close(fd)
-        _reexec_self()
-    _cfg.inuse_fd = fd
 
 
 def _reexec_self() -> None:
@@ -293,14 +263,13 @@ def _reexec_self() -> None:
 
 
 def _clean_shiv() -> None:
-    pyz = installed_path()
+    pyz = _shiv.running_archive()
     if pyz is None:
         return
-    from selfupdate.install import Layout, clean_shiv_dirs
+    from selfupdate.install import Layout
 
-    layout = Layout(pyz)
     try:
-        clean_shiv_dirs([pyz, layout.previous], pyz.name)
+        _shiv.clean_shiv_dirs([pyz, Layout(pyz).previous], pyz.name)
     except OSError:
         pass
 
@@ -310,13 +279,13 @@ def _clean_shiv() -> None:
 
 
 def _require_pyz() -> Path:
-    from selfupdate.install import InstallError
-
-    pyz = installed_path()
+    pyz = _shiv.running_archive()
     if pyz is None:
+        from selfupdate.errors import InstallError
+
         raise InstallError(
             f"{_cfg.name or 'this program'} can update itself only when it runs as a single-file "
-            "build (.pyz made by ./build.sh); this one runs from a source checkout"
+            "build (a shiv .pyz); this one runs from a source checkout"
         )
     return pyz
 
@@ -327,48 +296,51 @@ def update(
     check_only: bool = False,
     handover: str = "finish",
     say: Callable[[str], None] | None = None,
-) -> Any:
-    """Run the update flow for the running ``.pyz`` (see :mod:`selfupdate.install`).
+) -> Outcome:
+    """Update the running ``.pyz`` in place (:func:`selfupdate.install.update`), then continue
+    in the new build.
 
     Args:
-        repo_url: release repository (None: the one embedded in the build).
+        repo_url: release repository (None: the one the app's client factory defaults to).
         check_only: only report.
-        handover: ``"finish"`` (exec the new build as ``update-finish``: it prints what
-            changed), ``"argv"`` (exec it with this process's original arguments) or
-            ``"none"`` (return; the new build runs from the next start).
+        handover: after a committed update, ``"finish"`` (exec the new build as
+            ``update-finish``: it prints what changed), ``"argv"`` (exec it with this process's
+            original arguments) or ``"none"`` (return; the new build runs from the next start).
         say: progress messages.
 
     Returns:
-        :class:`selfupdate.install.Outcome` when no handover happened.
+        The outcome, when no handover happened (with a handover this does not return).
 
     Raises:
         selfupdate.errors.SelfUpdateError: every failure, with a one-sentence message.
+        RuntimeError: :func:`configure` was not called with a client.
     """
-    import reexec_core
     from selfupdate import install
 
     pyz = _require_pyz()
-    client = _cfg.client(repo_url) if _cfg.client is not None else None
-    if client is None:
+    if _cfg.client is None:
         raise RuntimeError("selfupdate.app.configure() was not called with a client")
-
-    def do_handover(old: str, new: str, log: Path) -> None:
+    client = _cfg.client(repo_url)
+    try:
+        outcome = install.update(
+            pyz, client, _cfg.version, _state_dir(),
+            check_only=check_only, trial_timeout=_cfg.trial_timeout, say=say,
+        )
+    except install.TrialFailedError:
+        _clean_shiv()  # the refused build's extraction
+        raise
+    if outcome.status == "updated" and outcome.new is not None:
         if handover == "finish":
+            import reexec_core
+
             # The new build says what changed and cleans shiv's directories (same PID).
-            reexec_core.exec_into(FINISH_ENTRY, old, new, str(log), program=pyz)
+            reexec_core.exec_into(
+                FINISH_ENTRY, outcome.old, outcome.new, str(outcome.log_path), program=pyz
+            )
         elif handover == "argv":
             _clean_shiv()
             _reexec_self()
-
-    try:
-        return install.update(
-            pyz, client, _cfg.version, _state_dir(),
-            check_only=check_only, trial_timeout=_cfg.trial_timeout,
-            handover=None if handover == "none" else do_handover, say=say,
-        )
-    except install.TrialFailedError:
-        _clean_shiv()
-        raise
+    return outcome
 
 
 def rollback() -> str:
@@ -376,6 +348,9 @@ def rollback() -> str:
 
     Returns:
         The version now installed.
+
+    Raises:
+        selfupdate.errors.SelfUpdateError: every failure, with a one-sentence message.
     """
     from selfupdate import install
 
@@ -390,21 +365,29 @@ def start_auto_update(
     repo_url: str | None = None,
     *,
     log: Callable[[str], None] | None = None,
-) -> Any:
+) -> threading.Thread:
     """Check for updates every ``interval`` seconds in a daemon thread; on a committed update,
     exec the new build with this process's original arguments (same PID).
 
     Failures are logged (each distinct message once) and the command keeps running.
 
+    Args:
+        interval: seconds between checks.
+        repo_url: as for :func:`update`.
+        log: where the messages go; default: stderr, as ``NAME: auto-update: ...``.
+
     Returns:
-        The started ``threading.Thread``.
+        The started thread.
     """
     import threading
     import time
 
     from selfupdate.errors import SelfUpdateError
 
-    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    def to_stderr(msg: str) -> None:
+        print(f"{_cfg.name or 'selfupdate'}: {msg}", file=sys.stderr, flush=True)
+
+    say = log or to_stderr
     seen: set[str] = set()
 
     def loop() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from selfupdate._trust import Release
+from selfupdate.releases._trust import Release
 
 Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -192,7 +192,7 @@ def make_build(path: Path, version: str, extra: bytes = b"") -> Path:
 
 @dataclass
 class Pub:
-    """A repository made by :mod:`selfupdate.publish`, with its keys."""
+    """A repository made by :mod:`selfupdate.releases.publish`, with its keys."""
 
     keys: Path
     repo: Path
@@ -214,7 +214,7 @@ class Pub:
         extra: bytes = b"",
         now: datetime | None = None,
     ) -> Release:
-        from selfupdate import publish
+        from selfupdate.releases import publish
 
         build = make_build(
             self.builds / f"{app or self.app}-{channel}-{version}.pyz", version, extra
@@ -253,7 +253,7 @@ class Pub:
 
 
 def make_pub(tmp_path: Path, app: str = "nsapp") -> Pub:
-    from selfupdate import publish
+    from selfupdate.releases import publish
 
     pub = Pub(tmp_path / "keys", tmp_path / "repo", tmp_path / "builds", app)
     pub.builds.mkdir()
@@ -274,8 +274,8 @@ def forge(
     of a role (e.g. with an attacker's key)."""
     from tuf.api.metadata import Metadata
 
-    from selfupdate import _keys
-    from selfupdate.publish import _meta_file, _Repo
+    from selfupdate.releases import _keys
+    from selfupdate.releases.publish import _meta_file, _Repo
 
     repo = _Repo(pub.repo)
     ts = repo.timestamp()

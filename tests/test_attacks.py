@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_support import (
+from _support_client import (
     Install,
     Pub,
     RepoServer,
@@ -32,8 +32,8 @@ from test_client_support import (
 )
 
 from selfupdate import errors
-from selfupdate._fetch import FetchConfig
-from selfupdate.client import Release, UpdateClient
+from selfupdate.releases._fetch import FetchConfig
+from selfupdate.releases.client import Release, UpdateClient
 
 pytestmark = pytest.mark.usefixtures("no_proxy_env")
 
@@ -119,7 +119,7 @@ def test_target_signed_by_unknown_key_is_rejected(
     attacker lists in targets signed with their own key is refused."""
     from tuf.api.metadata import TargetFile
 
-    from selfupdate import _keys
+    from selfupdate.releases import _keys
 
     evil = pub.builds / "evil.pyz"
     evil.write_bytes(b"evil")
@@ -143,8 +143,8 @@ def test_metadata_signed_below_threshold_is_rejected(
     """Root demands two timestamp signatures; a timestamp with one is refused."""
     from tuf.api.metadata import Metadata
 
-    from selfupdate import _keys
-    from selfupdate.publish import _Repo
+    from selfupdate.releases import _keys
+    from selfupdate.releases.publish import _Repo
 
     repo = _Repo(pub.repo)
     root_md = repo.root()
@@ -170,7 +170,7 @@ def test_metadata_signed_below_threshold_is_rejected(
 
 
 def test_expired_timestamp_is_rejected(install: Install, make_client: MakeClient, pub: Pub) -> None:
-    from selfupdate import publish
+    from selfupdate.releases import publish
 
     publish.refresh(pub.keys, pub.repo, now=PAST)  # timestamp expires 2020-01-15
     e = refused(install, make_client(), errors.ExpiredMetadataError)
@@ -194,7 +194,7 @@ def test_expired_targets_is_rejected(install: Install, make_client: MakeClient, 
 
 
 def test_expired_root_is_rejected(install: Install, make_client: MakeClient, pub: Pub) -> None:
-    from selfupdate import publish
+    from selfupdate.releases import publish
 
     # A root rotation signed with a clock in the past: root v2 expired on 2020-12-31.
     publish.rotate(pub.keys, pub.repo, "timestamp", now=PAST)
@@ -461,7 +461,7 @@ def test_redirect_on_same_host_is_followed(
 def test_key_rotation_is_followed(
     role: str, install: Install, make_client: MakeClient, pub: Pub, tmp_path: Path
 ) -> None:
-    from selfupdate import publish
+    from selfupdate.releases import publish
 
     client = make_client()
     assert _version(client.check("1.0.0")) == "2.0.0"  # cache now trusts root v1 and its keys
@@ -477,7 +477,7 @@ def test_key_rotation_is_followed(
 def test_retired_key_is_no_longer_trusted(
     install: Install, make_client: MakeClient, pub: Pub
 ) -> None:
-    from selfupdate import _keys, publish
+    from selfupdate.releases import _keys, publish
 
     old_timestamp_key = _keys.load(pub.keys, "timestamp")
     publish.rotate(pub.keys, pub.repo, "timestamp")
@@ -490,8 +490,8 @@ def test_root_signed_only_by_new_key_is_rejected(
     install: Install, make_client: MakeClient, pub: Pub
 ) -> None:
     """A root rotation the old root key did not sign (an attacker's 'rotation') is refused."""
-    from selfupdate import _keys
-    from selfupdate.publish import _Repo
+    from selfupdate.releases import _keys
+    from selfupdate.releases.publish import _Repo
 
     repo = _Repo(pub.repo)
     root_md = repo.root()

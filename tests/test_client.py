@@ -1,6 +1,6 @@
 """The update client's API and behaviour beyond the attacks: cheap import, the metadata cache
 (repaired from the embedded root, never trusted blindly), proxies, the progress bar, input
-validation, and the pure release choice of ``selfupdate._trust``."""
+validation, and the pure release choice of ``selfupdate.releases._trust``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_support import (
+from _support_client import (
     Pub,
     RepoServer,
     assert_sentence,
@@ -34,9 +34,9 @@ from test_client_support import (
 )
 
 from selfupdate import errors
-from selfupdate._fetch import FetchConfig
-from selfupdate._trust import Release, check_release, newest_release, release_from_target
-from selfupdate.client import UpdateClient
+from selfupdate.releases._fetch import FetchConfig
+from selfupdate.releases._trust import Release, check_release, newest_release, release_from_target
+from selfupdate.releases.client import UpdateClient
 
 pytestmark = pytest.mark.usefixtures("no_proxy_env")
 REPO = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ def test_corrupted_cache_is_repaired_from_embedded_root(
 ) -> None:
     from tuf.api.metadata import Metadata
 
-    from selfupdate import _keys
+    from selfupdate.releases import _keys
 
     cache = tmp_path / "c"
     client_for(pub, server.url, cache).check("1.0.0")
@@ -233,7 +233,7 @@ def test_progress_bar_on_a_terminal_by_default(pub: Pub, tmp_path: Path) -> None
     code = (
         "import io, sys\n"
         "from pathlib import Path\n"
-        "from selfupdate.client import UpdateClient\n"
+        "from selfupdate.releases.client import UpdateClient\n"
         "repo, cache = sys.argv[1:3]\n"
         "root = (Path(repo) / 'metadata' / '1.root.json').read_bytes()\n"
         "c = UpdateClient('nsapp', repo, root, cache_dir=Path(cache))\n"
@@ -370,3 +370,107 @@ def test_check_release_reasons() -> None:
     assert "channel" in str(check_release(r, r, "a", "beta", None))
     other = Release("a", "stable", "2.0", r.target_path, 2, r.sha256)
     assert "not as asked" in str(check_release(r, other, "a", "stable", None))
+
+
+# --- python-tuf's errors become ours by their type, never by their text ------------------------
+
+_MISLEADING = (
+    "must be >= 3; missing info for 'x'; Expected targets.json version; not part of snapshot"
+)
+
+
+@pytest.mark.parametrize(
+    ("tuf_error", "role", "facts", "ours"),
+    [
+        ("ExpiredMetadataError", "snapshot", {}, errors.ExpiredMetadataError),
+        ("UnsignedMetadataError", "targets", {}, errors.SignatureError),
+        ("LengthOrHashMismatchError", "snapshot", {}, errors.InconsistentMetadataError),
+        ("DeserializationError", "timestamp", {}, errors.MalformedMetadataError),
+        ("BadVersionNumberError", "timestamp", {}, errors.RollbackError),
+        ("BadVersionNumberError", "snapshot", {"lowered": True}, errors.RollbackError),
+        ("BadVersionNumberError", "snapshot", {}, errors.InconsistentMetadataError),
+        ("BadVersionNumberError", "root", {}, errors.InconsistentMetadataError),
+        ("BadVersionNumberError", "targets", {}, errors.InconsistentMetadataError),
+        ("RepositoryError", "snapshot", {"lowered": True}, errors.RollbackError),
+        ("RepositoryError", "targets", {"listed": False}, errors.InconsistentMetadataError),
+        ("RepositoryError", "targets", {}, errors.MalformedMetadataError),
+        ("RepositoryError", "root", {}, errors.MalformedMetadataError),
+    ],
+)
+def test_each_class_of_tuf_error_becomes_one_of_ours(
+    tuf_error: str, role: str, facts: dict[str, bool], ours: type[errors.MetadataError]
+) -> None:
+    """The same misleading message for every class: only the type (and the role and metadata
+    facts the client works out itself) decide."""
+    from tuf.api import exceptions as tuf_exc
+    from tuf.api.serialization import DeserializationError
+
+    from selfupdate.releases.client import metadata_error
+
+    cls = DeserializationError if tuf_error == "DeserializationError" else getattr(
+        tuf_exc, tuf_error
+    )
+    e = metadata_error(cls(_MISLEADING), role, expires="2020-01-01", **facts)
+    assert type(e) is ours
+    assert e.role == role
+    assert_sentence(str(e))
+
+
+def test_every_tuf_repository_error_class_is_classified() -> None:
+    """A tuf release that adds a RepositoryError subclass fails here until it is mapped (and
+    the parametrized test above gains a line for it)."""
+    from tuf.api import exceptions as tuf_exc
+    from tuf.api.serialization import DeserializationError, SerializationError
+
+    found = {
+        c.__name__ for c in vars(tuf_exc).values()
+        if isinstance(c, type) and issubclass(c, tuf_exc.RepositoryError)
+    } | {c.__name__ for c in (DeserializationError, SerializationError)
+         if issubclass(c, tuf_exc.RepositoryError)}
+    assert found == {
+        "RepositoryError", "UnsignedMetadataError", "BadVersionNumberError",
+        "EqualVersionNumberError", "ExpiredMetadataError", "LengthOrHashMismatchError",
+        "DeserializationError", "SerializationError",
+    }  # EqualVersionNumberError: ngclient handles it (an unchanged timestamp); SerializationError:
+    # raised only when writing metadata (the publisher), never while verifying
+
+
+def test_a_snapshot_that_drops_or_lowers_a_listed_file_is_a_rollback() -> None:
+    from selfupdate.releases._trust import lowers_listed_versions
+
+    trusted = {"targets.json": 5}
+    assert lowers_listed_versions(trusted, {"targets.json": 4})
+    assert lowers_listed_versions(trusted, {})
+    assert not lowers_listed_versions(trusted, {"targets.json": 5})
+    assert not lowers_listed_versions(trusted, {"targets.json": 6, "other.json": 1})
+    assert not lowers_listed_versions(trusted, None)
+
+
+def test_tuf_trusted_set_has_the_shape_we_read(
+    pub: Pub, server: RepoServer, tmp_path: Path
+) -> None:
+    """The client reads python-tuf's private ``Updater._trusted_set`` (see
+    ``selfupdate.releases.client.trusted_set``). If a tuf release renames or reshapes it, this
+    fails loudly instead of updates breaking in the field."""
+    from collections.abc import Mapping
+    from datetime import datetime
+
+    from tuf.api.metadata import Root, Snapshot, Targets, Timestamp
+    from tuf.ngclient import Updater
+
+    from selfupdate.releases.client import trusted_set
+
+    client = client_for(pub, server.url, tmp_path / "cache")
+    client.check("1.0.0")
+    assert isinstance(client._updater, Updater)
+    assert hasattr(client._updater, "_trusted_set"), "tuf renamed Updater._trusted_set"
+    ts = trusted_set(client._updater)
+    assert isinstance(ts, Mapping)
+    assert isinstance(ts.root, Root) and isinstance(ts.root.consistent_snapshot, bool)
+    assert isinstance(ts.targets, Targets) and isinstance(ts.targets.targets, dict)
+    assert "nsapp/stable/nsapp-2.0.0.pyz" in ts.targets.targets
+    assert isinstance(ts.get("timestamp"), Timestamp)
+    assert isinstance(ts.get("snapshot"), Snapshot)
+    assert ts.get("no-such-role") is None
+    assert isinstance(ts.reference_time, datetime)
+    assert not ts.root.is_expired(ts.reference_time)

@@ -110,17 +110,40 @@ def tree(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+J = install.Journal
+
+
 def test_plan_recovery_before_commit_undoes() -> None:
     assert install.plan_recovery(None, 1) == "none"
-    assert install.plan_recovery({"phase": "download"}, 1) == "undo"
-    assert install.plan_recovery({"phase": "trial", "candidate_ino": 1}, 1) == "undo"
-    assert install.plan_recovery({"phase": "switch", "candidate_ino": 7}, 1) == "undo"
-    assert install.plan_recovery({"phase": "unknown"}, 1) == "undo"
+    assert install.plan_recovery(J(phase="download"), 1) == "undo"
+    assert install.plan_recovery(J(phase="trial", candidate_ino=1), 1) == "undo"
+    assert install.plan_recovery(J(phase="switch", candidate_ino=7), 1) == "undo"
+    assert install.plan_recovery(J(phase="switch"), None) == "undo"
+    assert install.plan_recovery(J(phase="unknown"), 1) == "undo"
 
 
 def test_plan_recovery_after_commit_finishes() -> None:
-    assert install.plan_recovery({"phase": "switch", "candidate_ino": 7}, 7) == "finish"
-    assert install.plan_recovery({"phase": "committed", "candidate_ino": 7}, 7) == "finish"
+    assert install.plan_recovery(J(phase="switch", candidate_ino=7), 7) == "finish"
+    assert install.plan_recovery(J(phase="committed", candidate_ino=7), 7) == "finish"
+
+
+def test_a_torn_or_foreign_journal_is_undone() -> None:
+    assert J.from_bytes(b"{not json").phase == "unknown"
+    assert J.from_bytes(b"[1, 2]").phase == "unknown"
+    assert J.from_bytes(b'{"phase": "switch", "candidate_ino": 3, "extra": 1}') == J(
+        phase="switch", candidate_ino=3
+    )
+
+
+def test_phases_are_entered_in_failpoint_order(env: tuple[Path, Path]) -> None:
+    app, _ = env
+    tx = install.Transaction(install.Layout(app), "update", "1.0")
+    tx.record("locked")
+    tx.record("snapshot")  # phases may be skipped (a rollback skips the download) ...
+    with pytest.raises(RuntimeError, match="after 'snapshot'"):
+        tx.record("download")  # ... but never entered out of order
+    with pytest.raises(RuntimeError, match="unknown phase"):
+        tx.record("halfway")
 
 
 def test_restore_steps_are_idempotent_from_any_point() -> None:
@@ -136,7 +159,7 @@ def test_update_installs_keeps_previous_and_migrates(env: tuple[Path, Path]) -> 
     app, state = env
     v1 = app.read_bytes()
     client = FakeClient("2.0", script("2.0"))
-    out = install.update(app, client, "1.0", state, trial_env={})
+    out = install.update(app, client, "1.0", state)
     assert out.status == "updated" and out.new == "2.0"
     assert run_app(app) == "2.0"
     assert oct(app.stat().st_mode & 0o777) == "0o755"
@@ -237,15 +260,19 @@ def test_recovery_after_a_kill_in_each_phase(env: tuple[Path, Path], phase: str)
     layout.staged.write_bytes(new)
     ino = layout.staged.stat().st_ino
     j = dict(kind="update", old="1.0", new="2.0", state_dir=str(state), candidate_ino=ino)
+
+    def write_journal(phase: str) -> None:
+        layout.journal.write_bytes(install.Journal(phase=phase, **j).to_bytes())  # type: ignore
+
     if phase == "download":
-        install.write_journal(layout, phase="download", **j)
+        write_journal("download")
     else:
-        install.write_journal(layout, phase="trial", **j)
+        write_journal("trial")
         install.snapshot_state(layout)
         (state / "data").write_text("half-migr")  # the trial was killed mid-migration
         (state / "extra").write_text("new file")
     if phase.startswith("switch") or phase == "committed":
-        install.write_journal(layout, phase="switch", **j)
+        write_journal("switch")
         layout.previous_dir.mkdir()
         os.link(app, layout.previous_tmp)
     if phase in ("switch-after", "committed"):
@@ -253,7 +280,7 @@ def test_recovery_after_a_kill_in_each_phase(env: tuple[Path, Path], phase: str)
         (state / "data").write_text("v2 data\n")
         (state / "extra").unlink()
     if phase == "committed":
-        install.write_journal(layout, phase="committed", **j)
+        write_journal("committed")
     changed = install.recover_at_start(app, None)
     assert not layout.journal.exists() and not layout.staging.exists()
     if phase in ("switch-after", "committed"):
@@ -306,11 +333,18 @@ def test_rollback_without_a_previous_build_says_so_before_locking(
     assert not install.Layout(app).lock.exists()
 
 
-def test_journal_is_json_with_a_format(env: tuple[Path, Path]) -> None:
-    app, _ = env
-    layout = install.Layout(app)
-    install.write_journal(layout, phase="download")
-    assert json.loads(layout.journal.read_text()) == {"format": 1, "phase": "download"}
+def test_journal_is_json_with_a_format_and_every_field(env: tuple[Path, Path]) -> None:
+    app, state = env
+    layout = install.Layout(app, state)
+    tx = install.Transaction(layout, "update", "1.0")
+    tx.record("locked")
+    assert not layout.journal.exists()  # not a journaled phase
+    tx.journal.new = "2.0"
+    tx.record("download")
+    assert json.loads(layout.journal.read_text()) == {
+        "format": 1, "phase": "download", "kind": "update", "old": "1.0", "new": "2.0",
+        "state_dir": str(state), "candidate_ino": None,
+    }
 
 
 def test_restore_keeps_the_metadata_cache(env: tuple[Path, Path]) -> None:
@@ -322,3 +356,4 @@ def test_restore_keeps_the_metadata_cache(env: tuple[Path, Path]) -> None:
         install.update(app, FakeClient("2.0", script("2.0", "raise")), "1.0", state)
     assert (state / "tuf-cache" / "timestamp.json").read_text() == "version 7"
     assert (state / "data").read_text() == "v1 data\n"
+

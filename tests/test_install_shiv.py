@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from selfupdate import install
-from selfupdate.app import INUSE_LOCK
+from selfupdate import _shiv
+from selfupdate._names import INUSE_LOCK
 
 
 def fake_pyz(path: Path, build_id: str) -> Path:
@@ -64,7 +64,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
     dirs = {k: extraction(root, "nsapp.pyz", v) for k, v in ID.items()}
     other = extraction(root, "other.pyz", ID["free"])  # another program's: never touched
 
-    # A running build holds the in-use lock (what selfupdate.app.at_start takes).
+    # A running build holds the in-use lock (what selfupdate._shiv.hold_extraction takes at start).
     start(procs, "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDONLY|os.O_CREAT);"
           "fcntl.flock(fd,fcntl.LOCK_SH);print('ready',flush=True);time.sleep(60)",
           str(dirs["locked"] / INUSE_LOCK))
@@ -80,7 +80,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
     start(procs, "import time;print('ready',flush=True);time.sleep(60)",
           cwd=str(dirs["cwd"] / "site-packages"))
 
-    removed = install.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
+    removed = _shiv.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
 
     assert removed == [dirs["free"]]
     assert not dirs["free"].exists() and not (root / f".nsapp.pyz_{ID['free']}_lock").exists()
@@ -95,7 +95,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
         p.wait()
     procs.clear()
     time.sleep(0.05)
-    removed = install.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
+    removed = _shiv.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
     assert sorted(removed) == sorted(dirs[k] for k in ("locked", "mapped", "named", "cwd"))
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
         [dirs["installed"].name, dirs["previous"].name, other.name]
@@ -103,7 +103,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
 
 
 def test_missing_root_is_nothing_to_do(tmp_path: Path) -> None:
-    assert install.clean_shiv_dirs([], "nsapp.pyz", tmp_path / "nope") == []
+    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", tmp_path / "nope") == []
 
 
 def test_in_use_lock_blocks_removal_even_across_fork(tmp_path: Path) -> None:
@@ -116,10 +116,10 @@ def test_in_use_lock_blocks_removal_even_across_fork(tmp_path: Path) -> None:
     fd = os.open(d / INUSE_LOCK, os.O_RDONLY | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_SH)
     try:
-        assert install.clean_shiv_dirs([], "nsapp.pyz", root) == []
+        assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == []
     finally:
         os.close(fd)
-    assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
 
 
 def test_a_running_build_keeps_its_extraction(
@@ -136,11 +136,11 @@ def test_a_running_build_keeps_its_extraction(
         (d,) = [x for x in root.iterdir() if x.is_dir()]
         assert (d / INUSE_LOCK).exists()
         # Not installed any more (nothing to keep), but running: kept.
-        assert install.clean_shiv_dirs([], "nsapp.pyz", root) == []
+        assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == []
     finally:
         p.kill()
         p.wait()
-    assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
     assert not d.exists()
     # The build starts again afterwards (shiv extracts it afresh).
     r = subprocess.run([sys.executable, str(pyz), "history"], env=env, capture_output=True,
@@ -158,8 +158,8 @@ def test_seeded_extraction_links_unchanged_files_and_runs(
     env = dict(os.environ, SHIV_ROOT=str(root), NSAPP_STATE_DIR=str(tmp_path / "state"))
     subprocess.run([sys.executable, str(old), "history"], env=env, check=True,
                    capture_output=True)
-    d = install.seed_extraction(old, new, root)
-    assert d is not None and d.name == f"nsapp.pyz_{install.shiv_build_id(new)}"
+    d = _shiv.seed_extraction(old, new, root)
+    assert d is not None and d.name == f"nsapp.pyz_{_shiv.build_id(new)}"
     files = [p for p in (d / "site-packages").rglob("*") if p.is_file()]
     linked = [p for p in files if p.stat().st_nlink > 1]
     assert len(linked) > len(files) // 2  # the dependencies did not change
@@ -178,7 +178,7 @@ def test_seeded_extraction_links_unchanged_files_and_runs(
             assert seeded[n].stat().st_nlink > 1, n
         for n in names:
             assert seeded[n].read_bytes() == zf.read(n), n
-    assert install.seed_extraction(old, new, root) is None  # already there
+    assert _shiv.seed_extraction(old, new, root) is None  # already there
     ino = d.stat().st_ino
     r = subprocess.run([sys.executable, str(new), "history"], env=env, capture_output=True,
                        text=True)
@@ -196,5 +196,5 @@ def test_leftovers_of_killed_seeds_are_removed(tmp_path: Path) -> None:
     (stale / "site-packages").mkdir(parents=True)
     live = root / f".nsapp.pyz_{ID['free']}.seed-{os.getpid()}"
     live.mkdir()
-    assert install.clean_shiv_dirs([], "nsapp.pyz", root) == [stale]
+    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [stale]
     assert live.exists()

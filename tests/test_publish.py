@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_client_support import assert_sentence, make_build
+from _support_client import assert_sentence, make_build
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +27,11 @@ def su(*args: str | Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def init(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``selfupdate init --app nsapp ARGS``."""
+    return su("init", "--app", "nsapp", *args)
 
 
 def assert_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -85,28 +90,38 @@ def test_init_creates_private_keys_and_public_metadata(
 
 def test_init_refuses_keys_inside_repo(tmp_path: Path) -> None:
     r = tmp_path / "repo"
-    proc = su("init", "--keys", r / "keys", "--repo", r)
+    proc = init("--keys", r / "keys", "--repo", r)
     assert_error(proc, "inside the repository")
     assert not r.exists()
+
+
+def test_init_requires_an_app_name(tmp_path: Path) -> None:
+    """No default app name: a repository is for the app its update client names."""
+    proc = su("init", "--keys", tmp_path / "keys", "--repo", tmp_path / "repo")
+    assert proc.returncode == 2
+    assert "the following arguments are required: --app" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "keys").exists() and not (tmp_path / "repo").exists()
 
 
 def test_init_refuses_an_existing_repository_or_keys(
     tmp_path: Path, repo: tuple[Path, Path]
 ) -> None:
     keys, r = repo
-    assert_error(su("init", "--keys", tmp_path / "k2", "--repo", r), "already holds a repository")
-    assert_error(su("init", "--keys", keys, "--repo", tmp_path / "r2"), "not empty")
+    assert_error(init("--keys", tmp_path / "k2", "--repo", r), "already holds a repository")
+    assert_error(init("--keys", keys, "--repo", tmp_path / "r2"), "not empty")
 
 
 def test_init_expiry_override(tmp_path: Path) -> None:
     keys, r = tmp_path / "k", tmp_path / "r"
-    proc = su("init", "--keys", keys, "--repo", r, "--expires", "timestamp=2")
+    proc = init("--keys", keys, "--repo", r, "--expires", "timestamp=2")
     assert proc.returncode == 0, proc.stderr
     exp = datetime.fromisoformat(str(meta(r, "timestamp.json")["expires"]).replace("Z", "+00:00"))
     assert timedelta(days=1) < exp - datetime.now(UTC) <= timedelta(days=2)
     assert (
         su(
-            "init", "--keys", tmp_path / "k3", "--repo", tmp_path / "r3", "--expires", "bogus=1"
+            "init", "--app", "a", "--keys", tmp_path / "k3", "--repo", tmp_path / "r3",
+            "--expires", "bogus=1",
         ).returncode
         == 2
     )
@@ -188,7 +203,7 @@ def test_loose_key_permissions_are_refused(tmp_path: Path, repo: tuple[Path, Pat
 def test_keys_of_another_repository_are_refused(tmp_path: Path, repo: tuple[Path, Path]) -> None:
     _, r = repo
     other = tmp_path / "other-keys"
-    assert su("init", "--keys", other, "--repo", tmp_path / "other-repo").returncode == 0
+    assert init("--keys", other, "--repo", tmp_path / "other-repo").returncode == 0
     build = make_build(tmp_path / "b.pyz", "1")
     assert_error(
         su("publish", "--keys", other, "--repo", r, build, "--version", "1"), "not one the"
@@ -243,7 +258,7 @@ def test_rotate_targets_resigns_the_chain(repo: tuple[Path, Path]) -> None:
 
 def test_status_lists_roles_releases_and_warns(tmp_path: Path) -> None:
     keys, r = tmp_path / "k", tmp_path / "r"
-    assert su("init", "--keys", keys, "--repo", r, "--expires", "timestamp=3").returncode == 0
+    assert init("--keys", keys, "--repo", r, "--expires", "timestamp=3").returncode == 0
     build = make_build(tmp_path / "b.pyz", "1")
     for v, ch in (("1.0", "stable"), ("1.1", "stable"), ("2.0b1", "beta")):
         proc = su("publish", "--keys", keys, "--repo", r, build, "--version", v, "--channel", ch)
@@ -274,7 +289,7 @@ def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_console_script_entry_point() -> None:
-    from selfupdate.cli import main
+    from selfupdate.releases.cli import main
 
     with pytest.raises(SystemExit) as ei:
         main(["--help"])
@@ -284,10 +299,10 @@ def test_console_script_entry_point() -> None:
 def test_init_with_a_file_as_repo_leaves_no_keys_behind(tmp_path: Path) -> None:
     keys, not_a_dir = tmp_path / "keys", tmp_path / "file"
     not_a_dir.write_bytes(b"x")
-    assert_error(su("init", "--keys", keys, "--repo", not_a_dir), "cannot create the repository")
+    assert_error(init("--keys", keys, "--repo", not_a_dir), "cannot create the repository")
     assert not keys.exists()  # else a second init refuses the keys directory as not empty
     assert not_a_dir.read_bytes() == b"x"
-    assert su("init", "--keys", keys, "--repo", tmp_path / "repo").returncode == 0
+    assert init("--keys", keys, "--repo", tmp_path / "repo").returncode == 0
 
 
 @pytest.mark.skipif(
@@ -300,14 +315,15 @@ def test_init_on_a_full_disk_removes_its_keys_and_can_be_run_again(tmp_path: Pat
     # A one-page tmpfs: the directories fit, the second metadata file does not.
     shell = (
         f"mount -t tmpfs -o size=4k tmpfs {full} && "
-        f"PYTHONPATH={REPO} {sys.executable} -m selfupdate init --keys {keys} --repo {full}/r"
+        f"PYTHONPATH={REPO} {sys.executable} -m selfupdate init --app nsapp --keys {keys} "
+        f"--repo {full}/r"
     )
     proc = subprocess.run(
         ["unshare", "-Urm", "sh", "-c", shell], capture_output=True, text=True, timeout=120
     )
     assert_error(proc, "No space left", "free some space")
     assert not keys.exists()
-    assert su("init", "--keys", keys, "--repo", tmp_path / "repo").returncode == 0
+    assert init("--keys", keys, "--repo", tmp_path / "repo").returncode == 0
 
 
 @pytest.mark.parametrize("role", ["targets", "timestamp"])

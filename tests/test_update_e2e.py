@@ -26,6 +26,8 @@ from typing import Any, cast
 
 import pytest
 
+from selfupdate.install import FAILPOINT_ENV, FAILPOINTS
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 V1, V2 = "1.0.0", "2.0.0"
@@ -178,7 +180,7 @@ def inst(world: World, tmp_path: Path) -> Install:
     pyz.chmod(0o755)
     state = tmp_path / "state"
     env = dict(os.environ, NSAPP_STATE_DIR=str(state), SELFUPDATE_TRIAL_TIMEOUT="20")
-    env.pop("SELFUPDATE_TEST_STOP_AT", None)
+    env.pop(FAILPOINT_ENV, None)
     i = Install(pyz, state, env)
     for event in ("first run", "second run"):
         r = i.run("history", "--add", event)
@@ -439,9 +441,9 @@ def _check_consistent(world: World, inst: Install, lines: str) -> str:
     return version
 
 
-CHECKPOINTS_OLD = ["locked", "download", "downloaded", "snapshot", "trial", "trial-done",
-                   "switch", "linked"]
-CHECKPOINTS_NEW = ["replaced", "committed", "handover"]
+# The installer's own list: a kill before the commit point leaves v1, from it on v2.
+COMMIT_POINT = FAILPOINTS.index("replaced")
+BEFORE_COMMIT, AFTER_COMMIT = FAILPOINTS[:COMMIT_POINT], FAILPOINTS[COMMIT_POINT:]
 
 
 def _wait_stopped(p: subprocess.Popen[str], what: str) -> None:
@@ -457,7 +459,7 @@ def _kill_at(world: World, inst: Install, url: str, lines: str, checkpoint: str,
     more, SIGKILL it; return the version the program is afterwards (checked consistent)."""
     _reset(world, inst, lines)
     p = inst.popen("update", "--repo", url,
-                   env=dict(inst.env, SELFUPDATE_TEST_STOP_AT=checkpoint))
+                   env=dict(inst.env, **{FAILPOINT_ENV: checkpoint}))
     _wait_stopped(p, checkpoint)
     if delay is not None:
         p.send_signal(signal.SIGCONT)
@@ -493,14 +495,13 @@ def test_sigkill_at_every_checkpoint_and_50_random_moments(
 
     # 1. exactly at each named point of the flow: old before the commit point, new after it
     with ThreadPoolExecutor(3) as ex:
-        outcomes = dict(zip(CHECKPOINTS_OLD + CHECKPOINTS_NEW,
-                            ex.map(job, CHECKPOINTS_OLD + CHECKPOINTS_NEW), strict=True))
-    assert all(outcomes[cp] == V1 for cp in CHECKPOINTS_OLD), outcomes
-    assert all(outcomes[cp] == V2 for cp in CHECKPOINTS_NEW), outcomes
+        outcomes = dict(zip(FAILPOINTS, ex.map(job, FAILPOINTS), strict=True))
+    assert all(outcomes[cp] == V1 for cp in BEFORE_COMMIT), outcomes
+    assert all(outcomes[cp] == V2 for cp in AFTER_COMMIT), outcomes
 
     # 2. a full update from the moment it holds the lock, to know how long the rest takes
     _reset(world, inst, lines)
-    p = inst.popen("update", "--repo", url, env=dict(inst.env, SELFUPDATE_TEST_STOP_AT="locked"))
+    p = inst.popen("update", "--repo", url, env=dict(inst.env, **{FAILPOINT_ENV: "locked"}))
     _wait_stopped(p, "locked")
     t0 = time.monotonic()
     p.send_signal(signal.SIGCONT)

@@ -168,9 +168,6 @@ def _received(e: BaseException) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
 # The deadline while the status line and headers arrive. urllib3 only applies a per-read
 # timeout there, which a server sending one header byte per second never trips. A timer shuts
 # the connection's socket down when the file's deadline passes, so the blocked read returns.

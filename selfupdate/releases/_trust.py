@@ -3,7 +3,7 @@
 The signed ``targets`` metadata lists every release file. Each of ours carries, in the
 target's ``custom`` field (signed with the rest)::
 
-    {"selfupdate": {"app": "nsapp", "version": "2.0.0", "channel": "stable"}}
+    {"selfupdate": {"app": "myapp", "version": "2.0.0", "channel": "stable"}}
 
 so a file cannot be passed off as another app's, another channel's or another version's
 release without breaking the signature. Targets without that field (other files in the same
@@ -11,7 +11,7 @@ repository) are ignored; targets whose field is malformed are ignored too, so on
 cannot stop every update, and reported by :func:`releases` through ``skipped``.
 
 Everything here takes already-verified python-tuf objects or plain values, and returns values
-or raises; :mod:`selfupdate.client` does the fetching.
+or raises; :mod:`selfupdate.releases.client` does the fetching.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "check_name",
     "check_release",
     "custom_fields",
+    "lowers_listed_versions",
     "newest_release",
     "parse_version",
     "release_from_target",
@@ -205,3 +206,14 @@ def check_release(
     ):
         return f"it is not newer than the running version {current_version} (downgrade)"
     return None
+
+
+def lowers_listed_versions(trusted: Mapping[str, int], new: Mapping[str, int] | None) -> bool:
+    """True when a new snapshot (``new``: file name -> version it lists) drops a file the
+    trusted snapshot lists or lists it at a lower version: a rollback (TUF spec 5.5.5).
+
+    ``new=None`` (the new snapshot could not be read) is not taken for a rollback.
+    """
+    if new is None:
+        return False
+    return any(name not in new or new[name] < version for name, version in trusted.items())

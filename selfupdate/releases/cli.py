@@ -2,7 +2,7 @@
 
 ::
 
-    selfupdate init    --keys KEYS_DIR --repo REPO_DIR [--app NAME] [--expires ROLE=DAYS ...]
+    selfupdate init    --keys KEYS_DIR --repo REPO_DIR --app NAME [--expires ROLE=DAYS ...]
     selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE --version V [--channel CHANNEL]
     selfupdate refresh --keys KEYS_DIR --repo REPO_DIR
     selfupdate rotate  --keys KEYS_DIR --repo REPO_DIR --role ROLE
@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("init", help="create keys and an empty repository")
     common(sp)
-    sp.add_argument("--app", default="nsapp", help="application name (default: %(default)s)")
+    sp.add_argument(
+        "--app", required=True, help="application name, as the app's update client asks for it"
+    )
     expires(sp)
 
     sp = sub.add_parser("publish", help="add a build as a new release")
@@ -89,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    from selfupdate import publish
+    from selfupdate.releases import publish
 
     days = dict(getattr(ns, "expires", []) or [])
     if ns.command == "init":

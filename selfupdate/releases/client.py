@@ -2,12 +2,12 @@
 
 Built on python-tuf's ``ngclient.Updater`` (the TUF client workflow: root chain, timestamp,
 snapshot, targets, with every signature, threshold, version and expiry check) and on our
-:class:`selfupdate._fetch.Fetcher` (timeouts, deadline, minimum speed, length caps). Which
-release to take is decided by the pure functions of :mod:`selfupdate._trust`.
+:class:`selfupdate.releases._fetch.Fetcher` (timeouts, deadline, minimum speed, length caps). Which
+release to take is decided by the pure functions of :mod:`selfupdate.releases._trust`.
 
 Usage::
 
-    client = UpdateClient("nsapp", "https://example.org/nsapp", trusted_root_bytes)
+    client = UpdateClient("myapp", "https://example.org/myapp", trusted_root_bytes)
     release = client.check("1.0.0")           # None: up to date
     if release is not None:
         with open(tmp_path, "xb") as f:
@@ -20,7 +20,7 @@ that root's chain, never trusted blindly, and a cache that cannot even be read o
 wiped and rebuilt from the embedded root.
 
 Every failure is a :class:`selfupdate.errors.SelfUpdateError`; python-tuf's exceptions are
-converted in one place, :func:`_converted`.
+converted in one place, :func:`metadata_error`, by their type.
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile
+from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater
+from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 from selfupdate import errors
-from selfupdate._fetch import FetchConfig, Fetcher
-from selfupdate._trust import (
+from selfupdate.releases._fetch import FetchConfig, Fetcher
+from selfupdate.releases._trust import (
     Release,
     check_name,
     check_release,
+    lowers_listed_versions,
     newest_release,
     parse_version,
     release_from_target,
@@ -59,13 +62,14 @@ __all__ = [
     "UpdateClient",
     "default_cache_dir",
     "download_verified",
+    "metadata_error",
     "target_url",
+    "trusted_set",
 ]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_ROLES = ("root", "timestamp", "snapshot", "targets")
 
 
 def default_cache_dir(app: str) -> Path:
@@ -137,9 +141,8 @@ class UpdateClient:
         """
         parse_version(current_version)
         updater = self._refresh()
-        # ngclient has no public "list all targets" call; the verified top-level targets
-        # metadata lives in its trusted set (the only place it is known to be verified).
-        targets = updater._trusted_set.targets.targets
+        # ngclient has no public "list all targets" call (see trusted_set()).
+        targets = trusted_set(updater).targets.targets
         skipped: list[str] = []
         found = releases(targets, skipped)
         for line in skipped:
@@ -182,7 +185,7 @@ class UpdateClient:
             info,
             fileobj,
             base_url=f"{self._base}/targets/",
-            consistent_snapshot=bool(updater._trusted_set.root.consistent_snapshot),
+            consistent_snapshot=bool(trusted_set(updater).root.consistent_snapshot),
             label=f"{release.app} {release.version}",
         )
 
@@ -329,56 +332,149 @@ class _LocalCacheError(Exception):
         self.reason = reason
 
 
+def trusted_set(updater: Updater) -> TrustedMetadataSet:
+    """ngclient's verified metadata: ``Updater._trusted_set``, private in python-tuf.
+
+    ngclient has no public call that lists every target of the verified top-level targets
+    metadata, tells whether the root uses consistent snapshots, or says which role was
+    verified how far; its ``TrustedMetadataSet`` (a mapping role -> ``Signed``, with ``root``,
+    ``snapshot``, ``targets`` and ``reference_time``) is the only place those are known to be
+    verified. tuf is pinned below 8, and
+    ``tests/test_client.py::test_tuf_trusted_set_has_the_shape_we_read`` fails loudly if this
+    shape changes. Every read of it goes through here.
+    """
+    return updater._trusted_set
+
+
 def _converted(e: tuf_exc.RepositoryError, client: UpdateClient) -> errors.MetadataError:
-    """The one place where python-tuf's verification errors become ours."""
-    text = str(e)
-    role = _role_in(text) or _last_role(client.fetcher)
+    """python-tuf's verification error ``e`` as ours, from what the client knows: the role that
+    failed, and (where tuf uses one exception type for two failures) the metadata itself."""
+    updater = client._active
+    trusted = trusted_set(updater) if updater is not None else None
+    role = _failed_role(e, trusted, client.fetcher)
+    lowered = False
+    listed = True
+    if trusted is not None and role == "snapshot":
+        old = trusted.get("snapshot")
+        new = _last_fetched(client.fetcher, "snapshot")
+        if isinstance(old, Snapshot) and new is not None:
+            lowered = lowers_listed_versions(_listed(old), _listed_in(new))
+    if trusted is not None and role == "targets":
+        snap = trusted.get("snapshot")
+        listed = not isinstance(snap, Snapshot) or "targets.json" in snap.meta
+    return metadata_error(
+        e, role, lowered=lowered, listed=listed, expires=_expiry(client, trusted, role)
+    )
+
+
+def metadata_error(
+    e: tuf_exc.RepositoryError,
+    role: str,
+    *,
+    lowered: bool = False,
+    listed: bool = True,
+    expires: str = "",
+) -> errors.MetadataError:
+    """The one place where python-tuf's verification errors become ours, by their type (pure).
+
+    Args:
+        e: what ngclient raised.
+        role: the top-level role being verified when it did.
+        lowered: the new snapshot drops a file the trusted snapshot lists, or lists it at a
+            lower version (tuf raises ``BadVersionNumberError`` or a plain ``RepositoryError``
+            for that and for other failures alike).
+        listed: the trusted snapshot lists ``targets.json`` (tuf raises a plain
+            ``RepositoryError`` when it does not, and when a file holds another role).
+        expires: the expiry date of ``role``, for the message.
+    """
+    detail = _short(str(e).rstrip(".")) or type(e).__name__
     if isinstance(e, tuf_exc.ExpiredMetadataError):
-        return errors.ExpiredMetadataError(role, _expiry(client, role))
+        return errors.ExpiredMetadataError(role, expires)
     if isinstance(e, tuf_exc.UnsignedMetadataError):
         return errors.SignatureError(role)
-    if isinstance(e, tuf_exc.BadVersionNumberError):
-        # "must be >=": a new file is older than the trusted one (rollback). "Expected X
-        # version N, got M": files that do not belong together (mix-and-match), except in a
-        # new snapshot, where a lower listed version is a rollback of that file.
-        if ">=" in text or text.startswith("Expected targets.json version"):
-            return errors.RollbackError(role, text.rstrip("."))
-        return errors.InconsistentMetadataError(role, text.rstrip("."))
     if isinstance(e, tuf_exc.LengthOrHashMismatchError):
-        return errors.InconsistentMetadataError(role, text.rstrip("."))
-    if "missing info for" in text:
-        return errors.RollbackError(role, text.rstrip("."))
-    if "does not contain information" in text or "not part of snapshot" in text:
-        return errors.InconsistentMetadataError(role, text.rstrip("."))
-    return errors.MalformedMetadataError(role, _short(text))
+        return errors.InconsistentMetadataError(role, detail)
+    if isinstance(e, DeserializationError):
+        return errors.MalformedMetadataError(role, detail)
+    if isinstance(e, tuf_exc.BadVersionNumberError):
+        # timestamp: its own or its snapshot's version went down (spec 5.4.3, 5.4.4). snapshot:
+        # a listed file's version went down (5.5.5), else the snapshot is not the version the
+        # timestamp names (5.5.4). root and targets: the file is not the version its name or
+        # the snapshot says (5.3.5, 5.6.3): files that do not belong together.
+        if role == "timestamp" or lowered:
+            return errors.RollbackError(role, detail)
+        return errors.InconsistentMetadataError(role, detail)
+    if type(e) is tuf_exc.RepositoryError:
+        if lowered:  # the new snapshot dropped a file (5.5.5)
+            return errors.RollbackError(role, detail)
+        if role == "targets" and not listed:  # the snapshot does not list targets (5.6.1)
+            return errors.InconsistentMetadataError(role, detail)
+    return errors.MalformedMetadataError(role, detail)
 
 
-def _role_in(text: str) -> str:
-    m = re.match(r"^(?:Final |New |Expected )?'?(root|timestamp|snapshot|targets)\b", text)
+_ORDER = ("root", "timestamp", "snapshot", "targets")
+
+
+def _failed_role(
+    e: tuf_exc.RepositoryError, trusted: TrustedMetadataSet | None, fetcher: Fetcher
+) -> str:
+    """The role ``e`` is about: the one whose file was fetched last, except for an expiry,
+    which is checked for the final root before the new timestamp is looked at (spec 5.3.10):
+    then the first verified role (in workflow order) that is expired."""
+    if isinstance(e, tuf_exc.ExpiredMetadataError) and trusted is not None:
+        for role in _ORDER:
+            md = trusted.get(role)
+            if md is not None and md.is_expired(trusted.reference_time):
+                return role
+    return _last_role(fetcher)
+
+
+def _listed(snapshot: Snapshot) -> dict[str, int]:
+    return {name: info.version for name, info in snapshot.meta.items()}
+
+
+def _listed_in(data: bytes) -> dict[str, int] | None:
+    """The file versions a snapshot's bytes list (unverified: only to choose the message)."""
+    try:
+        meta = json.loads(data)["signed"]["meta"]
+        return {str(name): int(info["version"]) for name, info in meta.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _last_fetched(fetcher: Fetcher, role: str) -> bytes | None:
+    for url, data in reversed(fetcher.last_metadata.items()):
+        if _role_of(url) == role:
+            return data
+    return None
+
+
+def _role_of(url: str) -> str:
+    name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    m = re.fullmatch(r"(?:\d+\.)?(root|timestamp|snapshot|targets)\.json", name)
     return m.group(1) if m else ""
 
 
 def _last_role(fetcher: Fetcher) -> str:
     for url in reversed(fetcher.fetched_urls):
-        name = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
-        m = re.fullmatch(r"(?:\d+\.)?(root|timestamp|snapshot|targets)\.json", name)
-        if m:
-            return m.group(1)
+        role = _role_of(url)
+        if role:
+            return role
     return ""
 
 
-def _expiry(client: UpdateClient, role: str) -> str:
+def _expiry(client: UpdateClient, trusted: TrustedMetadataSet | None, role: str) -> str:
     """The expiry date of ``role`` for the message: from the trusted set when the role was
     loaded, else from the last fetched (unverified, only quoted) copy."""
-    updater = client._active
-    if updater is not None and role in updater._trusted_set._trusted_set:
-        return updater._trusted_set[role].expires.strftime("%Y-%m-%d")
-    for url, data in reversed(client.fetcher.last_metadata.items()):
-        if url.endswith(f"{role}.json"):
-            try:
-                return str(json.loads(data)["signed"]["expires"])[:10]
-            except (ValueError, KeyError, TypeError):
-                return ""
+    md = trusted.get(role) if trusted is not None else None
+    if md is not None:
+        return str(md.expires.strftime("%Y-%m-%d"))
+    data = _last_fetched(client.fetcher, role)
+    if data is not None:
+        try:
+            return str(json.loads(data)["signed"]["expires"])[:10]
+        except (ValueError, KeyError, TypeError):
+            return ""
     return ""
 
 

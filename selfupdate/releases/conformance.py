@@ -31,7 +31,7 @@ from selfupdate._durable import write_atomic, write_atomic_from
 if TYPE_CHECKING:
     from tuf.ngclient.updater import Updater
 
-    from selfupdate._fetch import Fetcher
+    from selfupdate.releases._fetch import Fetcher
 
 __all__ = ["main"]
 
@@ -77,7 +77,7 @@ def refresh(metadata_dir: Path, metadata_url: str) -> None:
             fetcher's errors are also ``selfupdate.errors.FetchError``).
         OSError: the local metadata cannot be read or written.
     """
-    from selfupdate._fetch import Fetcher
+    from selfupdate.releases._fetch import Fetcher
 
     _updater(metadata_dir, metadata_url, Fetcher()).refresh()
     print(f"selfupdate conformance client: refreshed metadata in {metadata_dir}")
@@ -92,7 +92,7 @@ def download(
 ) -> None:
     """Download and verify each target in order with one updater; skip cached ones.
 
-    Each target is fetched and verified by ``selfupdate.client.download_verified`` (the
+    Each target is fetched and verified by ``selfupdate.releases.client.download_verified`` (the
     code ``UpdateClient.download_to`` runs) into a temporary file, which is moved into
     place as ``target_dir/<URL-quoted target path>`` (ngclient's naming) once verified.
 
@@ -104,8 +104,8 @@ def download(
         tuf.api.exceptions.DownloadError: metadata could not be downloaded.
         OSError: local files cannot be read or written.
     """
-    from selfupdate._fetch import Fetcher
-    from selfupdate.client import download_verified
+    from selfupdate.releases._fetch import Fetcher
+    from selfupdate.releases.client import download_verified, trusted_set
 
     fetcher = Fetcher()
     updater = _updater(metadata_dir, metadata_url, fetcher)
@@ -126,7 +126,7 @@ def download(
             base_url=target_base_url.rstrip("/") + "/",
             # ngclient exposes the trusted root only through its trusted set, as in
             # UpdateClient.download_to.
-            consistent_snapshot=bool(updater._trusted_set.root.consistent_snapshot),
+            consistent_snapshot=bool(trusted_set(updater).root.consistent_snapshot),
         )
         write_atomic_from(dest, write)
         print(f"selfupdate conformance client: downloaded {name} as {dest}")

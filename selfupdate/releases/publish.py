@@ -14,7 +14,7 @@ Every write is atomic (temp file, fsync, ``os.replace``, fsync of the directory)
 are written in the order clients read them backwards (targets before snapshot before
 timestamp), so a client refreshing during a publish sees the old state or the new one.
 
-Signing keys live in ``KEYS_DIR`` (see :mod:`selfupdate._keys`). Each function raises
+Signing keys live in ``KEYS_DIR`` (see :mod:`selfupdate.releases._keys`). Each function raises
 :class:`selfupdate.errors.PublishError` subclasses for anything the user can fix.
 """
 
@@ -45,8 +45,9 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from selfupdate import _durable, _keys, errors
-from selfupdate._trust import (
+from selfupdate import _durable, errors
+from selfupdate.releases import _keys
+from selfupdate.releases._trust import (
     Release,
     check_name,
     custom_fields,

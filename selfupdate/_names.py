@@ -1,0 +1,17 @@
+"""Names shared by :mod:`selfupdate.app`, :mod:`selfupdate.install` and :mod:`selfupdate._shiv`.
+
+A leaf: it imports nothing, so the install side can use the names the app side registers
+without importing :mod:`selfupdate.app` (nothing imports the app-facing module).
+"""
+
+#: Entry point a new build runs as its trial: ``post-update OLD NEW`` (migrations crossed, then
+#: the health check; exit status 0 means the build may be installed).
+TRIAL_ENTRY = "post-update"
+
+#: Entry point the new build runs after the handover, same PID: ``update-finish OLD NEW LOG``.
+FINISH_ENTRY = "update-finish"
+
+#: The shared-lock file each running build holds in its shiv extraction directory, so that
+#: cleaning never removes the extraction of a build that still runs.
+INUSE_LOCK = ".in-use.lock"
+

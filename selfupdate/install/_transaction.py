@@ -1,0 +1,363 @@
+"""One update or rollback as one object: the lock, the journal, the phases and their failpoints,
+and recovery from a journal a killed process left.
+
+Every phase of a transaction is entered through :meth:`Transaction.record`, the one place that
+writes the journal (for the phases that change what recovery would do) and that hosts the
+failpoint of the same name. Recovery is a pure plan (:func:`plan_recovery`) over what the
+journal recorded and the installed file's inode, carried out by :meth:`Transaction.undo` or
+:meth:`Transaction.finish`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from selfupdate._durable import fsync_dir, write_atomic
+from selfupdate.errors import UpdateInProgressError
+from selfupdate.install._layout import Layout, dir_error, inode, remove
+from selfupdate.install._state import restore_state
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "FAILPOINTS",
+    "FAILPOINT_ENV",
+    "JOURNAL_FORMAT",
+    "Journal",
+    "Transaction",
+    "UpdateLock",
+    "add_bad",
+    "plan_recovery",
+    "read_bad",
+    "read_journal",
+    "recover",
+]
+
+#: Every phase of an update, in the order the flow enters them (a rollback passes the same
+#: phases but ``download``, ``downloaded`` and ``linked``). :meth:`Transaction.record` enters
+#: one; the crash tests stop the process at any of them (:data:`FAILPOINT_ENV`).
+#:
+#: ``locked``: the lock is held, leftovers recovered. ``download``*: about to download.
+#: ``downloaded``: the staged file is complete. ``trial``*: about to snapshot the state and try
+#: the candidate. ``snapshot``: the state is snapshotted. ``trial-running``: the candidate runs
+#: as ``post-update``. ``trial-done``: it passed or failed. ``switch``*: about to switch.
+#: ``linked``: the installed build is hard-linked as the previous one. ``replaced``: the commit
+#: point is passed (``os.replace``). ``committed``*: the commit is recorded. ``done``: the
+#: bookkeeping is finished and the lock released. (*: written to the journal.)
+FAILPOINTS = (
+    "locked", "download", "downloaded", "trial", "snapshot", "trial-running", "trial-done",
+    "switch", "linked", "replaced", "committed", "done",
+)
+
+#: The phases that rewrite the journal: each changes what :func:`plan_recovery` decides.
+JOURNALED = frozenset({"download", "trial", "switch", "committed"})
+
+#: With ``SELFUPDATE_TEST_STOP_AT=PHASE`` in the environment, the process stops itself
+#: (``SIGSTOP``) when it enters ``PHASE``, so that a test can ``SIGKILL`` it at exactly that
+#: instant. Tests only; costs one dictionary lookup per phase otherwise.
+FAILPOINT_ENV = "SELFUPDATE_TEST_STOP_AT"
+
+JOURNAL_FORMAT = 1
+
+
+def _failpoint(phase: str) -> None:
+    if os.environ.get(FAILPOINT_ENV) == phase:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+@dataclass
+class Journal:
+    """What the journal records (a JSON object of these fields and ``format``)."""
+
+    phase: str = "unknown"  # the last journaled phase entered (see FAILPOINTS)
+    kind: str = "update"  # "update" or "rollback"
+    old: str = ""  # the version installed when the transaction began
+    new: str = ""  # the candidate's version
+    state_dir: str | None = None  # the app's state directory, if it has one
+    candidate_ino: int | None = None  # inode of the candidate file (os.replace keeps it)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": JOURNAL_FORMAT, **asdict(self)}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Journal:
+        """Parse a journal; anything unreadable is a journal of an ``unknown`` phase (which
+        recovery undoes: a torn journal cannot happen, it is replaced atomically)."""
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return cls()
+        if not isinstance(value, dict):
+            return cls()
+        known = {f.name: value[f.name] for f in fields(cls) if f.name in value}
+        try:
+            return cls(**known)
+        except TypeError:
+            return cls()
+
+
+def read_journal(layout: Layout) -> Journal | None:
+    try:
+        return Journal.from_bytes(layout.journal.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def plan_recovery(journal: Journal | None, installed_ino: int | None) -> str:
+    """Decide what to do with a transaction a killed process left in the journal (pure).
+
+    Args:
+        journal: what the journal holds, or None when there is none.
+        installed_ino: inode number of the installed file now (None if it is missing).
+
+    Returns:
+        ``"none"`` (nothing to do), ``"undo"`` (the commit point was not reached: put the state
+        snapshot back, drop the staged file) or ``"finish"`` (the candidate build is installed:
+        complete the bookkeeping).
+    """
+    if journal is None:
+        return "none"
+    if journal.phase in ("download", "trial"):
+        return "undo"
+    if journal.phase == "switch":
+        # os.replace keeps the inode: the candidate is installed iff the inode is the staged one.
+        same = installed_ino is not None and installed_ino == journal.candidate_ino
+        return "finish" if same else "undo"
+    if journal.phase == "committed":
+        return "finish"
+    return "undo"
+
+
+# --------------------------------------------------------------------------------------------
+# Versions remembered as bad
+
+
+def read_bad(layout: Layout) -> list[str]:
+    try:
+        value = json.loads(layout.bad.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def add_bad(layout: Layout, version: str) -> None:
+    bad = read_bad(layout)
+    if version not in bad:
+        bad.append(version)
+        write_atomic(layout.bad, json.dumps(bad[-50:]).encode())
+
+
+# --------------------------------------------------------------------------------------------
+# Lock
+
+
+class UpdateLock:
+    """Exclusive ``flock`` on ``D/.I.lock``; released by the kernel if the holder dies."""
+
+    def __init__(self, layout: Layout, action: str = "update") -> None:
+        self.layout = layout
+        self.action = action  # for messages: "update", "roll back"
+        self.fd: int | None = None
+
+    def acquire(self, blocking: bool = False) -> bool:
+        """Take the lock; False when another process holds it (and ``blocking`` is False).
+
+        Raises:
+            InstallError: the lock file cannot be created (directory not writable, ...).
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise dir_error(self.layout, e, "lock", self.action) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> UpdateLock:
+        if not self.acquire():
+            raise UpdateInProgressError(
+                f"another update of {self.layout.installed} is in progress; try again when "
+                "it has finished"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------------
+# The transaction
+
+
+class Transaction:
+    """One update or rollback of one installed file.
+
+    Used as a context manager: entering takes the lock (:class:`UpdateLock`), enters
+    ``locked`` and recovers what an earlier, killed transaction left; leaving on an exception
+    does what recovery would do with what was recorded so far (undo before the commit point,
+    finish after it); leaving always releases the lock. Phases must be entered in the order of
+    :data:`FAILPOINTS` (a call out of order raises ``RuntimeError``).
+
+    Args:
+        layout: the installed file and state directory.
+        kind: ``"update"`` or ``"rollback"``.
+        old: the version installed now.
+    """
+
+    def __init__(self, layout: Layout, kind: str, old: str) -> None:
+        if kind not in ("update", "rollback"):
+            raise ValueError(f"unknown transaction kind {kind!r}")
+        self.layout = layout
+        sd = str(layout.state_dir) if layout.state_dir is not None else None
+        self.journal = Journal(phase="", kind=kind, old=old, state_dir=sd)
+        self._step = -1
+        self._lock = UpdateLock(layout, "update" if kind == "update" else "roll back")
+
+    @classmethod
+    def resume(cls, layout: Layout, journal: Journal) -> Transaction:
+        """The transaction a journal describes (its own state directory, if it names one)."""
+        state_dir = Path(journal.state_dir) if journal.state_dir else layout.state_dir
+        tx = cls(Layout(layout.installed, state_dir), journal.kind, journal.old)
+        tx.journal = journal
+        tx._step = len(FAILPOINTS)  # nothing more to record
+        return tx
+
+    @property
+    def action(self) -> str:
+        return self._lock.action
+
+    def record(self, phase: str) -> None:
+        """Enter ``phase``: write it to the journal (fsynced) if it is journaled, then pass its
+        failpoint.
+
+        Raises:
+            RuntimeError: ``phase`` is unknown or not after the phase entered last.
+            InstallError: the journal cannot be written.
+        """
+        try:
+            step = FAILPOINTS.index(phase)
+        except ValueError:
+            raise RuntimeError(f"unknown phase {phase!r}") from None
+        if step <= self._step:
+            raise RuntimeError(f"phase {phase!r} entered after {FAILPOINTS[self._step]!r}")
+        self._step = step
+        if phase in JOURNALED:
+            self.journal.phase = phase
+            try:
+                write_atomic(self.layout.journal, self.journal.to_bytes())
+            except OSError as e:
+                raise dir_error(self.layout, e, "writing the journal", self.action) from e
+        _failpoint(phase)
+
+    def __enter__(self) -> Transaction:
+        self._lock.__enter__()
+        try:
+            self.record("locked")
+            recover(self.layout)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None:
+                self.abort()
+        finally:
+            self._lock.release()
+
+    def abort(self) -> str:
+        """After a failure: what recovery would do with what was recorded (the journal as
+        written so far and the installed file's inode). Returns that plan."""
+        journal = self.journal if self.journal.phase else None
+        action = plan_recovery(journal, inode(self.layout.installed))
+        if action == "undo":
+            self.undo()
+        elif action == "finish":
+            self.finish()
+        return action
+
+    def undo(self) -> None:
+        """Put everything back as before the transaction (the commit point was not passed)."""
+        layout = self.layout
+        if layout.state_dir is not None:
+            if layout.snapshot.exists():
+                restore_state(layout, layout.snapshot)
+            remove(layout.snapshot_tmp)
+        remove(layout.previous_tmp)
+        remove(layout.staging)
+        self._clear()
+
+    def finish(self) -> None:
+        """Complete the bookkeeping of a transaction whose candidate is installed."""
+        layout = self.layout
+        if self.journal.kind == "update":
+            # The build we replaced becomes "previous", its state the snapshot taken before.
+            if layout.previous_tmp.exists():
+                write_atomic(layout.previous_version, self.journal.old.encode())
+                os.replace(layout.previous_tmp, layout.previous)
+                fsync_dir(layout.previous_dir)
+            if layout.state_dir is not None and layout.snapshot.exists():
+                remove(layout.previous_state)
+                os.replace(layout.snapshot, layout.previous_state)
+                fsync_dir(layout.state_dir.parent)
+        else:
+            # Rollback: the build rolled back from is remembered as bad; nothing is previous.
+            if self.journal.old:
+                add_bad(layout, self.journal.old)
+            remove(layout.previous_dir)
+            if layout.state_dir is not None:
+                remove(layout.snapshot)
+                remove(layout.previous_state)
+        remove(layout.staging)
+        fsync_dir(layout.dir)
+        self._clear()
+
+    def _clear(self) -> None:
+        try:
+            os.unlink(self.layout.journal)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.layout.dir)
+
+
+def recover(layout: Layout) -> str:
+    """Finish or undo what a killed transaction left behind. Call with the lock held.
+
+    Returns:
+        What was done: ``"none"``, ``"undo"`` or ``"finish"``.
+    """
+    journal = read_journal(layout)
+    action = plan_recovery(journal, inode(layout.installed))
+    if journal is None or action == "none":
+        return "none"
+    tx = Transaction.resume(layout, journal)
+    if action == "undo":
+        tx.undo()
+    else:
+        tx.finish()
+    return action
+
