@@ -18,7 +18,9 @@ Failing a migration on purpose (for the demo and the tests): a build whose versi
 local label ``failmigration`` (``./build.sh --version 3.0.0+failmigration``) does half of each
 migration it runs and then raises, so its trial fails, the update is refused and the state is
 restored. ``NSAPP_FAIL_MIGRATION=1`` in the environment of ``nsapp update`` does the same for any
-build.
+build. A build with the label ``failhealth`` (``./build.sh --version 3.0.0+failhealth``) migrates
+the state correctly and then fails its health check: the same refusal, after migrations that
+passed.
 """
 
 from __future__ import annotations
@@ -54,10 +56,18 @@ def format_of(version: str) -> int:
     return 1 if major < 2 else 2 if major < 3 else 3
 
 
+def _labelled(version: str, label: str) -> bool:
+    return label in version.partition("+")[2].split(".")
+
+
 def failing_on_purpose(version: str = VERSION) -> bool:
     """True for a build made to fail its migrations (see the module docstring)."""
-    local = version.partition("+")[2]
-    return "failmigration" in local.split(".") or os.environ.get("NSAPP_FAIL_MIGRATION") == "1"
+    return _labelled(version, "failmigration") or os.environ.get("NSAPP_FAIL_MIGRATION") == "1"
+
+
+def failing_health_on_purpose(version: str = VERSION) -> bool:
+    """True for a build made to fail its health check (see the module docstring)."""
+    return _labelled(version, "failhealth")
 
 
 def _now() -> str:
@@ -153,6 +163,8 @@ def check(directory: Path) -> None:
     Raises:
         RuntimeError: it is not.
     """
+    if failing_health_on_purpose():
+        raise RuntimeError(f"health check failed on purpose (build {VERSION} is marked failhealth)")
     fmt = format_of(VERSION)
     if fmt == 1:
         if (directory / JSONL).exists():
@@ -163,3 +175,4 @@ def check(directory: Path) -> None:
     for entry in read(directory):
         if "event" not in entry or (fmt == 3 and "seq" not in entry):
             raise RuntimeError(f"history entry {entry!r} is not in format {fmt}")
+

@@ -131,6 +131,7 @@ def world(
     v2 = build_pyz(V2, **kw)
     builds = {
         "migration-raises": build_pyz("2.0.0+failmigration", **kw),
+        "health-fails": build_pyz("2.0.0+failhealth", **kw),
         "exits-at-start": derived_build(v2, tmp / "exits.pyz", "import sys\nsys.exit(3)\n"),
         "hangs": derived_build(v2, tmp / "hangs.pyz", "import time\ntime.sleep(3600)\n"),
     }
@@ -274,7 +275,7 @@ def test_serve_auto_update_keeps_pid(world: World, inst: Install) -> None:
 # Refused builds
 
 
-@pytest.mark.parametrize("kind", ["exits-at-start", "hangs", "migration-raises"])
+@pytest.mark.parametrize("kind", ["exits-at-start", "hangs", "migration-raises", "health-fails"])
 def test_failing_build_leaves_v1_and_state_untouched(
     world: World, inst: Install, kind: str
 ) -> None:
@@ -292,6 +293,12 @@ def test_failing_build_leaves_v1_and_state_untouched(
         assert "within 3 seconds" in lines[0]
     if kind == "migration-raises":
         assert "failed on purpose" in log.read_text()
+    if kind == "health-fails":
+        # The migration passed and changed the state; the health check refused the build.
+        text = log.read_text()
+        assert "migration 2.0.0: history.txt (2 lines) -> history.jsonl" in text, text
+        assert "FAILED: health check check: health check failed on purpose" in text, text
+        assert "its migration and health check" in lines[0]
     assert sha(inst.pyz) == before_sha
     assert tree(inst.state) == before_state
     assert inst.run("--version").stdout.strip() == f"nsapp {V1}"
