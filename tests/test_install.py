@@ -8,15 +8,18 @@ and real HTTP server are in ``test_update_e2e.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
+from _support_client import assert_sentence
 
 from selfupdate import install
 from selfupdate.errors import SelfUpdateError
@@ -357,3 +360,112 @@ def test_restore_keeps_the_metadata_cache(env: tuple[Path, Path]) -> None:
     assert (state / "tuf-cache" / "timestamp.json").read_text() == "version 7"
     assert (state / "data").read_text() == "v1 data\n"
 
+
+# --------------------------------------------------------------------------------------------
+# Audit hooks (PEP 578) see every file operation of the flow in this process, deterministically
+
+
+_watchers: list[Callable[[str, tuple[Any, ...]], None]] = []
+_hooks_added: list[object] = []
+
+
+def _dispatch(event: str, args: tuple[Any, ...]) -> None:
+    for w in list(_watchers):
+        w(event, args)
+
+
+@contextlib.contextmanager
+def audited(watch: Callable[[str, tuple[Any, ...]], None]) -> Iterator[None]:
+    """Call ``watch(event, args)`` for every audit event raised while the block runs (a hook
+    cannot be removed once added: one dispatcher is added per session, watchers come and go)."""
+    if _dispatch not in _hooks_added:
+        sys.addaudithook(_dispatch)
+        _hooks_added.append(_dispatch)
+    _watchers.append(watch)
+    try:
+        yield
+    finally:
+        _watchers.remove(watch)
+
+
+def _path_arg(value: object) -> str | None:
+    return os.fspath(value) if isinstance(value, str | os.PathLike) else None  # type: ignore
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+def test_a_file_planted_at_the_staged_path_is_not_followed_nor_written(
+    env: tuple[Path, Path], tmp_path: Path, planted: str
+) -> None:
+    """Someone creates the staged name between our mkdir and our open (a symlink to a file of
+    theirs, or a hard link to it): the download never writes through it, the update is refused
+    in one sentence, the planted name is removed, the installed program and state untouched."""
+    app, state = env
+    v1, s1 = app.read_bytes(), tree(state)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours to overwrite")
+    staged = str(install.Layout(app).staged)
+    done: list[str] = []
+
+    def plant(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and not done and _path_arg(args[0]) == staged:
+            done.append(event)
+            if planted == "symlink":
+                os.symlink(victim, staged)
+            else:
+                os.link(victim, staged)
+
+    with audited(plant), pytest.raises(install.InstallError) as ei:
+        install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    assert done, "the staged file was never opened"
+    assert_sentence(str(ei.value))
+    assert "creating the download file" in str(ei.value)
+    assert victim.read_bytes() == b"not yours to overwrite" and not victim.is_symlink()
+    assert app.read_bytes() == v1 and tree(state) == s1
+    layout = install.Layout(app)
+    assert not os.path.lexists(layout.staging) and not layout.journal.exists()
+    assert install.read_bad(layout) == []  # no verdict on the build
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)  # next time it works
+    assert run_app(app) == "2.0"
+
+
+def test_a_symlink_left_at_the_staged_path_is_removed_not_followed(
+    env: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A leftover staging directory (or one planted before the update) is replaced afresh."""
+    app, state = env
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    layout = install.Layout(app)
+    layout.staging.mkdir()
+    layout.staged.symlink_to(victim)
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    assert run_app(app) == "2.0"
+    assert victim.read_bytes() == b"keep"
+
+
+def test_the_installed_name_always_names_a_whole_build(env: tuple[Path, Path]) -> None:
+    """At every rename, unlink, link or removal of the update and of the rollback, the
+    installed path exists and is the old or the new build, never absent or partial: the
+    switch is one rename(2), not an unlink followed by a rename."""
+    app, state = env
+    v1, v2 = app.read_bytes(), script("2.0")
+    seen: list[tuple[str, bytes | None]] = []
+    watched = {"os.rename", "os.remove", "os.link", "os.rmdir", "os.truncate", "shutil.rmtree",
+               "shutil.move"}
+
+    def watch(event: str, args: tuple[Any, ...]) -> None:
+        if event in watched:
+            try:
+                seen.append((event, app.read_bytes()))
+            except FileNotFoundError:
+                seen.append((event, None))
+
+    with audited(watch):
+        install.update(app, FakeClient("2.0", v2), "1.0", state)
+        assert app.read_bytes() == v2
+        install.rollback(app, "2.0", state)
+    assert app.read_bytes() == v1
+    events = {e for e, _ in seen}
+    assert {"os.rename", "os.link", "os.remove"} <= events, events  # the hook saw the switch
+    bad = [(e, None if c is None else c[:20]) for e, c in seen if c not in (v1, v2)]
+    assert not bad, f"the installed name was absent or partial at: {bad}"

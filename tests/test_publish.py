@@ -104,6 +104,29 @@ def test_init_requires_an_app_name(tmp_path: Path) -> None:
     assert not (tmp_path / "keys").exists() and not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "BUILD", "--version", "2.0.0"],
+        ["refresh"],
+        ["rotate", "--role", "timestamp"],
+    ],
+)
+def test_signing_commands_refuse_keys_inside_the_repository(
+    tmp_path: Path, repo: tuple[Path, Path], command: list[str]
+) -> None:
+    """The repository is published as is: keys moved into it are refused, nothing signed."""
+    keys, r = repo
+    inside = r / "keys"
+    keys.rename(inside)
+    before = snapshot_tree(r)
+    build = make_build(tmp_path / "nsapp.pyz", "2.0.0")
+    args = [str(build) if a == "BUILD" else a for a in command]
+    proc = su(args[0], "--keys", inside, "--repo", r, *args[1:])
+    assert_error(proc, "inside the repository")
+    assert snapshot_tree(r) == before
+
+
 def test_init_refuses_an_existing_repository_or_keys(
     tmp_path: Path, repo: tuple[Path, Path]
 ) -> None:
