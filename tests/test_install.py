@@ -8,17 +8,16 @@ and real HTTP server are in ``test_update_e2e.py``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from _support_audit import audited, path_arg
 from _support_client import assert_sentence
 
 from selfupdate import install
@@ -365,33 +364,6 @@ def test_restore_keeps_the_metadata_cache(env: tuple[Path, Path]) -> None:
 # Audit hooks (PEP 578) see every file operation of the flow in this process, deterministically
 
 
-_watchers: list[Callable[[str, tuple[Any, ...]], None]] = []
-_hooks_added: list[object] = []
-
-
-def _dispatch(event: str, args: tuple[Any, ...]) -> None:
-    for w in list(_watchers):
-        w(event, args)
-
-
-@contextlib.contextmanager
-def audited(watch: Callable[[str, tuple[Any, ...]], None]) -> Iterator[None]:
-    """Call ``watch(event, args)`` for every audit event raised while the block runs (a hook
-    cannot be removed once added: one dispatcher is added per session, watchers come and go)."""
-    if _dispatch not in _hooks_added:
-        sys.addaudithook(_dispatch)
-        _hooks_added.append(_dispatch)
-    _watchers.append(watch)
-    try:
-        yield
-    finally:
-        _watchers.remove(watch)
-
-
-def _path_arg(value: object) -> str | None:
-    return os.fspath(value) if isinstance(value, str | os.PathLike) else None  # type: ignore
-
-
 @pytest.mark.parametrize("planted", ["symlink", "hardlink"])
 def test_a_file_planted_at_the_staged_path_is_not_followed_nor_written(
     env: tuple[Path, Path], tmp_path: Path, planted: str
@@ -407,7 +379,7 @@ def test_a_file_planted_at_the_staged_path_is_not_followed_nor_written(
     done: list[str] = []
 
     def plant(event: str, args: tuple[Any, ...]) -> None:
-        if event == "open" and not done and _path_arg(args[0]) == staged:
+        if event == "open" and not done and path_arg(args[0]) == staged:
             done.append(event)
             if planted == "symlink":
                 os.symlink(victim, staged)

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _support_client import assert_sentence, make_build
+from _support_audit import audited, path_arg
+from _support_client import assert_sentence, make_build, make_pub
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -384,3 +385,49 @@ def test_unreadable_metadata_is_not_called_corrupt(tmp_path: Path, repo: tuple[P
     proc = su("status", "--repo", r)
     assert_error(proc, "timestamp.json")
     assert "restore" not in proc.stderr and "not valid" not in proc.stderr
+
+
+def _names_missing(repo: Path, data: bytes) -> list[str]:
+    """What the metadata ``data`` names that is not in ``repo`` yet (a client that read it now
+    would fetch a file that is not there)."""
+    signed = json.loads(data)["signed"]
+    meta, wanted = repo / "metadata", []
+    if signed["_type"] == "timestamp":
+        wanted.append(meta / f"{signed['meta']['snapshot.json']['version']}.snapshot.json")
+    elif signed["_type"] == "snapshot":
+        wanted += [meta / f"{info['version']}.{name}" for name, info in signed["meta"].items()]
+    elif signed["_type"] == "targets":
+        for path, tf in signed["targets"].items():
+            d, _, name = path.rpartition("/")
+            wanted.append(repo / "targets" / d / f"{tf['hashes']['sha256']}.{name}")
+    return [str(p.relative_to(repo)) for p in wanted if not p.exists()]
+
+
+def test_no_metadata_is_published_before_what_it_names(tmp_path: Path) -> None:
+    """At the instant each metadata file takes its public name (the rename of an atomic write,
+    seen by an audit hook), every file it names is already there: a publish, refresh or rotate
+    killed or failing at any point never leaves a timestamp naming a missing snapshot, nor a
+    snapshot naming missing targets metadata, nor targets naming a missing build."""
+    from selfupdate.releases import publish
+
+    pub = make_pub(tmp_path)
+    meta_dir = str(pub.repo / "metadata")
+    renamed: list[str] = []
+    early: list[tuple[str, list[str]]] = []
+
+    def watch(event: str, args: tuple[object, ...]) -> None:
+        src, dst = (path_arg(a) for a in args[:2]) if event == "os.rename" else (None, None)
+        if src is None or dst is None or os.path.dirname(dst) != meta_dir:
+            return
+        renamed.append(os.path.basename(dst))
+        missing = _names_missing(pub.repo, Path(src).read_bytes())
+        if missing:
+            early.append((os.path.basename(dst), missing))
+
+    with audited(watch):
+        pub.publish("1.0.0")
+        pub.publish("2.0.0", channel="beta")
+        publish.refresh(pub.keys, pub.repo)
+        for role in ("targets", "snapshot", "timestamp", "root"):
+            publish.rotate(pub.keys, pub.repo, role)
+    assert renamed.count("timestamp.json") == 6 and early == [], (renamed, early)
