@@ -26,6 +26,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")
+# Prefix for a child that must take Ctrl-C: a suite started with SIGINT ignored (`make test &`,
+# some CI runners) hands SIG_IGN down, and Python installs no KeyboardInterrupt handler for an
+# ignored SIGINT. A signal set to its default stays default across execve (signal(7)).
+SIGINT_DEFAULT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
 
 CORE_PY = r"""
 import json
@@ -546,17 +555,22 @@ def test_ctrl_c_while_exec_into_target_starts_exits_130_without_traceback(
     """SIGINT during the new process's start-up (before its main runs) is held back until
     the dispatch, which ends it with 130 instead of a traceback from the import machinery."""
     m = _mode(app, start)
+    slow = tmp_path / "slow"
     proc = subprocess.Popen(
-        [*m.argv, "exec-slow"],
+        [*SIGINT_DEFAULT, *m.argv, "exec-slow"],
         cwd=m.cwd,
-        env=_env(RXAPP_SLOW_START=str(tmp_path / "slow")),
+        env=_env(RXAPP_SLOW_START=str(slow)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
     assert json.loads(proc.stdout.readline())["kind"] == "before-exec"
-    time.sleep(1.5)  # the new process is starting (it waits 5 s at import)
+    # The new process removes the marker at import, then waits 5 s there, before its main.
+    deadline = time.monotonic() + 60
+    while slow.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not slow.exists(), "the exec_into target never started"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out) == (130, ""), err
@@ -607,6 +621,21 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _survives(pid: int) -> bool:
+    """Is ``pid`` alive with no kill on its way: not a zombie, not exiting (PF_EXITING), no
+    SIGKILL pending? Asked once its parent was reaped, so any parent-death signal was sent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+    except FileNotFoundError:
+        return False
+    state, flags = fields[0], int(fields[6])
+    pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+    return state not in "ZX" and not flags & 0x4 and not pending & (1 << (signal.SIGKILL - 1))
 
 
 def _wait_gone(pid: int, timeout: float = 30.0) -> bool:
@@ -669,8 +698,9 @@ def test_pdeathsig_none_lets_the_child_survive(sleeping_pair) -> None:  # type: 
     child = int(info["child"])
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    time.sleep(0.5)
-    assert _alive(child)
+    # The kernel sends the parent-death signal while the parent exits (before it can be
+    # reaped): now the child is either marked for death or safe.
+    assert _survives(child)
     os.kill(child, signal.SIGKILL)
 
 

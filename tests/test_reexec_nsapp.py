@@ -142,8 +142,14 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path: Path) -> N
     import signal
 
     env = dict(_env(), PYTHONPATH=str(REPO), NSAPP_STATE_DIR=str(tmp_path / "state"))
+    # Through a wrapper that restores SIGINT's default: a suite started with SIGINT ignored
+    # (`make test &`) hands SIG_IGN down, and Python then installs no KeyboardInterrupt.
+    sigint_default = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nsapp", "serve"],
+        [sys.executable, "-c", sigint_default, "-m", "nsapp", "serve"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
