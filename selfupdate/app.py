@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import sys
 
-from selfupdate import _shiv
 from selfupdate._names import FINISH_ENTRY, TRIAL_ENTRY
 
 TYPE_CHECKING = False
@@ -162,6 +161,8 @@ def migrations_between(old: str, new: str, versions: list[str]) -> list[str]:
 
 def installed_path() -> Path | None:
     """The real path of the running ``.pyz`` (symlinks resolved), or None when not in one."""
+    from selfupdate import _shiv
+
     return _shiv.running_archive()
 
 
@@ -233,7 +234,9 @@ def at_start() -> None:
     arguments) so what runs is what is installed. Costs a few system calls otherwise.
     """
     if os.environ.get("REEXEC_CORE_ENTRY"):
-        return
+        return  # a registered child (the trial, say): nothing to mark or recover, no imports
+    from selfupdate import _shiv
+
     pyz = _shiv.running_archive()
     if pyz is None:
         return
@@ -263,13 +266,14 @@ def _reexec_self() -> None:
 
 
 def _clean_shiv() -> None:
-    pyz = _shiv.running_archive()
+    pyz = installed_path()
     if pyz is None:
         return
+    from selfupdate._shiv._clean import clean_shiv_dirs
     from selfupdate.install import Layout
 
     try:
-        _shiv.clean_shiv_dirs([pyz, Layout(pyz).previous], pyz.name)
+        clean_shiv_dirs([pyz, Layout(pyz).previous], pyz.name)
     except OSError:
         pass
 
@@ -279,7 +283,7 @@ def _clean_shiv() -> None:
 
 
 def _require_pyz() -> Path:
-    pyz = _shiv.running_archive()
+    pyz = installed_path()
     if pyz is None:
         from selfupdate.errors import InstallError
 

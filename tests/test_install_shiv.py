@@ -15,6 +15,8 @@ import pytest
 
 from selfupdate import _shiv
 from selfupdate._names import INUSE_LOCK
+from selfupdate._shiv._clean import clean_shiv_dirs
+from selfupdate._shiv._seed import seed_extraction
 
 
 def fake_pyz(path: Path, build_id: str) -> Path:
@@ -80,7 +82,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
     start(procs, "import time;print('ready',flush=True);time.sleep(60)",
           cwd=str(dirs["cwd"] / "site-packages"))
 
-    removed = _shiv.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
+    removed = clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
 
     assert removed == [dirs["free"]]
     assert not dirs["free"].exists() and not (root / f".nsapp.pyz_{ID['free']}_lock").exists()
@@ -95,7 +97,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
         p.wait()
     procs.clear()
     time.sleep(0.05)
-    removed = _shiv.clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
+    removed = clean_shiv_dirs([installed, previous], "nsapp.pyz", root)
     assert sorted(removed) == sorted(dirs[k] for k in ("locked", "mapped", "named", "cwd"))
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
         [dirs["installed"].name, dirs["previous"].name, other.name]
@@ -103,7 +105,7 @@ def test_removes_only_unused_builds_that_are_not_kept(
 
 
 def test_missing_root_is_nothing_to_do(tmp_path: Path) -> None:
-    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", tmp_path / "nope") == []
+    assert clean_shiv_dirs([], "nsapp.pyz", tmp_path / "nope") == []
 
 
 def test_in_use_lock_blocks_removal_even_across_fork(tmp_path: Path) -> None:
@@ -116,10 +118,10 @@ def test_in_use_lock_blocks_removal_even_across_fork(tmp_path: Path) -> None:
     fd = os.open(d / INUSE_LOCK, os.O_RDONLY | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_SH)
     try:
-        assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == []
+        assert clean_shiv_dirs([], "nsapp.pyz", root) == []
     finally:
         os.close(fd)
-    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+    assert clean_shiv_dirs([], "nsapp.pyz", root) == [d]
 
 
 def test_a_running_build_keeps_its_extraction(
@@ -136,11 +138,11 @@ def test_a_running_build_keeps_its_extraction(
         (d,) = [x for x in root.iterdir() if x.is_dir()]
         assert (d / INUSE_LOCK).exists()
         # Not installed any more (nothing to keep), but running: kept.
-        assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == []
+        assert clean_shiv_dirs([], "nsapp.pyz", root) == []
     finally:
         p.kill()
         p.wait()
-    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [d]
+    assert clean_shiv_dirs([], "nsapp.pyz", root) == [d]
     assert not d.exists()
     # The build starts again afterwards (shiv extracts it afresh).
     r = subprocess.run([sys.executable, str(pyz), "history"], env=env, capture_output=True,
@@ -158,7 +160,7 @@ def test_seeded_extraction_links_unchanged_files_and_runs(
     env = dict(os.environ, SHIV_ROOT=str(root), NSAPP_STATE_DIR=str(tmp_path / "state"))
     subprocess.run([sys.executable, str(old), "history"], env=env, check=True,
                    capture_output=True)
-    d = _shiv.seed_extraction(old, new, root)
+    d = seed_extraction(old, new, root)
     assert d is not None and d.name == f"nsapp.pyz_{_shiv.build_id(new)}"
     files = [p for p in (d / "site-packages").rglob("*") if p.is_file()]
     linked = [p for p in files if p.stat().st_nlink > 1]
@@ -178,7 +180,7 @@ def test_seeded_extraction_links_unchanged_files_and_runs(
             assert seeded[n].stat().st_nlink > 1, n
         for n in names:
             assert seeded[n].read_bytes() == zf.read(n), n
-    assert _shiv.seed_extraction(old, new, root) is None  # already there
+    assert seed_extraction(old, new, root) is None  # already there
     ino = d.stat().st_ino
     r = subprocess.run([sys.executable, str(new), "history"], env=env, capture_output=True,
                        text=True)
@@ -196,5 +198,5 @@ def test_leftovers_of_killed_seeds_are_removed(tmp_path: Path) -> None:
     (stale / "site-packages").mkdir(parents=True)
     live = root / f".nsapp.pyz_{ID['free']}.seed-{os.getpid()}"
     live.mkdir()
-    assert _shiv.clean_shiv_dirs([], "nsapp.pyz", root) == [stale]
+    assert clean_shiv_dirs([], "nsapp.pyz", root) == [stale]
     assert live.exists()

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from selfupdate._durable import fsync_dir
-from selfupdate._shiv import seed_extraction
+from selfupdate._shiv._seed import seed_extraction
 from selfupdate.errors import InstallError, KnownBadError, TrialFailedError
 from selfupdate.install._layout import Layout, dir_error, inode, no_previous_build, remove
 from selfupdate.install._staging import stage_download

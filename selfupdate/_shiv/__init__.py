@@ -1,0 +1,138 @@
+"""Everything selfupdate knows about shiv, in one place.
+
+shiv (linkedin/shiv) runs a ``.pyz`` by extracting its ``site-packages`` once into
+``ROOT/NAME_BUILDID/site-packages`` (``ROOT``: ``$SHIV_ROOT`` or ``~/.shiv``; ``NAME``: the
+archive's file name; ``BUILDID``: from the archive's ``environment.json``) and never removes an
+extraction. This module knows that layout and nothing else does:
+
+- :func:`running_archive` and :func:`running_extraction`: the ``.pyz`` this process runs from
+  and its extraction directory, detected once per process;
+- :func:`build_id`: the build id a ``.pyz`` records (the one reader of ``environment.json``);
+- :func:`hold_extraction`: the in-use lock a running build holds on its extraction;
+- :func:`._seed.seed_extraction`: a new build's extraction prepared from the old
+  one's (hard links);
+- :func:`._clean.clean_shiv_dirs`: removal of extractions of builds no longer
+  installed and unused.
+
+This ``__init__`` is what the app-start hook needs at every start, and nothing more: shiv's
+bootstrap writes no bytecode, so every start compiles the source it imports. The seeding and
+the cleaning, needed only around an update, are its submodules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from selfupdate._names import INUSE_LOCK
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+__all__ = ["build_id", "hold_extraction", "running_archive", "running_extraction", "shiv_root"]
+
+_UNKNOWN: Any = object()
+_archive: Any = _UNKNOWN  # running_archive(), once detected
+_inuse_fd: int | None = None  # the shared lock hold_extraction() took
+
+
+def shiv_root() -> Path:
+    """Where shiv extracts builds: ``$SHIV_ROOT`` or ``~/.shiv`` (as shiv's bootstrap decides)."""
+    from pathlib import Path
+
+    root = os.environ.get("SHIV_ROOT")
+    return Path(root).expanduser() if root else Path("~/.shiv").expanduser()
+
+
+def running_archive() -> Path | None:
+    """The real path of the ``.pyz`` this process runs from (symlinks resolved), or None when
+    it does not run from a shiv archive (a source checkout, a registered fast child)."""
+    global _archive
+    if _archive is _UNKNOWN:
+        # shiv's bootstrap is imported from the archive as the module "_bootstrap"; its loader
+        # (zipimport) knows the archive's path.
+        boot = sys.modules.get("_bootstrap")
+        archive = getattr(getattr(boot, "__loader__", None), "archive", None)
+        if isinstance(archive, str) and hasattr(boot, "bootstrap"):
+            from pathlib import Path
+
+            _archive = Path(os.path.realpath(archive))
+        else:
+            _archive = None
+    return _archive  # type: ignore[no-any-return]
+
+
+def running_extraction() -> str | None:
+    """This build's shiv ``site-packages`` directory, if this code runs from one."""
+    # This file is SITE_PACKAGES/selfupdate/_shiv/__init__.py.
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bid = os.path.basename(os.path.dirname(here)).rpartition("_")[2]
+    if os.path.basename(here) != "site-packages" or len(bid) != 64:
+        return None  # not shiv's ROOT/NAME_BUILDID/site-packages
+    return here
+
+
+def _environment(zf: Any) -> dict[str, Any]:
+    """The ``environment.json`` shiv wrote into an open archive.
+
+    Raises:
+        KeyError: there is none (not a shiv archive); ValueError: it is not a JSON object.
+    """
+    import json
+
+    env = json.loads(zf.read("environment.json"))
+    if not isinstance(env, dict):
+        raise ValueError("environment.json is not an object")
+    return env
+
+
+def build_id(pyz: Path) -> str | None:
+    """The build id shiv recorded in a ``.pyz`` (None if it is not a shiv archive)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(pyz) as zf:
+            value = _environment(zf).get("build_id")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def hold_extraction() -> bool:
+    """Take a shared lock on this build's extraction directory, kept until the process ends
+    (``exec`` included: the descriptor is close-on-exec, the new build takes its own).
+
+    :func:`clean_shiv_dirs` never removes a directory whose lock is held. Best effort: without
+    a writable extraction directory there is nothing to mark.
+
+    Returns:
+        False when the extraction was removed between shiv's check and this lock (the caller
+        must start the program again, and shiv extracts it afresh); True otherwise.
+    """
+    global _inuse_fd
+    import fcntl
+
+    sp = running_extraction()
+    if sp is None or _inuse_fd is not None:
+        return True
+    try:
+        fd = os.open(
+            os.path.join(os.path.dirname(sp), INUSE_LOCK),
+            os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+            0o644,
+        )
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return True
+    if not os.path.isdir(sp):
+        os.close(fd)
+        return False
+    _inuse_fd = fd
+    return True
+
