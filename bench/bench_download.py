@@ -40,7 +40,7 @@ PY = sys.executable
 CHILD = r"""
 import os, sys, resource
 from pathlib import Path
-from selfupdate.client import UpdateClient
+from selfupdate.releases.client import UpdateClient
 url, root, cache, channel, out = sys.argv[1:6]
 c = UpdateClient("bench", url, Path(root).read_bytes(), channel=channel,
                  cache_dir=Path(cache), progress=False)
@@ -101,8 +101,8 @@ def main() -> int:
         print("bench_download: curl and sha256sum are needed", file=sys.stderr)
         return 1
 
-    from selfupdate import publish
-    from selfupdate.client import UpdateClient
+    from selfupdate.releases import publish
+    from selfupdate.releases.client import UpdateClient
 
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
         t = Path(tmp)
