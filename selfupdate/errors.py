@@ -10,9 +10,7 @@ they stay ``TypeError`` / ``ValueError`` / ``RuntimeError``.
 This module imports nothing heavy (no ``tuf``, ``requests``, ``cryptography``): the install
 side and the app's start-up path import it. Transport errors that python-tuf's ``ngclient``
 must recognise (``DownloadError`` and its subclasses) are private subclasses of these leaves,
-defined next to the fetcher in :mod:`selfupdate._fetch`.
-
-Other helpers append install-side leaves at the end of this file.
+defined next to the fetcher in :mod:`selfupdate.releases._fetch`.
 """
 
 from __future__ import annotations
@@ -352,7 +350,7 @@ class VersionNotNewerError(PublishError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Install side (appended by other helpers below this line)
+# Install side (selfupdate.install, selfupdate.app)
 
 TYPE_CHECKING = False  # no typing import at run time: this module is on the start-up path
 if TYPE_CHECKING:
