@@ -7,8 +7,11 @@
     selfupdate refresh --keys KEYS_DIR --repo REPO_DIR
     selfupdate rotate  --keys KEYS_DIR --repo REPO_DIR --role ROLE
     selfupdate status  --repo REPO_DIR [--check]
+    selfupdate build   [PROJECT_DIR] [--entry-point MOD:FN] [--version V] [--out PATH]
+                       [--trusted-root FILE] [--repo-url URL] [--channel NAME]
 
-Errors print one sentence on stderr and exit 1 (2 for usage errors), never a traceback.
+Errors print one sentence on stderr and exit 1 (2 for usage errors and for a build that cannot
+be made as asked), never a traceback.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Publish signed releases (TUF metadata) as a static repository.",
     )
+    p.add_argument("--version", action="version", version=f"{PROG} {_own_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, keys: bool = True) -> None:
@@ -87,10 +91,44 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--check", action="store_true", help="exit 1 if anything needs attention (for cron)"
     )
+    from selfupdate.build import _cli as build_cli
+
+    sp = sub.add_parser(
+        "build",
+        help="pack an app's pyproject.toml into one reproducible .pyz",
+        description="Pack an app (its pyproject.toml) and its dependencies into one "
+        "reproducible shiv .pyz, with the release configuration embedded.",
+        epilog=build_cli.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build_cli.add_arguments(sp)
     return p
 
 
+def _own_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("reexec-selfupdate")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def _build(ns: argparse.Namespace) -> int:
+    from selfupdate.build import BuildError, run
+    from selfupdate.build._cli import options_from
+
+    try:
+        opts = options_from(ns)
+    except BuildError as e:
+        print(f"{PROG} build: {e}", file=sys.stderr)
+        return 2
+    return run(opts)
+
+
 def _run(ns: argparse.Namespace) -> int:
+    if ns.command == "build":
+        return _build(ns)
     from selfupdate.releases import publish
 
     days = dict(getattr(ns, "expires", []) or [])
