@@ -1,9 +1,9 @@
 """Raw Linux calls for namespaces: flags, the calls themselves, uid/gid maps, ``lo`` up.
 
 ``unshare(2)``, ``setns(2)``, ``clone3(2)``, ``mount(2)``, ``umount2(2)``, ``pivot_root(2)``,
-``sethostname(2)``, ``mount_setattr(2)`` and ``pidfd_open(2)``; uid/gid map files; bringing
-``lo`` up. Python 3.12+ has ``os.unshare``/``os.setns``; everything else (and those two on 3.11)
-goes through libc, loaded by ``reexec_core._libc``.
+``sethostname(2)``, ``mount_setattr(2)``, ``openat2(2)``, ``pidfd_open(2)`` and ``prctl(2)``;
+uid/gid map files; bringing ``lo`` up. Python 3.12+ has ``os.unshare``/``os.setns``;
+everything else (and those two on 3.11) goes through libc, loaded by ``reexec_core._libc``.
 
 The calls raise ``OSError``; turning its errno into a typed error with a sentence that names
 the cause is ``errors.error_for``'s job, done by the caller (the runner, or the runner on behalf
@@ -30,6 +30,9 @@ __all__ = [
     "kernel_namespaces",
     "make_readonly",
     "mount",
+    "openat2_in_root",
+    "set_child_subreaper",
+    "set_undumpable",
     "names_for",
     "pidfd_open",
     "pivot_root",
@@ -86,10 +89,20 @@ MOUNT_ATTR_RDONLY = 0x1
 
 # Syscalls glibc 2.36 has no wrapper for (asm/unistd_64.h; generic table for arm64/riscv).
 _SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
-    "riscv64": {"pivot_root": 41, "pidfd_open": 434, "clone3": 435, "mount_setattr": 442},
+    arch: {
+        "pivot_root": pivot,
+        "pidfd_open": 434,
+        "clone3": 435,
+        "openat2": 437,
+        "mount_setattr": 442,
+    }
+    for arch, pivot in (("x86_64", 155), ("aarch64", 41), ("riscv64", 41))
 }
+
+# linux/prctl.h
+_PR_GET_DUMPABLE, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 3, 4, 36
+# linux/openat2.h
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 
 _SIGKILL = 9
 # linux/socket.h, linux/sockios.h, linux/if.h: for bringing lo up without ip(8).
@@ -160,6 +173,10 @@ class _Prepared:
         ifreq = type("ifreq", (lib.Array,), {"_type_": lib.c_char, "_length_": 40})
         self.lo_ifreq: Any = ifreq()
         self.lo_ifreq[0], self.lo_ifreq[1] = b"l", b"o"
+        zero = lib.c_ulong(0)
+        self.undumpable = (lib.c_int(_PR_SET_DUMPABLE), zero, zero, zero, zero)
+        self.get_dumpable = (lib.c_int(_PR_GET_DUMPABLE), zero, zero, zero, zero)
+        self.subreaper = (lib.c_int(_PR_SET_CHILD_SUBREAPER), lib.c_ulong(1), zero, zero, zero)
 
 
 _prepared: _Prepared | None = None
@@ -341,6 +358,50 @@ def make_readonly(target: str) -> None:
 def set_pdeathsig(sig: int) -> None:
     """``prctl(PR_SET_PDEATHSIG, sig)`` with the arguments :func:`preload` built."""
     _libc.call("prctl", *_libc.pdeathsig_args(sig))
+
+
+def set_undumpable() -> None:
+    """``prctl(PR_SET_DUMPABLE, 0)``, checked with ``PR_GET_DUMPABLE``.
+
+    A process that is not dumpable can be inspected (``/proc/PID/mem``, ``fd/``, ``environ``,
+    ptrace) only with CAP_SYS_PTRACE in the user namespace its memory belongs to: for a copy
+    of the caller that never exec'd, the caller's namespace, where a workload inside a new
+    user namespace has no capability at all (ptrace(2), "Ptrace access mode checking").
+
+    Raises:
+        OSError: the kernel refused, or the flag did not stick.
+    """
+    _lib()
+    assert _prepared is not None
+    _libc.call("prctl", *_prepared.undumpable)
+    if _libc.call("prctl", *_prepared.get_dumpable) != 0:
+        raise OSError(0, "PR_SET_DUMPABLE 0 did not stick")
+
+
+def set_child_subreaper() -> None:
+    """``prctl(PR_SET_CHILD_SUBREAPER, 1)``: orphaned descendants are re-parented to us.
+
+    Raises:
+        OSError: the kernel refused (Linux < 3.4).
+    """
+    _lib()
+    assert _prepared is not None
+    _libc.call("prctl", *_prepared.subreaper)
+
+
+def openat2_in_root(rootfd: int, path: str, flags: int) -> int:
+    """``openat2(rootfd, path, {flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS})``.
+
+    Every symlink (absolute ones and ``..`` included) is resolved as if ``rootfd`` were ``/``:
+    the result never lies outside it (openat2(2), Linux 5.6+).
+
+    Raises:
+        OSError: as openat(2); ENOSYS where the kernel (or a seccomp filter) has no openat2.
+    """
+    import struct
+
+    how = struct.pack("=QQQ", flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    return _syscall("openat2", rootfd, os.fsencode(path), how, len(how))
 
 
 def set_loopback_up() -> None:

@@ -15,6 +15,10 @@ Two pipes, made by the runner before it clones, forks or starts the setup proces
   :data:`MAPS_WRITTEN` or :data:`MAPS_FAILED` (the runner then raises the error itself). EOF
   there means the runner is gone: it is the pipe's only writer (:func:`peer_gone`).
 
+A threaded caller's setup process is a fresh interpreter: its spec (which may hold ``env=``
+secrets) reaches it on a third descriptor, a sealed memfd (:func:`spec_fd`, :func:`read_spec`),
+never on its command line, which every user may read in ``/proc/PID/cmdline``.
+
 On the clone path the child asks for its maps whenever it has a user namespace and goes on
 with its setup meanwhile, so a failure may follow the request at once; on the fork path only
 for ranges (and a root caller's maps), and the child waits for the answer.
@@ -34,8 +38,10 @@ __all__ = [
     "decode",
     "peer_gone",
     "read_answer",
+    "read_spec",
     "report",
     "request_maps",
+    "spec_fd",
 ]
 
 #: Setup side -> runner, on the error pipe: write my uid/gid maps.
@@ -110,3 +116,28 @@ def peer_gone(fd: int) -> bool:
         return os.read(fd, 1) == b""
     except BlockingIOError:
         return False
+
+
+def spec_fd(text: str) -> int:
+    """Runner side: a memfd holding ``text`` (the spec's JSON), at offset 0, close-on-exec."""
+    fd = os.memfd_create("reexec-core-spec", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(text.encode("utf-8", "surrogateescape"))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_spec(fd: int) -> str:
+    """Setup side: the spec's JSON from the descriptor :func:`spec_fd` made; closes it."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, READ_SIZE):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
