@@ -687,8 +687,9 @@ def test_shell_is_root_in_all_namespaces_with_the_prompt() -> None:
 
 
 def test_interactive_shell_on_a_terminal_keeps_job_control_and_exit_status() -> None:
-    """On a terminal the workload gets the foreground: Ctrl-C interrupts the command, not
-    the shell, and the shell's exit status arrives (it restores the terminal at exit)."""
+    """On a terminal the workload gets a pty of its own, relayed: Ctrl-C (a byte, the caller's
+    terminal is raw) interrupts the command, not the shell, and the shell's exit status
+    arrives."""
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
         os.environ.update(_env())
@@ -710,20 +711,18 @@ def test_interactive_shell_on_a_terminal_keeps_job_control_and_exit_status() -> 
                 out += chunk
 
     def sleep_in_foreground() -> bool:
-        """Is ``sleep 60``, a descendant of ours, the terminal's foreground process group?"""
+        """Is ``sleep 60``, a descendant of ours, the foreground process group of its terminal
+        (the workload's own pty, which the runner relays to ours)?"""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                foreground = os.tcgetpgrp(fd)
-            except OSError:
-                foreground = -1
             for entry in os.listdir("/proc"):
                 try:
                     argv = Path(f"/proc/{entry}/cmdline").read_bytes()
                     stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
                 except (OSError, ValueError):
                     continue
-                if argv == b"sleep\x0060\x00" and int(stat[2]) == foreground:
+                # stat fields after the name: state ppid pgrp session tty_nr tpgid
+                if argv == b"sleep\x0060\x00" and int(stat[2]) == int(stat[5]):
                     if _descends_from(int(entry), pid):
                         return True
             time.sleep(0.02)

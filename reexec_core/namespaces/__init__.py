@@ -324,10 +324,10 @@ def unshare(namespaces: Iterable[str] | str) -> None:
         raise errors.error_for("unshare", e.errno or 0, flags, threads=threads) from e
 
 
-def _setup_entry(spec_json: str, errfd: str, ackfd: str) -> int:
+def _setup_entry(specfd: str, errfd: str, ackfd: str) -> int:
     from reexec_core.namespaces import _setup
 
-    return _setup.entry_main(spec_json, errfd, ackfd)
+    return _setup.entry_main(specfd, errfd, ackfd)
 
 
 # The entry point a threaded caller's setup process is started under (see _runner.execute).

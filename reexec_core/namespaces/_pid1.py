@@ -11,11 +11,14 @@ namespace when it exits. Our init:
   (signal(7): blocked signals are queued, never ignored);
 * exits with the workload's status, 128+N when it was killed by signal N.
 
-Signals a terminal generates (``si_code == SI_KERNEL``: Ctrl-C, Ctrl-\\, a resize, a hang-up)
-go to the terminal's foreground process group. When the workload has the terminal it is that
-group alone (see ``_setup.take_foreground``); otherwise it shares the group with the runner and
-PID 1 and gets them directly too. Either way only signals sent with ``kill(2)`` are forwarded,
-so a Ctrl-C is delivered once, not three times.
+No process of ours but the runner is in the caller's terminal session (each calls
+``setsid``, see ``_setup``), so a terminal's signals (Ctrl-C, Ctrl-\\, a hang-up) reach the
+runner alone, which forwards them like any other: nothing is delivered twice.
+
+Without a PID namespace there is no kernel to kill what the workload leaves behind; the
+process that spawned it then is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``: orphans of the
+workload are re-parented to it) with a catchable parent-death signal, :data:`DEATHSIG`, and
+:func:`kill_descendants` ends the whole tree when the workload exits or the runner dies.
 
 The relay (the process that created the namespaces and forked PID 1, and the runner itself)
 runs the same loop with ``reap_all=False``: it waits for its one child and passes signals on.
@@ -28,8 +31,15 @@ import os
 
 from reexec_core.namespaces._spec import FORWARDED, SIGCHLD
 
-_SI_KERNEL = 0x80
 WAITSET = (*FORWARDED, SIGCHLD)
+_SIGKILL, _SIGWINCH = 9, 28
+#: The parent-death signal of a supervisor without a PID namespace: caught (SIGKILL could not
+#: be), so that it kills the workload's whole tree before it goes. SIGRTMAX: nobody else sends it.
+DEATHSIG = 64
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def exit_code(status: int) -> int:
@@ -41,6 +51,11 @@ def exit_code(status: int) -> int:
 def block() -> set[int]:
     """Block the forwarded signals and SIGCHLD in this thread; return the previous mask."""
     return set(_signal.pthread_sigmask(_signal.SIG_BLOCK, WAITSET))
+
+
+def current_mask() -> set[int]:
+    """This thread's signal mask."""
+    return set(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
 
 
 def restore(mask: set[int] | list[int]) -> None:
@@ -66,24 +81,49 @@ def restore_sigchld(old: object) -> None:
         _signal.signal(SIGCHLD, old)
 
 
-def supervise(child: int, reap_all: bool, forward: bool = True) -> int:
+def block_deathsig() -> None:
+    """Block :data:`DEATHSIG` (before it is made the parent-death signal: it must queue)."""
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (DEATHSIG,))
+
+
+def supervise(
+    child: int,
+    reap_all: bool,
+    forward: bool = True,
+    on_winch: Callable[[], None] | None = None,
+    procfd: int | None = None,
+) -> int:
     """Wait for ``child`` with the signals of ``WAITSET`` blocked; return its exit code.
 
     Args:
         child: the pid to wait for (the workload, or the next process in the chain).
         reap_all: reap every child (PID 1), not only ``child``.
         forward: pass signals sent to this process on to ``child``.
+        on_winch: call this on SIGWINCH instead of forwarding it (the runner's pty relay).
+        procfd: not None: this process is the subreaper of a workload without a PID
+            namespace, and this a ``/proc`` directory descriptor (-1: none) to find its tree
+            with; the leftovers are killed when the workload exits, and everything when
+            :data:`DEATHSIG` (the runner died) arrives.
 
     Returns:
         The child's exit status, or 128+N if signal N killed it.
     """
+    waitset = WAITSET if procfd is None else (*WAITSET, DEATHSIG)
+    reap_all = reap_all or procfd is not None
     while True:
-        info = _signal.sigwaitinfo(WAITSET)
+        info = _signal.sigwaitinfo(waitset)
         sig = info.si_signo
+        if sig == DEATHSIG and procfd is not None:
+            try:
+                os.killpg(child, _SIGKILL)  # not reaped yet: the group id is still its own
+            except OSError:
+                pass
+            kill_descendants(procfd)
+            return 128 + _SIGKILL
         if sig != SIGCHLD:
-            # SI_USER (0), SI_QUEUE (-1), SI_TKILL (-6): sent by a process. A terminal's
-            # signals (SI_KERNEL) already went to the whole foreground process group.
-            if forward and info.si_code != _SI_KERNEL:
+            if sig == _SIGWINCH and on_winch is not None:
+                on_winch()
+            elif forward:
                 try:
                     os.kill(child, sig)
                 except ProcessLookupError:
@@ -99,9 +139,66 @@ def supervise(child: int, reap_all: bool, forward: bool = True) -> int:
             if pid == 0:
                 break
             if pid == child:
-                if reap_all:
+                if procfd is not None:
+                    kill_descendants(procfd)
+                elif reap_all:
                     _reap_remaining()
                 return exit_code(status)
+
+
+def kill_descendants(procfd: int) -> None:
+    """SIGKILL every descendant of this subreaper, until none is left, and reap them all.
+
+    Each round kills the children ``/proc`` lists (``ppid`` is ours; none is reaped before it
+    is killed, so no pid can have been reused) and waits for one to go; the orphans of the
+    killed are re-parented to us and are next. Without a usable ``/proc`` only what has
+    exited is reaped.
+    """
+    try:
+        me = os.readlink("self", dir_fd=procfd)
+    except OSError:
+        me = ""
+    if me != str(os.getpid()):  # no /proc, or one of another PID namespace: pids differ
+        _reap_remaining()
+        return
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            continue
+        children = _children(procfd, me)
+        if not children:
+            return
+        for pid in children:
+            try:
+                os.kill(pid, _SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _children(procfd: int, me: str) -> list[int]:
+    out = []
+    for name in os.listdir(procfd):
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open(f"{name}/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procfd)
+            try:
+                stat = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == me.encode():
+            out.append(int(name))
+    return out
 
 
 def _reap_remaining() -> None:

@@ -27,13 +27,13 @@ from reexec_core.namespaces.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from typing import IO, Any
 
     StdIO = int | IO[bytes] | IO[str] | None
 
 #: The name of the registered entry point a threaded caller starts the setup process under.
 ENTRY = "reexec-core-namespaces"
-_SIGKILL = 9
+_SIGINT, _SIGKILL = 2, 9
 _INHERITED = [None, None, None]
 
 
@@ -83,11 +83,11 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     single = _single_threaded()
     # A thread's mask and sigwaitinfo see process signals only when it is the only thread.
     forward = forward_signals and single
-    fg = _foreground(fds[0])
-    spec.foreground = fg
-    errr, errw = os.pipe2(os.O_CLOEXEC)
-    ackr, ackw = os.pipe2(os.O_CLOEXEC)
-    mask = _pid1.block()
+    relay = _open_relay(spec, fds)
+    errr = errw = ackr = ackw = -1
+    # Single-threaded, the signals are blocked before the fork and taken with sigwaitinfo; a
+    # threaded caller's other threads would take them instead, so there they stay as they are.
+    mask = _pid1.block() if single else _pid1.current_mask()
     spec.sigmask = sorted(mask)
     # With SIGCHLD ignored the kernel reaps our child itself and its status is lost.
     chld = _pid1.default_sigchld()
@@ -96,6 +96,8 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     # (and so copy) pages all over the heap, in the child and here.
     collect = single and gc.isenabled()
     try:
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        ackr, ackw = os.pipe2(os.O_CLOEXEC)
         if single:
             _setup.prepare(spec)
             gc.disable()
@@ -115,23 +117,13 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
                 finally:
                     os._exit(status)
         elif not single:
-            # fork() in a threaded process may deadlock on a lock another thread held: start
-            # the setup process as a fresh interpreter instead (the reexec pattern).
-            import reexec_core
-
-            cmd = reexec_core.command(ENTRY, spec.to_json(), str(errw), str(ackr))
-            popen = cmd.popen(
-                pass_fds=(errw, ackr),
-                stdin=fds[0],
-                stdout=fds[1],
-                stderr=fds[2],
-                close_fds=True,
-            )
+            popen = _start_fresh(spec, errw, ackr, fds)
             child = popen.pid
-            os.set_inheritable(errw, False)
-            os.set_inheritable(ackr, False)
         os.close(errw)
         os.close(ackr)
+        errw = ackr = -1
+        if relay is not None:
+            relay.start()  # a thread: only once no more forks or clones are to come
         if cloned:
             # Write the child's id maps when it asks; what it reports later is read once it
             # has exited (no wake-up here in between, while the workload starts).
@@ -145,9 +137,13 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             _reap(child, popen)
             raise failure
         if forward:
-            status = _pid1.supervise(child, reap_all=False)
+            # With a pty of its own the workload's size follows ours (the kernel then sends
+            # it SIGWINCH); without, everything is passed on, a terminal's signals too: no
+            # process of ours but this one is in the caller's terminal session.
+            resize = relay.resize if relay is not None else None
+            status = _pid1.supervise(child, reap_all=False, on_winch=resize)
         else:
-            status = _wait(child)
+            status = _wait(child, interrupt=forward_signals)
         if cloned:
             failure = _late_failure(errr)
             if failure is not None:
@@ -160,14 +156,57 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             gc.enable()
         _pid1.restore_sigchld(chld)
         _setup.forget()
-        for fd in (errr, ackw):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        _pid1.restore(mask)
-        if fg:
-            _take_terminal_back(0 if fds[0] is None else fds[0])
+        for fd in (errr, errw, ackr, ackw):
+            if fd != -1:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if relay is not None:
+            relay.stop()  # the caller's terminal as it was, also after an error
+        if single:
+            _pid1.restore(mask)
+
+
+def _start_fresh(spec: Spec, errw: int, ackr: int, fds: list[int | None]) -> Any:
+    """A threaded caller: the setup process as a fresh interpreter (fork() in a threaded
+    process may deadlock on a lock another thread held: the reexec pattern). Its spec goes on
+    a memfd, not on its command line, which every user can read."""
+    import reexec_core
+
+    specfd = _wire.spec_fd(spec.to_json())
+    try:
+        cmd = reexec_core.command(ENTRY, str(specfd), str(errw), str(ackr))
+        return cmd.popen(
+            pass_fds=(specfd, errw, ackr),
+            stdin=fds[0],
+            stdout=fds[1],
+            stderr=fds[2],
+            close_fds=True,
+        )
+    finally:
+        os.close(specfd)
+
+
+def _open_relay(spec: Spec, fds: list[int | None]) -> Any:
+    """An interactive run (stdin our terminal, in the foreground): a pty of the workload's
+    own, relayed by this process; ``fds`` then name its slave where they were the terminal.
+
+    Raises:
+        NamespaceSetupError: no pty could be opened.
+    """
+    tty = 0 if fds[0] is None else fds[0]
+    if not _foreground(tty):
+        return None
+    from reexec_core.namespaces import _pty
+
+    try:
+        relay = _pty.Relay(tty, fds)
+    except OSError as e:
+        raise error_for("open", e.errno or 0, 0, "a pty for the workload") from e
+    fds[:] = relay.stdio
+    spec.pty = True
+    return relay
 
 
 def _clone(spec: Spec, errr: int, errw: int, ackr: int, ackw: int, fds: list[int | None]) -> int:
@@ -315,11 +354,21 @@ def _write_maps(spec: Spec, pid: int) -> None:
             )
 
 
-def _wait(child: int) -> int:
+def _wait(child: int, interrupt: bool = False) -> int:
+    """Wait for ``child``; with ``interrupt``, a KeyboardInterrupt here (Ctrl-C, in a threaded
+    caller whose main thread this is) is passed on to it as SIGINT and the wait goes on."""
     while True:
         try:
             _, status = os.waitpid(child, 0)
         except InterruptedError:
+            continue
+        except KeyboardInterrupt:
+            if not interrupt:
+                raise
+            try:
+                os.kill(child, _SIGINT)
+            except ProcessLookupError:
+                pass
             continue
         return _pid1.exit_code(status)
 
@@ -343,25 +392,6 @@ def _foreground(fd: int | None) -> bool:
         return os.tcgetpgrp(0 if fd is None else fd) == os.getpgrp()
     except OSError:
         return False
-
-
-def _take_terminal_back(fd: int = 0) -> None:
-    """The workload had the terminal's foreground (its own process group): take it back."""
-    import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
-
-    try:
-        if os.tcgetpgrp(fd) == os.getpgrp():
-            return
-    except OSError:
-        return
-    # tcsetpgrp from a background process group raises SIGTTOU unless it is blocked.
-    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (22,))  # SIGTTOU
-    try:
-        os.tcsetpgrp(fd, os.getpgrp())
-    except OSError:
-        pass
-    finally:
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +438,7 @@ def join(
             "join",
         )
     fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
-    forward = forward_signals
+    relay = _open_relay(spec, fds)
     errr, errw = os.pipe2(os.O_CLOEXEC)
     mask = _pid1.block()
     spec.sigmask = sorted(mask)
@@ -425,11 +455,18 @@ def join(
             finally:
                 os._exit(status)
         os.close(errw)
+        if relay is not None:
+            relay.start()
         failure = _answer(spec, child, errr, -1)
         if failure is not None:
             _reap(child, None)
             raise failure
-        return _pid1.supervise(child, reap_all=False) if forward else _wait(child)
+        if not forward_signals:
+            return _wait(child)
+        resize = relay.resize if relay is not None else None
+        return _pid1.supervise(child, reap_all=False, on_winch=resize)
     finally:
         os.close(errr)
+        if relay is not None:
+            relay.stop()
         _pid1.restore(mask)

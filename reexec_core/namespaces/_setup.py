@@ -6,9 +6,10 @@ Fast path (single-threaded caller), :func:`clone_main`::
       (writes its id maps)         lo up, mounts, /proc
                                      └─posix_spawn──> workload (PID 2): CMD / the entry point
 
-Without a PID or time namespace the first process execs the workload itself. Where clone3 is
-hidden (Docker's seccomp profile answers ENOSYS), :func:`setup_main` does the same the older
-way::
+Without a PID namespace the first process is no PID 1: it spawns the workload as a child
+subreaper and kills the workload's whole tree when the workload exits or the runner dies (see
+``_pid1``). Where clone3 is hidden (Docker's seccomp profile answers ENOSYS),
+:func:`setup_main` does the same the older way::
 
     runner ──fork──> setup (C1): unshare(...); id map
                        └─fork──> init (C2, PID 1): the inside; spawns the workload
@@ -16,6 +17,14 @@ way::
 A threaded caller cannot fork safely, so the runner starts C1 as a fresh interpreter instead
 (a registered entry point, see ``reexec_core.namespaces``), which then runs ``setup_main``.
 :func:`join_main` is the process that joins a running sandbox's namespaces (``join``).
+
+Every process here leaves the caller's terminal session first (``setsid``): a workload that
+shares the caller's controlling terminal could push input into it (``TIOCSTI``, bubblewrap's
+CVE-2017-5226). An interactive workload gets a pty of its own instead (``_pty``), whose slave
+is its stdin and which it makes its controlling terminal. Before the workload can exist, the
+process that will be its parent closes every descriptor it does not need and makes itself
+non-dumpable (:func:`seal`): it is a copy of the caller, and the workload, root of a user
+namespace, could otherwise read its memory and reach its descriptors through ``/proc``.
 
 Every process here dies with its parent: each sets ``PR_SET_PDEATHSIG`` to SIGKILL and then
 checks that its parent is still there (``getppid()``, or EOF on a pipe only the parent holds
@@ -33,7 +42,7 @@ import sys
 from errno import ENOENT
 
 from reexec_core import _registry
-from reexec_core.namespaces import _linux, _pid1, _wire
+from reexec_core.namespaces import _linux, _mounts, _pid1, _wire
 from reexec_core.namespaces._spec import Spec
 from reexec_core.namespaces._wire import Failure
 
@@ -45,14 +54,15 @@ if TYPE_CHECKING:
     Env = dict[Any, Any]
 
 _SIGKILL = 9
-_SIGPIPE, _SIGXFSZ, _SIGTTOU = 13, 25, 22
+_SIGPIPE, _SIGXFSZ = 13, 25
+_TIOCSCTTY = 0x540E
 #: Signals the workload starts with at their default action.
 _SIGDEF = (*_pid1.WAITSET, _SIGPIPE, _SIGXFSZ)
 
 
-def die_with_parent(parent: int) -> None:
-    """Get SIGKILL when the parent dies; exit now if it already has (Go's runtime does this)."""
-    _linux.set_pdeathsig(_SIGKILL)
+def die_with_parent(parent: int, sig: int = _SIGKILL) -> None:
+    """Get ``sig`` when the parent dies; exit now if it already has (Go's runtime does this)."""
+    _linux.set_pdeathsig(sig)
     if parent and os.getppid() != parent:
         os._exit(128 + _SIGKILL)
 
@@ -64,14 +74,66 @@ def _step(op: str, detail: str, fn: object, *args: object, flags: int = 0) -> No
         raise Failure(op, e.errno or 0, flags, detail) from e
 
 
+def _new_session() -> None:
+    """Leave the caller's session: no access to its controlling terminal's input (TIOCSTI)."""
+    _step("setsid", "(leaving the caller's terminal session)", os.setsid)
+
+
+def _death_signal(spec: Spec) -> int:
+    """SIGKILL for a PID 1 (the kernel then ends the namespace), else the caught DEATHSIG."""
+    if spec.flags & _linux.CLONE_NEWPID:
+        return _SIGKILL
+    _pid1.block_deathsig()
+    return _pid1.DEATHSIG
+
+
+def _open_proc(spec: Spec) -> int | None:
+    """Without a PID namespace: become the workload's subreaper, and return a ``/proc``
+    descriptor to find its tree with later (opened now: a new root may have no ``/proc``;
+    -1 when there is none). None with a PID namespace: the kernel ends the tree."""
+    if spec.flags & _linux.CLONE_NEWPID:
+        return None
+    _step("subreaper", "(PR_SET_CHILD_SUBREAPER)", _linux.set_child_subreaper)
+    try:
+        return os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def seal(*keep: int | None) -> None:
+    """Close every descriptor but stdio and ``keep``, then make this process non-dumpable.
+
+    Called in each copy of the caller (and in each set-up process) before the workload can
+    exist: the workload could otherwise open our descriptors, close-on-exec ones too, through
+    ``/proc/PID/fd/N`` and read our memory through ``/proc/PID/mem``. Non-dumpable, only
+    CAP_SYS_PTRACE in our memory's user namespace (the caller's) opens them (ptrace(2)).
+
+    Raises:
+        Failure: the kernel would not make us non-dumpable.
+    """
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= 3):
+        os.closerange(low, fd)  # close_range(2) on Linux: one call, whatever the limit
+        low = fd + 1
+    os.closerange(low, 0x7FFFFFFF)
+    try:
+        _linux.set_undumpable()
+    except OSError as e:
+        raise Failure(
+            "make", e.errno or 0, 0, "the set-up process unreadable from inside (PR_SET_DUMPABLE)"
+        ) from e
+
+
 def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
     """C1: create the namespaces, get the id maps written, then start PID 1 or the workload.
 
-    Returns only the exit code to ``os._exit`` with (the workload's status, or 125 after a
-    reported failure); on the no-fork path it does not return at all (exec).
+    Returns only the exit code to ``os._exit`` with: the workload's status, or 125 after a
+    reported failure.
     """
     try:
-        die_with_parent(parent)
+        _new_session()
+        own = not spec.needs_fork  # no PID or time namespace: C1 supervises the workload
+        die_with_parent(parent, _death_signal(spec) if own else _SIGKILL)
         flags = spec.flags
         _step("unshare", "", _linux.unshare_raw, flags, flags=flags)
         if spec.flags & _linux.CLONE_NEWUSER:
@@ -85,9 +147,11 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
                 except OSError as e:
                     raise Failure(e.filename or "uid_map", e.errno or 0, 0, "") from e
         os.close(ackfd)
-        if not spec.needs_fork:
+        if own:
+            procfd = _open_proc(spec)
             inner_setup(spec)
-            start_workload(spec, errfd, replace=True)
+            return _spawn_and_supervise(spec, errfd, procfd)
+        seal(errfd)
         alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
@@ -109,19 +173,28 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
         return 125
 
 
+def _spawn_and_supervise(spec: Spec, errfd: int, procfd: int | None) -> int:
+    """Seal this process, start the workload, supervise it (as PID 1, or as its subreaper)."""
+    seal(errfd, procfd)
+    child = start_workload(spec, errfd)
+    os.close(errfd)
+    return _pid1.supervise(child, reap_all=True, procfd=procfd)
+
+
 def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
     """The child of ``clone3``: already inside every new namespace (PID 1 with a PID one).
 
     Asks the runner for its id maps, sets the inside up meanwhile, waits for the maps (which
-    also proves the runner is still there), then execs the workload or, as PID 1, spawns and
-    supervises it. Returns the exit code to ``os._exit`` with.
+    also proves the runner is still there), then spawns the workload and supervises it.
+    Returns the exit code to ``os._exit`` with.
     """
     try:
         # Every page this copy of the interpreter writes is a copy-on-write fault: no
         # collection may walk the whole heap in here (the runner disabled it before cloning,
         # and built the arguments used below, see prepare() and _linux.preload()).
         gc.disable()
-        _linux.set_pdeathsig(_SIGKILL)
+        _new_session()
+        _linux.set_pdeathsig(_death_signal(spec))
         if spec.flags & _linux.CLONE_NEWUSER:
             # The runner owns this user namespace, so it may write our maps (one line of its
             # own ids after "deny" in setgroups, like unshare -r; ranges as root or through
@@ -145,12 +218,9 @@ def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
                     os.close(fd)
             except OSError:
                 pass
+        procfd = _open_proc(spec)
         inner_setup(spec, ackfd)
-        if not spec.needs_fork:
-            start_workload(spec, errfd, replace=True)
-        child = start_workload(spec, errfd, replace=False)
-        os.close(errfd)
-        return _pid1.supervise(child, reap_all=True)
+        return _spawn_and_supervise(spec, errfd, procfd)
     except Failure as f:
         _wire.report(errfd, f)
         return 125
@@ -170,8 +240,11 @@ def _await_maps(ackfd: int) -> None:
 
 
 def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
-    """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise."""
-    _linux.set_pdeathsig(_SIGKILL)
+    """C2, PID 1 of the new PID namespace: set up the inside, start the workload, supervise.
+
+    With a time namespace but no PID namespace it is the workload's subreaper instead.
+    """
+    _linux.set_pdeathsig(_death_signal(spec))
     # getppid() is 0 here (the parent is outside our PID namespace): ask the pipe instead.
     # Its only writer is C1, which never writes: EOF means C1 is gone.
     if _wire.peer_gone(alive_r):
@@ -179,16 +252,20 @@ def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
     os.close(alive_r)
     if spec.flags & _linux.CLONE_NEWPID:
         _registry.set_name("ns-init")
+    procfd = _open_proc(spec)
     inner_setup(spec)
-    child = start_workload(spec, errfd, replace=False)
-    os.close(errfd)
-    return _pid1.supervise(child, reap_all=True)
+    return _spawn_and_supervise(spec, errfd, procfd)
 
 
 def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
     """The joining process: setns into the target's namespaces, then run the workload."""
     try:
-        die_with_parent(parent)
+        _new_session()
+        pid_ns = spec.join_flags & _linux.CLONE_NEWPID
+        if not pid_ns:
+            _pid1.block_deathsig()
+        die_with_parent(parent, _SIGKILL if pid_ns else _pid1.DEATHSIG)
+        procfd = None if pid_ns else _open_proc(spec)
         flags = spec.join_flags
         try:
             _linux.setns_raw(pidfd, flags)  # a pidfd joins them all at once (Linux 5.8+)
@@ -197,18 +274,18 @@ def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
         os.close(pidfd)
         if not spec.cwd:
             os.chdir("/")
-        if not flags & (_linux.CLONE_NEWPID | _linux.CLONE_NEWTIME):
-            start_workload(spec, errfd, replace=True)
-        child = start_workload(spec, errfd, replace=False)
+        seal(errfd, procfd)
+        child = start_workload(spec, errfd)
         os.close(errfd)
-        return _pid1.supervise(child, reap_all=False)
+        # Joined into a PID namespace, the workload's orphans go to that namespace's init.
+        return _pid1.supervise(child, reap_all=False, procfd=procfd)
     except Failure as f:
         _wire.report(errfd, f)
         return 125
 
 
 def inner_setup(spec: Spec, ackfd: int = -1) -> None:
-    """Inside every new namespace: mounts, a fresh /proc, new root, hostname, ``lo`` up.
+    """Inside every new namespace: hostname, ``lo`` up, then the mounts and a new root.
 
     ``ackfd``: the id maps are still being written by the runner; wait for them
     (:func:`_await_maps`) before the first step that may create files (mount points under a
@@ -220,94 +297,18 @@ def inner_setup(spec: Spec, ackfd: int = -1) -> None:
         _step("sethostname", repr(spec.hostname), _linux.sethostname, spec.hostname)
     if flags & _linux.CLONE_NEWNET:
         _step("loopback", "lo up", _linux.set_loopback_up)
+
+    def await_maps() -> None:
+        nonlocal ackfd
+        if ackfd != -1:
+            _await_maps(ackfd)
+            ackfd = -1
+
     if flags & _linux.CLONE_NEWNS:
         # Private propagation first: nothing we mount may leak back to the host.
         _step("private", "/", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-        prefix = spec.root or ""
-        if ackfd != -1 and (spec.mounts or spec.root):
-            _await_maps(ackfd)
-            ackfd = -1
-        if spec.root and not os.path.isdir(spec.root):
-            raise Failure("pivot_root", 0, 0, f"{spec.root}: it is not a directory")
-        for kind, src, dst in spec.mounts:
-            target = prefix + dst
-            if kind == "tmpfs":
-                _ensure_dir(target, kind, bool(spec.root))
-                _step(
-                    "tmpfs",
-                    target,
-                    _linux.mount,
-                    "tmpfs",
-                    target,
-                    "tmpfs",
-                    _linux.MS_NOSUID | _linux.MS_NODEV,
-                    "mode=0755",
-                )
-                continue
-            _ensure_target(src, target, kind, bool(spec.root))
-            _step(
-                kind,
-                f"{src} on {target}",
-                _linux.mount,
-                src,
-                target,
-                None,
-                _linux.MS_BIND | _linux.MS_REC,
-            )
-            if kind == "ro-bind":
-                _step(kind, f"{src} on {target} read-only", _linux.make_readonly, target)
-        if spec.proc:
-            # Before pivot_root: the kernel lets a user namespace mount proc only while a
-            # fully visible proc is in the mount namespace (mnt_too_revealing), as bwrap does.
-            _ensure_dir(prefix + "/proc", "proc", bool(spec.root))
-            _step(
-                "proc",
-                prefix + "/proc",
-                _linux.mount,
-                "proc",
-                prefix + "/proc",
-                "proc",
-                _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
-            )
-        if spec.root:
-            _pivot(spec.root)
-    if ackfd != -1:
-        _await_maps(ackfd)
-
-
-def _ensure_dir(target: str, kind: str, create: bool) -> None:
-    """A mount point must exist; under a new root (``create``) we make it, as bwrap does.
-
-    Without a new root the mount point would be made on the host's own filesystem, which
-    outlives the namespace: refuse instead.
-    """
-    if os.path.isdir(target):
-        return
-    if not create:
-        raise Failure(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
-    _step(kind, f"{target} (creating the mount point)", os.makedirs, target)
-
-
-def _ensure_target(src: str, target: str, kind: str, create: bool) -> None:
-    if os.path.isdir(src) or not os.path.exists(src):
-        _ensure_dir(target, kind, create)
-    elif not os.path.exists(target):
-        if not create:
-            raise Failure(kind, 0, 0, f"{target}: the mount point does not exist (create it first)")
-        try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
-        except OSError as e:
-            raise Failure(kind, e.errno or 0, 0, f"{target} (creating the mount point)") from e
-
-
-def _pivot(root: str) -> None:
-    """Make ``root`` the new ``/`` (pivot_root(2), the ``"."``/``"."`` idiom), old root gone."""
-    _step("pivot_root", root, _linux.mount, root, root, None, _linux.MS_BIND | _linux.MS_REC)
-    _step("pivot_root", root, os.chdir, root)
-    _step("pivot_root", root, _linux.pivot_root, ".", ".")
-    _step("pivot_root", root, _linux.umount2, ".", _linux.MNT_DETACH)
-    _step("pivot_root", root, os.chdir, "/")
+        _mounts.mount_all(spec, await_maps)
+    await_maps()
 
 
 # (environment, resolved program path or None) worked out by the runner before it cloned:
@@ -354,43 +355,37 @@ def _prepare_exec(spec: Spec) -> Env:
     return dict(os.environ) if spec.env is None else dict(spec.env)
 
 
-def _reset_for_exec(spec: Spec) -> None:
-    """Give the workload the terminal (if asked) and the signal state the caller had.
+def _child_setup(spec: Spec) -> None:
+    """In the workload's process before its exec: a session of its own (with the pty as its
+    controlling terminal, when it has one) and the signal state the caller had."""
+    os.setsid()
+    if spec.pty:
+        import fcntl
 
-    Called right before this process becomes the workload (no PID 1 between them): the
-    signals the setup caught go back to their defaults and the caller's mask is restored.
-    """
-    if spec.foreground:
-        take_foreground()
+        fcntl.ioctl(0, _TIOCSCTTY, 0)  # the slave, on stdin; we are its session's leader now
     for sig in _SIGDEF:
         _signal.signal(sig, _signal.SIG_DFL)
     _pid1.restore(spec.sigmask)
 
 
-def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
-    """Start the workload: exec in place (``replace``) or spawn a child; return its pid."""
+def start_workload(spec: Spec, errfd: int) -> int:
+    """Start the workload as our child, in a session of its own; return its pid."""
     env = _prepare_exec(spec)
     if spec.entry is not None:
-        return _start_entry(spec, env, replace)
+        return _start_entry(spec, env)
     assert spec.argv is not None
     argv = spec.argv
     path = _ready[1] if _ready is not None and _ready[1] is not None else None
     if path is None:
         path = find_program(argv[0], env)
-    if replace:
-        _reset_for_exec(spec)
-        try:
-            os.execve(path, argv, env)
-        except OSError as e:
-            _pid1.block()
-            raise Failure("exec", e.errno or 0, 0, argv[0]) from e
-    if spec.foreground:
-        return _fork_foreground(spec, errfd, path, argv, env)
+    if spec.pty:
+        return _fork_ctty(spec, errfd, path, argv, env)
     try:
         return os.posix_spawn(
             path,
             argv,
             env,
+            setsid=True,
             setsigmask=spec.sigmask,
             setsigdef=_SIGDEF,
         )
@@ -398,28 +393,10 @@ def start_workload(spec: Spec, errfd: int, replace: bool) -> int:
         raise Failure("exec", e.errno or 0, 0, argv[0]) from e
 
 
-def take_foreground() -> None:
-    """Become a process group of our own and the terminal's foreground group (as tini -g).
-
-    Then the terminal's Ctrl-C, Ctrl-\\ and resizes reach the workload alone, and a shell
-    inside finds itself in the foreground (an interactive shell as the workload otherwise
-    fails to restore the terminal's group, which lies outside its PID namespace, at exit).
-    """
-    try:
-        os.setpgid(0, 0)
-        # From a background group tcsetpgrp(3) raises SIGTTOU unless it is blocked.
-        old = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_SIGTTOU,))
-        try:
-            os.tcsetpgrp(0, os.getpgrp())
-        finally:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
-    except OSError:
-        pass
-
-
-def _fork_foreground(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> int:
-    """Spawn the workload in the terminal's foreground: it must take it *before* its exec
-    (posix_spawn cannot), or a shell checking its terminal at start stops itself.
+def _fork_ctty(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> int:
+    """Spawn the workload as the session leader of its pty: it must take it as its
+    controlling terminal *before* its exec (posix_spawn cannot), or a shell checking its
+    terminal at start stops itself.
 
     An exec that fails is reported to the runner like posix_spawn's failure (the runner raises
     the ``CommandError``; the caller decides what to print), and the child exits 127 for a
@@ -428,10 +405,7 @@ def _fork_foreground(spec: Spec, errfd: int, path: str, argv: list[str], env: En
     pid = os.fork()
     if pid == 0:
         try:
-            take_foreground()
-            for sig in _SIGDEF:
-                _signal.signal(sig, _signal.SIG_DFL)
-            _pid1.restore(spec.sigmask)
+            _child_setup(spec)
             os.execve(path, argv, env)
         except OSError as e:
             _wire.report(errfd, Failure("exec", e.errno or 0, 0, argv[0]))
@@ -458,7 +432,7 @@ def find_program(name: str, env: Env) -> str:
     return name
 
 
-def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
+def _start_entry(spec: Spec, env: dict[str, str]) -> int:
     import reexec_core
 
     assert spec.entry is not None
@@ -466,34 +440,29 @@ def _start_entry(spec: Spec, env: dict[str, str], replace: bool) -> int:
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)
-    if replace:
-        _reset_for_exec(spec)
-        try:
-            reexec_core.exec_into(name, *args)
-        except OSError as e:
-            _pid1.block()
-            raise Failure("exec", e.errno or 0, 0, spec.name) from e
     # The Command is made here, in PID 1, so the child's parent check sees the right parent.
     cmd = reexec_core.command(name, *args)
     os.environ.clear()
     os.environ.update(saved)
-
-    def child_setup() -> None:
-        if spec.foreground:
-            take_foreground()
-        _pid1.restore(spec.sigmask)
-
     try:
-        proc = cmd.popen(env=env, preexec_fn=child_setup, close_fds=False, restore_signals=True)
+        proc = cmd.popen(
+            env=env, preexec_fn=lambda: _child_setup(spec), close_fds=False, restore_signals=True
+        )
     except OSError as e:
         raise Failure("exec", e.errno or 0, 0, spec.name) from e
     return proc.pid
 
 
-def entry_main(spec_json: str, errfd: str, ackfd: str) -> int:
-    """C1 started as a fresh interpreter (threaded callers): the registered entry point."""
-    spec = Spec.from_json(spec_json)
+def entry_main(specfd: str, errfd: str, ackfd: str) -> int:
+    """C1 started as a fresh interpreter (threaded callers): the registered entry point.
+
+    The spec comes on the descriptor ``specfd`` (a memfd), never on the command line, which
+    every user can read (``/proc/PID/cmdline``): it may hold ``env=`` secrets.
+    """
+    spec = Spec.from_json(_wire.read_spec(int(specfd)))
     _pid1.block()
+    for fd in (int(errfd), int(ackfd)):
+        os.set_inheritable(fd, False)  # passed to us, not to be passed on to the workload
     status = setup_main(spec, int(errfd), int(ackfd), 0)
     sys.stdout.flush()
     os._exit(status)

@@ -3,7 +3,7 @@
 ``Spec`` is built in the caller from the keyword options of ``run``/``run_entry``/``join``
 (named like the CLI flags), validated there (``ValueError``/``TypeError`` for misuse), and then
 handed unchanged to the process that sets the namespaces up: by ``fork`` on the fast path, or
-as JSON to a re-executed child (see ``_runner``).
+as JSON, on a memfd, to a re-executed child (see ``_runner`` and ``_wire``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _FIELDS = (
     "join",
     "join_flags",
     "name",
-    "foreground",
+    "pty",
 )
 
 
@@ -72,7 +72,7 @@ class Spec:
     join: int  # pid to join (0: create new namespaces)
     join_flags: int
     name: str  # a short description for messages
-    foreground: bool  # stdin is our terminal, in the foreground: hand it to the workload
+    pty: bool  # stdin is a pty of the workload's own (the runner relays it): its ctty
 
     def to_json(self) -> str:
         import json
@@ -272,7 +272,7 @@ def make_spec(
     spec.sigmask = []
     spec.join = 0
     spec.join_flags = 0
-    spec.foreground = False
+    spec.pty = False
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:
