@@ -7,8 +7,18 @@ running shiv's bootstrap or ``site``), ``sys.prefix``, how the program was start
 parent's pid and the parent-death signal. The child sets its parent-death signal and name first
 thing, then re-runs the program's main; main's first call to ``init()`` dispatches (as in Go).
 
-Other build (``program=PATH``): ``[sys.executable, PATH, ARGS...]`` started normally, with the
-name in ``REEXEC_CORE_ENTRY``, which ``init()`` removes from the environment.
+When the parent's code is found through an import hook that ``site`` installed (a PEP 660
+editable install: setuptools' finder, in default or strict mode; any ``.pth`` that adds a
+meta-path finder), ``-S`` would leave the child unable to import it: :func:`_needs_site` sees
+that a loaded module is not where the plain path finder would find it, and the child then
+starts with ``-I`` only, so ``site`` runs as in the parent (a few ms slower). Other ``.pth``
+side effects (a ``.pth`` that imports something for its own sake) are not replayed in a fast
+child, as in any ``-S`` start.
+
+Other build (``program=PATH``): ``[sys.executable, ISOLATION..., PATH, ARGS...]`` started
+normally (with this interpreter's ``-I``/``-E``/``-s``/``-P``, so a caller started isolated
+does not start a child that reads ``PYTHONPATH``), with the name in ``REEXEC_CORE_ENTRY``,
+which ``init()`` removes from the environment.
 """
 
 from __future__ import annotations
@@ -71,9 +81,59 @@ def _fast_argv(name: str, args: list[str], ppid: int, sig: int) -> list[str] | N
         f"import sys;sys.path[:]={ascii(path)};"
         f"from reexec_core._child import boot;boot({ascii(spec)})"
     )
-    # Keep the parent's -X/-W/-B options; -I -S replace isolation and site options.
+    # Keep the parent's -X/-W/-B options; -I (-S) replace isolation and site options.
     flags = [f for f in _self._flags() if f not in ("-I", "-S", "-E", "-s", "-P")]
-    return [sys.executable, *flags, "-I", "-S", "-c", code, *args]
+    site = [] if _needs_site() else ["-S"]
+    return [sys.executable, *flags, "-I", *site, "-c", code, *args]
+
+
+# Top-level modules already checked by _needs_site, and its verdict once it is True.
+_checked: set[str] = set()
+_site_needed: list[bool] = []
+
+
+def _needs_site() -> bool:
+    """Does a loaded module of this program come through an import hook ``site`` set up?
+
+    For each loaded top-level module that lives in a file (stdlib and built-ins aside), ask
+    the plain path finder, on ``sys.path`` alone, where it would find it: somewhere else, or
+    nowhere, means an import hook from a ``.pth`` (an editable install's finder) serves it,
+    and a child started with ``-S`` would not have that hook.
+    """
+    if _site_needed:
+        return True
+    from importlib.machinery import PathFinder
+
+    stdlib = (sys.base_prefix, sys.base_exec_prefix)
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in _checked or name.startswith("__"):
+            continue
+        _checked.add(name)
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        if spec is None or origin in (None, "built-in", "frozen"):
+            if spec is not None and spec.submodule_search_locations is not None and origin is None:
+                if _namespace_moved(name, spec, PathFinder):
+                    _site_needed.append(True)
+                    return True
+            continue
+        if not isinstance(origin, str) or (
+            origin.startswith(stdlib) and "-packages" not in origin
+        ):
+            continue
+        found = PathFinder.find_spec(name, sys.path)
+        if found is None or found.origin != origin:
+            _site_needed.append(True)
+            return True
+    return False
+
+
+def _namespace_moved(name: str, spec: Any, finder: Any) -> bool:
+    """A namespace package some of whose portions the path finder does not see."""
+    found = finder.find_spec(name, sys.path)
+    if found is None or found.submodule_search_locations is None:
+        return True
+    return not set(spec.submodule_search_locations) <= set(found.submodule_search_locations)
 
 
 def _build(
@@ -98,7 +158,9 @@ def _build(
             return argv, None
         return [*_self.self_argv(), *args], _registry.encode_env(name, ppid, sig)
     path = os.path.abspath(os.fspath(program))
-    return [sys.executable, path, *args], _registry.encode_env(name, ppid, sig)
+    # Another build starts normally, but with this interpreter's isolation (-I/-E/-s/-P).
+    argv = [sys.executable, *_self.isolation_flags(), path, *args]
+    return argv, _registry.encode_env(name, ppid, sig)
 
 
 class Command:
