@@ -32,6 +32,7 @@ __all__ = [
     "mount",
     "openat2_in_root",
     "set_child_subreaper",
+    "set_comm",
     "set_undumpable",
     "names_for",
     "pidfd_open",
@@ -100,7 +101,7 @@ _SYSCALLS: dict[str, dict[str, int]] = {
 }
 
 # linux/prctl.h
-_PR_GET_DUMPABLE, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 3, 4, 36
+_PR_GET_DUMPABLE, _PR_SET_DUMPABLE, _PR_SET_NAME, _PR_SET_CHILD_SUBREAPER = 3, 4, 15, 36
 # linux/openat2.h
 _RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 
@@ -376,6 +377,18 @@ def set_undumpable() -> None:
     _libc.call("prctl", *_prepared.undumpable)
     if _libc.call("prctl", *_prepared.get_dumpable) != 0:
         raise OSError(0, "PR_SET_DUMPABLE 0 did not stick")
+
+
+def set_comm(name: bytes) -> None:
+    """``prctl(PR_SET_NAME, name)``: what ``ps`` shows. Unlike writing ``/proc/self/comm`` it
+    works in a non-dumpable process too (whose ``/proc`` files then belong to root).
+
+    Raises:
+        OSError: the kernel refused.
+    """
+    lib = _lib()
+    zero = lib.c_ulong(0)
+    _libc.call("prctl", lib.c_int(_PR_SET_NAME), lib.c_char_p(name[:15]), zero, zero, zero)
 
 
 def set_child_subreaper() -> None:

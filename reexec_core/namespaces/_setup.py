@@ -41,7 +41,6 @@ import os
 import sys
 from errno import ENOENT
 
-from reexec_core import _registry
 from reexec_core.namespaces import _linux, _mounts, _pid1, _wire
 from reexec_core.namespaces._spec import Spec
 from reexec_core.namespaces._wire import Failure
@@ -251,7 +250,8 @@ def init_main(spec: Spec, errfd: int, alive_r: int) -> int:
         os._exit(128 + _SIGKILL)
     os.close(alive_r)
     if spec.flags & _linux.CLONE_NEWPID:
-        _registry.set_name("ns-init")
+        # Not through /proc/self/comm: C1 forked us non-dumpable, and that file is root's now.
+        _step("name", "ns-init", _linux.set_comm, b"ns-init")
     procfd = _open_proc(spec)
     inner_setup(spec)
     return _spawn_and_supervise(spec, errfd, procfd)
