@@ -5,7 +5,7 @@
 #                    as the unprivileged user nobody on the system Python
 #   make lint        ruff check + mypy (strict on reexec_core)
 #   make bench       every bench/bench_*.py, side by side numbers and ratios
-#   make build       ./build.sh -> dist/nsapp.pyz
+#   make build       ./build.sh: the example app -> examples/nsapp/dist/nsapp-VERSION.pyz
 #   make conformance the public TUF conformance suite against python -m selfupdate.conformance
 #
 # Variables: PYTHON3 (interpreter that creates .venv), PYTHONS (interpreters for the root pass;
@@ -35,9 +35,9 @@ help:
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml examples/nsapp/pyproject.toml
 	@if ! [ -x $(VENV_PY) ]; then $(PYTHON3) -m venv $(VENV); fi
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e examples/nsapp
 	@touch $@
 
 demo: $(VENV_STAMP)
@@ -70,8 +70,10 @@ test-python:
 	@test -n "$(PY)" || { echo "test-python: set PY=/path/to/python3.X" >&2; exit 2; }
 	@ver="$$("$(PY)" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; v=".venv-$$ver"; \
 	if ! [ -x "$$v/bin/python" ]; then "$(PY)" -m venv "$$v"; fi; \
-	if ! [ -f "$$v/.installed" ] || [ pyproject.toml -nt "$$v/.installed" ]; then \
-		"$$v/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' && touch "$$v/.installed"; \
+	if ! [ -f "$$v/.installed" ] || [ pyproject.toml -nt "$$v/.installed" ] || \
+			[ examples/nsapp/pyproject.toml -nt "$$v/.installed" ]; then \
+		"$$v/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e examples/nsapp && \
+			touch "$$v/.installed"; \
 	fi; \
 	echo "== root pass on $$("$$v/bin/python" -V 2>&1) ($$v)"; \
 	"$$v/bin/python" -m pytest $(PYTEST_ARGS)
@@ -110,7 +112,8 @@ test-unprivileged:
 		--exclude=.ruff_cache --exclude='*.egg-info' -cf - . | tar -C "$$base/repo" -xf -; \
 	echo "== venv from $(UNPRIV_PYTHON) ($$($(UNPRIV_PYTHON) -V 2>&1)), installed as root"; \
 	$(UNPRIV_PYTHON) -m venv "$$base/venv"; \
-	"$$base/venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$$base/repo[dev]"; \
+	"$$base/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+		-e "$$base/repo[dev]" -e "$$base/repo/examples/nsapp"; \
 	echo "== filling the build cache as root (the unprivileged user only reads it)"; \
 	PYTHON="$$base/venv/bin/python" "$$base/repo/build.sh" --out "$$base/warmup.pyz" | tail -n 1; \
 	rm -f "$$base/warmup.pyz"; \
@@ -133,7 +136,7 @@ test-unprivileged:
 
 lint: $(VENV_STAMP)
 	$(VENV_PY) -m ruff check .
-	$(VENV_PY) -m mypy reexec_core nsapp $$(test -d selfupdate && echo selfupdate)
+	$(VENV_PY) -m mypy reexec_core selfupdate examples/nsapp/nsapp
 
 bench: $(VENV_STAMP)
 	@for b in bench/bench_*.py; do \

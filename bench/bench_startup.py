@@ -52,7 +52,7 @@ def build_nsapp(work: Path) -> tuple[Path, Path]:
     deps = next(
         line.split(" from ", 1)[1]
         for line in proc.stderr.splitlines()
-        if line.startswith("build.sh: dependencies from ")
+        if line.startswith("selfupdate build: dependencies from ")
     )
     return Path(proc.stdout.strip().splitlines()[-1]), Path(deps)
 
@@ -74,7 +74,7 @@ def main():
 
 
 def build_hello(work: Path, name: str, deps: Path | None, minimal: bool = False) -> Path:
-    """A hello-world app packed by shiv exactly as build.sh packs nsapp."""
+    """A hello-world app packed by shiv exactly as selfupdate build packs nsapp."""
     src = work / f"{name}-src" / "hello"
     src.mkdir(parents=True)
     (src / "__init__.py").write_text("")

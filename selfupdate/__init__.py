@@ -10,6 +10,8 @@ and its registered children pay nothing for it):
 - :class:`UpdateClient`, :class:`Release` (:mod:`selfupdate.releases.client`): find, download
   and verify the newest release of an app on its channel; :class:`FetchConfig`
   (:mod:`selfupdate.releases._fetch`): timeouts, deadline, minimum speed;
+- :func:`build_info` (:mod:`selfupdate._release`): what ``selfupdate build`` embedded in this
+  single file (app, version, channel, repository URL, trusted root), or None outside one;
 - :mod:`errors` and its base :class:`SelfUpdateError` (``str(e)`` is one sentence saying what
   went wrong and what to do), with the install-side leaves :class:`InstallError`,
   :class:`UpdateInProgressError`, :class:`KnownBadError`, :class:`TrialFailedError`,
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from selfupdate import errors
+    from selfupdate._release import BuildInfo, build_info
     from selfupdate.app import (
         at_start,
         configure,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from selfupdate.releases.client import Release, UpdateClient
 
 __all__ = [
+    "BuildInfo",
     "FetchConfig",
     "InstallError",
     "KnownBadError",
@@ -61,6 +65,7 @@ __all__ = [
     "UpdateClient",
     "UpdateInProgressError",
     "at_start",
+    "build_info",
     "configure",
     "errors",
     "health_check",
@@ -72,6 +77,8 @@ __all__ = [
 
 # name -> module that defines it ("" for a submodule of this package of that name)
 _LAZY = {
+    "BuildInfo": "selfupdate._release",
+    "build_info": "selfupdate._release",
     "FetchConfig": "selfupdate.releases._fetch",
     "Release": "selfupdate.releases.client",
     "UpdateClient": "selfupdate.releases.client",

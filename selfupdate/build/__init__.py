@@ -28,7 +28,6 @@ shiv is needed only here (``pip install 'reexec-selfupdate[build]'``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -136,6 +135,7 @@ class Build:
         cache = self._cache_dir()
         deps = cache / f"deps-{key}"
         if (deps / ".complete").is_file():
+            self._say(f"dependencies from {deps / 'site-packages'}")
             return deps / "site-packages"
         self._say(f"installing dependencies into {deps} (once)")
         cache.mkdir(parents=True, exist_ok=True)
@@ -158,6 +158,7 @@ class Build:
                 # Another build won the race; its copy is as good.
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._say(f"dependencies from {deps / 'site-packages'}")
         return deps / "site-packages"
 
     def _cache_dir(self) -> Path:
@@ -268,7 +269,7 @@ def _copy_framework(stage: Path) -> None:
                 n for n in names
                 if n == "__pycache__" or n.endswith(".pyc")
                 or (n == "build" and Path(d).name == "selfupdate")
-                or n in (_release.CONFIG_NAME, _release.ROOT_NAME)
+                or n in (f"{_release.CONFIG_MODULE}.py", _release.ROOT_NAME)
             ],
         )
     version = _framework_version()
@@ -283,15 +284,13 @@ def _copy_framework(stage: Path) -> None:
 def _write_release(
     stage: Path, app: str, version: str, opts: BuildOptions, root: bytes | None
 ) -> None:
-    config = {
-        "app": app,
-        "version": version,
-        "channel": opts.channel,
-        "repo_url": opts.repo_url,
-        "trusted_root": root is not None,
-    }
+    """The release configuration, as literals in a module (see :mod:`selfupdate._release`)."""
     target = stage / "selfupdate"
-    (target / _release.CONFIG_NAME).write_text(json.dumps(config, sort_keys=True) + "\n")
+    (target / f"{_release.CONFIG_MODULE}.py").write_text(
+        '"""Written by selfupdate build: this single file\'s release configuration."""\n\n'
+        f"APP = {app!r}\nVERSION = {version!r}\nCHANNEL = {opts.channel!r}\n"
+        f"REPO_URL = {opts.repo_url!r}\nTRUSTED_ROOT = {root is not None!r}\n"
+    )
     if root is not None:
         (target / _release.ROOT_NAME).write_bytes(root)
 

@@ -26,20 +26,21 @@ PROG = "nsapp"
 
 def _client(repo_url: str | None) -> Any:
     """An UpdateClient for this build's embedded trusted root and repository URL."""
-    from nsapp import release_config
+    from selfupdate import build_info
     from selfupdate.errors import InstallError
 
-    root, url = release_config.load()
+    info = build_info()
+    root = info.trusted_root if info is not None else None
     if root is None:
         raise InstallError(
             "this build has no embedded trusted root, so it cannot verify updates; build it "
-            "with ./build.sh --trusted-root ROOT.json --repo-url URL"
+            "with selfupdate build --trusted-root ROOT.json --repo-url URL"
         )
-    url = repo_url or url
+    url = repo_url or (info.repo_url if info is not None else None)
     if not url:
         raise InstallError(
             "this build has no release repository URL; pass --repo URL or build it with "
-            "./build.sh --repo-url URL"
+            "selfupdate build --repo-url URL"
         )
     from selfupdate.releases.client import UpdateClient
 
