@@ -49,12 +49,15 @@ INJECT = textwrap.dedent(
 )
 
 
-def _in_a_terminal(script: str, timeout: float = 60) -> tuple[int, bytes]:
+def _in_a_terminal(
+    script: str, timeout: float = 60, press: tuple[bytes, bytes] | None = None
+) -> tuple[int, bytes]:
     """Run ``script`` (Python) as the session leader of a new pty, as a login shell would be.
 
     The script runs the workload; afterwards, whatever sits in the terminal's input queue (what
-    the caller's shell would read and run next) is printed as ``QUEUE:<repr>``. Returns the
-    exit status and everything the terminal showed.
+    the caller's shell would read and run next) is printed as ``QUEUE:<repr>``. ``press``:
+    (marker, keys): type ``keys`` once the terminal has shown ``marker``. Returns the exit
+    status and everything the terminal showed.
     """
     epilogue = textwrap.dedent(
         """
@@ -93,6 +96,9 @@ def _in_a_terminal(script: str, timeout: float = 60) -> tuple[int, bytes]:
         if not data:
             break
         out += data
+        if press is not None and press[0] in out:
+            os.write(master, press[1])
+            press = None
     else:
         os.kill(pid, 9)
     _, status = os.waitpid(pid, 0)
@@ -149,6 +155,26 @@ def test_interactive_workload_has_a_terminal_of_its_own() -> None:
     assert b"TTY True True 33 111 True" in out, out
     assert b"STATUS 7" in out, out
     assert _queue(out) == "QUEUE:b''", out
+
+
+def test_ctrl_c_at_the_terminal_still_reaches_a_non_interactive_workload() -> None:
+    # The workload is in a session of its own, so the terminal signals the runner alone
+    # (SI_KERNEL), which must pass it on.
+    probe = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *a: (print('GOT-INT', flush=True), sys.exit(3)))\n"
+        "print('READY', flush=True)\n"
+        "time.sleep(60)\n"
+        "sys.exit(9)\n"
+    )
+    script = (
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        + RUN
+        + f"st = namespaces.run([sys.executable, '-c', {probe!r}], stdin=open('/dev/null'))\n"
+        "print('STATUS', st, flush=True)\n"
+    )
+    status, out = _in_a_terminal(script, press=(b"READY", b"\x03"))
+    assert b"GOT-INT" in out and b"STATUS 3" in out, out
 
 
 def test_the_callers_terminal_is_restored_after_an_interactive_run() -> None:
