@@ -7,12 +7,16 @@
 2. From one Python process: ``reexec_core.namespaces.run(["true"])`` vs
    ``subprocess.run(["unshare", "-Urnpfmiu", "--mount-proc", "true"])``. Goal: <= 1.0x.
 
+3. ``--against DIR``: ``namespaces.run(["true"])`` (all 8, and without a PID namespace) of this
+   tree and of another checkout (e.g. the tree before a change) side by side, each in a
+   long-lived helper process of its own, interleaved.
+
 Runs are interleaved round-robin (so drifting machine load hits every row alike); the table
 shows the median and the 10th/90th percentiles of ``--runs`` runs (>= 30) in milliseconds.
 
 Usage::
 
-    python bench/bench_namespaces.py [--runs 40] [--pyz PATH | --no-pyz]
+    python bench/bench_namespaces.py [--runs 40] [--pyz PATH | --no-pyz] [--against DIR]
 
 The app is the ``.pyz`` from ``./build.sh`` (built into a temporary directory with this
 interpreter unless ``--pyz`` is given), else the ``nsapp`` console script beside
@@ -73,6 +77,42 @@ def call_timer(fn: Callable[[], int]) -> Callable[[], float]:
     return once
 
 
+# A helper that times namespaces.run of the tree it is given, on request (one line per run).
+HELPER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from reexec_core import namespaces
+for line in sys.stdin:
+    kw = {"namespaces": line.strip()} if line.strip() else {}
+    t0 = time.perf_counter()
+    rc = namespaces.run(["true"], **kw)
+    print(time.perf_counter() - t0 if rc == 0 else -1, flush=True)
+"""
+
+
+def helper_timer(tree: Path, names: str) -> Callable[[], float]:
+    """Time ``namespaces.run(["true"], namespaces=names)`` of ``tree`` in a helper process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HELPER, str(tree)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tree,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def once() -> float:
+        stdin.write(names + "\n")
+        stdin.flush()
+        dt = float(stdout.readline())
+        if dt < 0:
+            raise SystemExit(f"benchmark run failed in {tree}")
+        return dt
+
+    return once
+
+
 def measure(rows: dict[str, Callable[[], float]], runs: int) -> dict[str, list[float]]:
     for fn in rows.values():  # warm-up: page cache, shiv extraction, bytecode
         fn()
@@ -123,6 +163,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40, help="runs per row (>= 30)")
     parser.add_argument("--pyz", help="the app .pyz to measure (default: build one)")
     parser.add_argument("--no-pyz", action="store_true", help="use the console script")
+    parser.add_argument("--against", help="another checkout to measure namespaces.run beside")
     args = parser.parse_args()
     if args.runs < 30:
         parser.error("--runs must be >= 30")
@@ -214,6 +255,13 @@ def main() -> int:
                 f"{m2[API_ALL] / u:5.2f}x  (<= 1.0)"
             )
             print(f"  namespaces.run (same six) / subprocess unshare {m2[API_SIX] / u:5.2f}x")
+        if args.against:
+            other = Path(args.against).resolve()
+            side: dict[str, Callable[[], float]] = {}
+            for label, names in (("all 8", ""), ("user,mount,net: no PID 1", "user,mount,net")):
+                side[f"this tree, {label}"] = helper_timer(REPO, names)
+                side[f"{other.name}, {label}"] = helper_timer(other, names)
+            table(f"namespaces.run(['true']), side by side with {other}:", measure(side, args.runs))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -42,8 +42,10 @@ Options (keywords; a CLI would name its flags alike):
 ``cwd`` / ``env`` / ``stdin`` / ``stdout`` / ``stderr``
     As for ``subprocess`` (file objects or descriptors; default: inherited).
 ``forward_signals``
-    Pass SIGHUP/INT/QUIT/USR1/USR2/TERM/WINCH sent to the caller on to the workload while it
-    runs (default True; effective in a single-threaded caller).
+    Pass SIGHUP/INT/QUIT/USR1/USR2/TERM/WINCH sent to the caller (or by its terminal: the
+    workload is in a session of its own) on to the workload while it runs (default True;
+    effective in a single-threaded caller; a threaded one passes on a KeyboardInterrupt of
+    its main thread as SIGINT).
 
 Every kernel refusal raises a :class:`NamespaceError` leaf whose message names the cause and
 the knob (see ``docs/namespaces.md``). Misuse raises ``ValueError``/``TypeError``.
@@ -146,6 +148,17 @@ def run(
         stdin, stdout, stderr: descriptors or file objects (default: inherited).
         forward_signals: pass signals sent to the caller on to the workload.
         **options: see the module documentation (namespaces, map_root, hostname, ...).
+
+    The workload runs in a session of its own; when stdin is this process's terminal, in the
+    foreground, it gets a pty of its own, relayed to that terminal (raw mode meanwhile). It
+    inherits its stdio and no other descriptor.
+
+    When it ends: with a PID namespace, the kernel kills everything left in it once PID 1
+    exits, and PID 1 dies with the caller (``kill -9`` included). Without one, the process
+    that spawned the workload is its child subreaper and SIGKILLs every process still
+    descended from it when it exits or when the caller dies, before this returns; not covered
+    are processes something outside started on its behalf, and a SIGKILL sent to that
+    supervisor itself (see ``docs/namespaces.md``, "Die with the parent").
 
     Returns:
         The exit status, or 128+N when signal N killed the command.
