@@ -189,6 +189,20 @@ def _flags() -> list[str]:
     return flags
 
 
+def isolation_flags() -> list[str]:
+    """The isolation options this interpreter runs with (``-I``, or ``-E``, ``-s``, ``-P``), to
+    start another program with: a program started with ``python -I`` must not have a child
+    that reads ``PYTHONPATH`` (and runs the ``sitecustomize`` found there) or the user's site.
+    """
+    f = sys.flags
+    if f.isolated:
+        return ["-I"]
+    flags = [opt for opt, on in (("-E", f.ignore_environment), ("-s", f.no_user_site)) if on]
+    if getattr(f, "safe_path", False):  # 3.11+
+        flags.append("-P")
+    return flags
+
+
 def self_argv() -> list[str]:
     """Return the argv that starts this program again, as the user started it.
 
