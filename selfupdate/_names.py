@@ -15,3 +15,9 @@ FINISH_ENTRY = "update-finish"
 #: cleaning never removes the extraction of a build that still runs.
 INUSE_LOCK = ".in-use.lock"
 
+
+#: Exit status of ``post-update`` when the build's own migration or health check failed: the
+#: one verdict that marks a release bad. Any other failure of the trial (it could not extract,
+#: was killed, ran out of space, timed out, exited otherwise) says nothing about the release
+#: and is retried at the next update. 65 is ``EX_DATAERR`` of sysexits.h: the state was refused.
+TRIAL_REFUSED = 65

@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import sys
 
-from selfupdate._names import FINISH_ENTRY, TRIAL_ENTRY
+from selfupdate._names import FINISH_ENTRY, TRIAL_ENTRY, TRIAL_REFUSED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -177,7 +177,9 @@ def _state_dir() -> Path:
 
 
 def _post_update(old: str, new: str) -> int:
-    """``post-update OLD NEW``: migrations crossed, then the health check; status 0 = good.
+    """``post-update OLD NEW``: migrations crossed, then the health check; status 0 = good,
+    :data:`~selfupdate._names.TRIAL_REFUSED` = a migration or the health check failed (the one
+    status that marks the release bad; anything else the trial dies of is retried later).
 
     Its output goes to the trial's log, which the user is pointed to when it fails.
     """
@@ -192,7 +194,7 @@ def _post_update(old: str, new: str) -> int:
 
             traceback.print_exc(file=sys.stdout)
             print(f"FAILED: migration {v} ({fn.__name__}): {e}", flush=True)
-            return 1
+            return TRIAL_REFUSED
         print(f"migration {v}: {what or fn.__name__}", flush=True)
     for check in _cfg.health_checks:
         try:
@@ -202,7 +204,7 @@ def _post_update(old: str, new: str) -> int:
 
             traceback.print_exc(file=sys.stdout)
             print(f"FAILED: health check {check.__name__}: {e}", flush=True)
-            return 1
+            return TRIAL_REFUSED
     print("health check passed", flush=True)
     return 0
 
@@ -245,12 +247,19 @@ def at_start() -> None:
         # and shiv extracts afresh.
         _reexec_self()
     journal = os.path.join(os.path.dirname(pyz), f".{os.path.basename(pyz)}.journal")
-    if not os.path.exists(journal):
+    if not os.path.lexists(journal):
         return
     from selfupdate.install import recover_at_start
 
-    if recover_at_start(pyz, _state_dir() if _cfg.state_dir else None):
+    # Whatever keeps the bookkeeping from finishing (a full disk, a journal that is not ours,
+    # a lock someone holds) is one line on stderr; the installed build runs as it is.
+    if recover_at_start(pyz, _state_dir() if _cfg.state_dir else None, say=_note):
         _reexec_self()
+
+
+def _note(message: str) -> None:
+    """One line for the user on stderr, in the app's name."""
+    print(f"{_cfg.name or 'selfupdate'}: {message}", file=sys.stderr, flush=True)
 
 
 def _reexec_self() -> None:
@@ -334,6 +343,8 @@ def update(
         _clean_shiv()  # the refused build's extraction
         raise
     if outcome.status == "updated" and outcome.new is not None:
+        if outcome.extra.get("unfinished"):
+            _note(outcome.extra["unfinished"])  # installed; the next start finishes the rest
         if handover == "finish":
             import reexec_core
 
@@ -359,7 +370,9 @@ def rollback() -> str:
     from selfupdate import install
 
     pyz = _require_pyz()
-    version = install.rollback(pyz, _cfg.version, _state_dir(), trial_timeout=_cfg.trial_timeout)
+    version = install.rollback(
+        pyz, _cfg.version, _state_dir(), trial_timeout=_cfg.trial_timeout, say=_note
+    )
     _clean_shiv()
     return version
 

@@ -40,6 +40,7 @@ __all__ = [
     "TargetError",
     "TargetMismatchError",
     "TrialFailedError",
+    "TrialIncompleteError",
     "TruncatedError",
     "UnreachableError",
     "UpdateInProgressError",
@@ -380,9 +381,9 @@ class KnownBadError(InstallError):
 
 
 class TrialFailedError(InstallError):
-    """The new build failed its trial run (``post-update``: it exited non-zero, crashed, hung
-    past the time limit, or a migration or the health check raised); the old build stays
-    installed and the state was restored.
+    """The new build failed its trial run (``post-update``): the old build stays installed and
+    the state was restored. Raised as such when the build's own migration or health check
+    failed (the release is remembered as bad); as :class:`TrialIncompleteError` otherwise.
 
     Attributes:
         version: the build's version.
@@ -393,6 +394,12 @@ class TrialFailedError(InstallError):
         super().__init__(message)
         self.version = version
         self.log_path = log_path
+
+
+class TrialIncompleteError(TrialFailedError):
+    """The trial could not finish for reasons that say nothing about the release (it could not
+    be extracted or started, was killed, ran out of space, timed out): nothing was changed and
+    the release is tried again at the next update."""
 
 
 class NoPreviousBuildError(InstallError):

@@ -1,9 +1,8 @@
 """selfupdate.install on small script "builds": the flow, its failures, recovery and rollback.
 
-The builds here are tiny Python scripts that register ``post-update`` through ``reexec_core`` (a
-real trial child, started with ``command(..., program=PATH)``), served by an in-memory client
-with ``UpdateClient``'s ``check``/``download_to``. The real ``.pyz`` builds, real TUF repository
-and real HTTP server are in ``test_update_e2e.py``.
+The builds here are tiny Python scripts (``_support_install``) that register ``post-update``
+through ``reexec_core`` (a real trial child), served by an in-memory client. The real ``.pyz``
+builds, real TUF repository and real HTTP server are in ``test_update_e2e.py``.
 """
 
 from __future__ import annotations
@@ -12,105 +11,16 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from _support_audit import audited, path_arg
 from _support_client import assert_sentence
+from _support_install import FakeClient, env_fixture, run_app, script, tree  # noqa: F401
 
 from selfupdate import install
 from selfupdate.errors import SelfUpdateError
-
-REPO = Path(__file__).resolve().parent.parent
-
-SCRIPT = '''\
-import os, sys, time
-sys.path.insert(0, {repo!r})
-import reexec_core
-VERSION = {version!r}
-BEHAVIOUR = {behaviour!r}
-
-def post_update(old, new):
-    state = os.environ["TEST_STATE_DIR"]
-    if BEHAVIOUR == "exit":
-        os._exit(3)
-    if BEHAVIOUR == "hang":
-        time.sleep(3600)
-    os.makedirs(state, exist_ok=True)
-    if float(new) < float(old):  # a rollback: the state comes from a snapshot
-        return 0
-    with open(os.path.join(state, "data"), "a") as f:
-        f.write(f"migrated {{old}}->{{new}}\\n")
-    if BEHAVIOUR == "raise":
-        raise RuntimeError("migration failed on purpose")
-    print("migration ok")
-    return 0
-
-reexec_core.register("post-update", post_update)
-if not reexec_core.init():
-    print(VERSION)
-'''
-
-
-def script(version: str, behaviour: str = "ok") -> bytes:
-    return SCRIPT.format(repo=str(REPO), version=version, behaviour=behaviour).encode()
-
-
-@dataclass(frozen=True)
-class Rel:
-    version: str
-    length: int
-
-
-class FakeClient:
-    """check/download_to like UpdateClient, from memory."""
-
-    def __init__(self, version: str, payload: bytes, fail: Exception | None = None) -> None:
-        self.version, self.payload, self.fail = version, payload, fail
-        self.downloads = 0
-
-    def check(self, current_version: str) -> Rel | None:
-        from packaging.version import Version
-
-        if Version(self.version) <= Version(current_version):
-            return None
-        return Rel(self.version, len(self.payload))
-
-    def download_to(self, release: Rel, fileobj: BinaryIO) -> None:
-        self.downloads += 1
-        fileobj.write(self.payload[: len(self.payload) // 2])
-        if self.fail is not None:
-            raise self.fail
-        fileobj.write(self.payload[len(self.payload) // 2 :])
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    d = tmp_path / "bin"
-    d.mkdir()
-    app = d / "app.py"
-    app.write_bytes(script("1.0"))
-    app.chmod(0o755)
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "data").write_text("v1 data\n")
-    monkeypatch.setenv("TEST_STATE_DIR", str(state))
-    return app, state
-
-
-def run_app(app: Path) -> str:
-    return subprocess.run(
-        [sys.executable, str(app)], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def tree(d: Path) -> dict[str, bytes]:
-    if not d.exists():
-        return {}
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
-
 
 J = install.Journal
 
@@ -181,17 +91,19 @@ def test_update_up_to_date_touches_nothing(env: tuple[Path, Path]) -> None:
     assert sorted(p.name for p in app.parent.iterdir()) == [".app.py.lock", "app.py"]
 
 
-@pytest.mark.parametrize("behaviour", ["exit", "raise", "hang"])
-def test_failed_trial_leaves_old_build_and_state(env: tuple[Path, Path], behaviour: str) -> None:
+def test_a_refused_trial_leaves_old_build_and_state_and_is_remembered(
+    env: tuple[Path, Path],
+) -> None:
+    """The build's own migration failed (status TRIAL_REFUSED): the one verdict on it."""
     app, state = env
     v1, s1 = app.read_bytes(), tree(state)
-    client = FakeClient("2.0", script("2.0", behaviour))
+    client = FakeClient("2.0", script("2.0", "refuse"))
     with pytest.raises(install.TrialFailedError) as ei:
-        install.update(app, client, "1.0", state, trial_timeout=2)
-    msg = str(ei.value)
-    assert str(install.Layout(app).log) in msg and "\n" not in msg
-    if behaviour == "hang":
-        assert "within 2 seconds" in msg
+        install.update(app, client, "1.0", state)
+    assert not isinstance(ei.value, install.TrialIncompleteError)
+    assert_sentence(str(ei.value))
+    assert str(install.Layout(app).log) in str(ei.value)
+    assert "failed its migration and health check" in str(ei.value)
     assert app.read_bytes() == v1 and tree(state) == s1
     assert install.read_bad(install.Layout(app)) == ["2.0"]
     # remembered as bad: not downloaded again
@@ -201,6 +113,29 @@ def test_failed_trial_leaves_old_build_and_state(env: tuple[Path, Path], behavio
     # a newer release is tried
     install.update(app, FakeClient("2.1", script("2.1")), "1.0", state)
     assert run_app(app) == "2.1"
+
+
+@pytest.mark.parametrize("behaviour", ["exit", "raise", "hang"])
+def test_a_trial_that_could_not_finish_is_no_verdict(
+    env: tuple[Path, Path], behaviour: str
+) -> None:
+    """Killed, timed out, crashed before its own verdict: said as what it is, and retried."""
+    app, state = env
+    v1, s1 = app.read_bytes(), tree(state)
+    client = FakeClient("2.0", script("2.0", behaviour))
+    with pytest.raises(install.TrialIncompleteError) as ei:
+        install.update(app, client, "1.0", state, trial_timeout=2)
+    msg = str(ei.value)
+    assert_sentence(msg)
+    assert str(install.Layout(app).log) in msg and "tries it again" in msg
+    if behaviour == "hang":
+        assert "within 2 seconds" in msg
+    assert app.read_bytes() == v1 and tree(state) == s1
+    assert install.read_bad(install.Layout(app)) == []
+    # tried again at the next update
+    with pytest.raises(install.TrialIncompleteError):
+        install.update(app, client, "1.0", state, trial_timeout=2)
+    assert client.downloads == 2
 
 
 def test_failed_download_is_no_verdict(env: tuple[Path, Path]) -> None:

@@ -21,8 +21,9 @@ phases of one :class:`Transaction` (:data:`FAILPOINTS`; * marks those written to
    ``os.replace`` puts the staged file over ``I`` (the commit point), ``D`` is ``fsync``'d;
    ``committed``*: the snapshot becomes the previous build's state. :func:`update` returns;
    the caller continues in the new build (:func:`selfupdate.app.update` execs it, same PID).
-5. Failure: ``I`` is untouched, the state snapshot is put back, the version is remembered as
-   bad in ``D/.I.bad`` and not tried again until a newer release appears.
+5. Failure: ``I`` is untouched, the state snapshot is put back; when the build's own
+   migration or health check failed, the version is remembered as bad in ``D/.I.bad`` and not
+   tried again until a newer release appears (anything else is retried next time).
 
 Crash safety: each journaled phase is written before it happens (temporary file, ``fsync``,
 ``rename``, ``fsync`` of ``D``). :func:`recover` (under the lock, by the next updater and,
@@ -42,6 +43,7 @@ from selfupdate.errors import (
     KnownBadError,
     NoPreviousBuildError,
     TrialFailedError,
+    TrialIncompleteError,
     UpdateInProgressError,
 )
 from selfupdate.install._flow import Outcome, recover_at_start, rollback, update
@@ -71,6 +73,7 @@ __all__ = [
     "Outcome",
     "Transaction",
     "TrialFailedError",
+    "TrialIncompleteError",
     "UpdateInProgressError",
     "UpdateLock",
     "plan_recovery",

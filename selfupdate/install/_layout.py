@@ -11,6 +11,15 @@ For the installed file ``D/I`` and the app's state directory ``S/state``::
     D/.I.post-update.log      the last trial's output
     S/.state.snapshot         the state before the running transaction
     S/.state.previous         the state matching the previous build
+
+Trust (issue 9): the installer uses a directory only when it belongs to the effective user or
+root and no other user may write to it (:func:`untrusted_dir`): in a directory others can
+write, any name not created yet could be theirs (a symlinked log, a planted previous build, a
+forged journal), so the updater refuses such a directory in one sentence instead of guarding
+each name. Inside a trusted directory it still creates every file 0600 (directories 0700),
+opens side files with ``O_NOFOLLOW``, and reads the journal and the list of bad versions only
+from regular files that the effective user or root owns and nobody else may write
+(:func:`read_side`: ``lstat``, then ``O_NONBLOCK`` open and ``fstat``, so a FIFO never blocks).
 """
 
 from __future__ import annotations
@@ -18,12 +27,25 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfupdate.errors import InstallError, NoPreviousBuildError
 
-__all__ = ["STATE_EXCLUDE", "Layout", "dir_error", "inode", "no_previous_build", "remove"]
+__all__ = [
+    "STATE_EXCLUDE",
+    "Layout",
+    "UntrustedFile",
+    "check_dirs",
+    "dir_error",
+    "inode",
+    "no_previous_build",
+    "previous_build",
+    "read_side",
+    "remove",
+    "untrusted_dir",
+]
 
 #: Names in the state directory that are caches, not state: neither snapshotted nor restored.
 STATE_EXCLUDE = ("tuf-cache",)
@@ -35,6 +57,12 @@ class Layout:
 
     installed: Path
     state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # A symlinked state directory stays a symlink: snapshots and restores work on the
+        # directory it names (its side files go beside that directory), never on the link.
+        if self.state_dir is not None:
+            object.__setattr__(self, "state_dir", Path(os.path.realpath(self.state_dir)))
 
     @property
     def dir(self) -> Path:
@@ -152,3 +180,140 @@ def dir_error(layout: Layout, e: OSError, what: str, action: str = "update") -> 
         f"cannot {action} {layout.installed}: {what} failed: {e.strerror or e} "
         f"({getattr(e, 'filename', None) or d}); nothing was changed"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Trust: who owns a directory or side file, who else may write it
+
+
+def _foreign(st: os.stat_result) -> str | None:
+    """Why a file or directory with this ``stat`` is not to be trusted, or None."""
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        return f"belongs to user {st.st_uid}, not to you (user {euid}) or root"
+    if st.st_mode & 0o022:
+        return f"may be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def untrusted_dir(path: Path) -> str | None:
+    """Why the directory ``path`` must not be used, or None (also when it does not exist:
+    the caller's own error handling says that). Symlinks in ``path`` are followed: the
+    directory that counts is the one the files land in."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _foreign(st)
+
+
+def check_dirs(layout: Layout, action: str = "update") -> None:
+    """Refuse, in one sentence, an install or state directory another user could write to.
+
+    Raises:
+        InstallError: the directory (or the state directory, or its parent) is not trusted.
+    """
+    dirs = [("its directory", layout.dir)]
+    if layout.state_dir is not None:
+        dirs += [("its state directory", layout.state_dir),
+                 ("the directory of its state", layout.state_dir.parent)]
+    for what, d in dirs:
+        why = untrusted_dir(d)
+        if why is not None:
+            raise InstallError(
+                f"cannot {action} {layout.installed}: {what} {d} {why}, who could plant the "
+                "files kept beside it; move it to a directory that only you or root can write"
+            )
+
+
+class UntrustedFile(Exception):
+    """A side file that is not a regular file the right user owns (internal: becomes a
+    one-line note, the file is ignored)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"ignoring {path}: it {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device"
+
+
+def read_side(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """The bytes of the side file ``path`` (at most ``limit``), None when there is none.
+
+    Never blocks and never follows a link: ``lstat`` first, then an ``O_NOFOLLOW|O_NONBLOCK``
+    open whose ``fstat`` must be the same regular file.
+
+    Raises:
+        UntrustedFile: not a regular file, owned by another user, writable by others.
+        OSError: it cannot be read (permissions, I/O).
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise UntrustedFile(path, f"is {_kind(st.st_mode)}, not a regular file")
+    why = _foreign(st)
+    if why is not None:
+        raise UntrustedFile(path, why)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UntrustedFile(path, "is a symbolic link, not a regular file") from e
+        raise
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+            raise UntrustedFile(path, "was replaced while it was being read")
+        chunks, total = [], 0
+        while total < limit and (data := os.read(fd, min(1 << 16, limit - total))):
+            chunks.append(data)
+            total += len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def previous_build(layout: Layout, action: str = "roll back") -> Path | None:
+    """The kept previous build, or None; only a directory we (or root) own that nobody else
+    may write, holding a regular file.
+
+    Raises:
+        InstallError: it is there but cannot be read by this user, or is not to be trusted.
+    """
+    try:
+        dst = os.lstat(layout.previous_dir)
+        if not stat.S_ISDIR(dst.st_mode):
+            why: str | None = f"is {_kind(dst.st_mode)}, not a directory"
+        else:
+            why = _foreign(dst)
+        if why is None:
+            fst = os.lstat(layout.previous)
+            if not stat.S_ISREG(fst.st_mode):
+                why = f"holds {_kind(fst.st_mode)} at {layout.previous}, not a build"
+            else:
+                why = _foreign(fst)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InstallError(
+            f"cannot {action} {layout.installed}: its previous build in {layout.previous_dir} "
+            f"cannot be read by this user ({e.strerror}); run it as the user who updated it"
+        ) from e
+    if why is not None:
+        raise InstallError(
+            f"cannot {action} {layout.installed}: the previous build directory "
+            f"{layout.previous_dir} {why}, so it is not used; remove it if you did not make it"
+        )
+    return layout.previous

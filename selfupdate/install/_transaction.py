@@ -10,19 +10,31 @@ journal recorded and the installed file's inode, carried out by :meth:`Transacti
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from selfupdate._durable import fsync_dir, write_atomic
-from selfupdate.errors import UpdateInProgressError
-from selfupdate.install._layout import Layout, dir_error, inode, remove
+from selfupdate.errors import InstallError, UpdateInProgressError
+from selfupdate.install._layout import (
+    Layout,
+    UntrustedFile,
+    check_dirs,
+    dir_error,
+    inode,
+    read_side,
+    remove,
+)
 from selfupdate.install._state import restore_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
+
+    Note = Callable[[str], None]
 
 __all__ = [
     "FAILPOINTS",
@@ -97,17 +109,33 @@ class Journal:
         if not isinstance(value, dict):
             return cls()
         known = {f.name: value[f.name] for f in fields(cls) if f.name in value}
-        try:
-            return cls(**known)
-        except TypeError:
+        for name, v in known.items():
+            kinds = _FIELD_TYPES[name]
+            if not isinstance(v, kinds) or isinstance(v, bool) or (
+                isinstance(v, str) and "\0" in v
+            ):
+                return cls()
+        if known.get("kind", "update") not in ("update", "rollback"):
             return cls()
+        return cls(**known)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "phase": (str,), "kind": (str,), "old": (str,), "new": (str,),
+    "state_dir": (str, type(None)), "candidate_ino": (int, type(None)),
+}
 
 
 def read_journal(layout: Layout) -> Journal | None:
-    try:
-        return Journal.from_bytes(layout.journal.read_bytes())
-    except FileNotFoundError:
-        return None
+    """The journal, or None when there is none.
+
+    Raises:
+        UntrustedFile: it is not a regular file the right user owns (a FIFO, a symlink,
+            another user's file): it is to be ignored, never opened blocking.
+        OSError: it cannot be read.
+    """
+    data = read_side(layout.journal)
+    return None if data is None else Journal.from_bytes(data)
 
 
 def plan_recovery(journal: Journal | None, installed_ino: int | None) -> str:
@@ -139,10 +167,17 @@ def plan_recovery(journal: Journal | None, installed_ino: int | None) -> str:
 # Versions remembered as bad
 
 
-def read_bad(layout: Layout) -> list[str]:
+def read_bad(layout: Layout, note: Note | None = None) -> list[str]:
+    """The versions remembered as bad; a ``.bad`` that is not a regular file the right user
+    owns is ignored (one line to ``note``)."""
     try:
-        value = json.loads(layout.bad.read_bytes())
-    except (FileNotFoundError, ValueError):
+        data = read_side(layout.bad)
+        value = json.loads(data) if data is not None else []
+    except UntrustedFile as e:
+        if note is not None:
+            note(str(e))
+        return []
+    except (OSError, ValueError):
         return []
     return [str(v) for v in value] if isinstance(value, list) else []
 
@@ -151,7 +186,7 @@ def add_bad(layout: Layout, version: str) -> None:
     bad = read_bad(layout)
     if version not in bad:
         bad.append(version)
-        write_atomic(layout.bad, json.dumps(bad[-50:]).encode())
+        write_atomic(layout.bad, json.dumps(bad[-50:]).encode(), mode=0o600)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,15 +204,38 @@ class UpdateLock:
     def acquire(self, blocking: bool = False) -> bool:
         """Take the lock; False when another process holds it (and ``blocking`` is False).
 
+        The lock file is 0600 and must be a regular file of the effective user or root:
+        ``flock`` needs only a read descriptor, so a lock file others may open is a lock
+        others may hold (issue 9).
+
         Raises:
-            InstallError: the lock file cannot be created (directory not writable, ...).
+            InstallError: the lock file cannot be created (directory not writable, ...), or
+                it is not a regular file of this user or root.
         """
         import fcntl
+        import stat
 
+        lock = self.layout.lock
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            fd = os.open(lock, flags, 0o600)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InstallError(
+                    f"cannot {self.action} {self.layout.installed}: its lock file {lock} is a "
+                    "symbolic link; remove it if no update is running"
+                ) from e
             raise dir_error(self.layout, e, "lock", self.action) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0):
+            os.close(fd)
+            raise InstallError(
+                f"cannot {self.action} {self.layout.installed}: its lock file {lock} is not a "
+                f"regular file of yours or root's (owner {st.st_uid}); remove it if no update "
+                "is running"
+            )
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # made 0644 by an older version: close it to other users
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -230,6 +288,7 @@ class Transaction:
         self.journal = Journal(phase="", kind=kind, old=old, state_dir=sd)
         self._step = -1
         self._lock = UpdateLock(layout, "update" if kind == "update" else "roll back")
+        self.notes: list[str] = []  # one line each, for the user (an ignored side file, ...)
 
     @classmethod
     def resume(cls, layout: Layout, journal: Journal) -> Transaction:
@@ -262,7 +321,7 @@ class Transaction:
         if phase in JOURNALED:
             self.journal.phase = phase
             try:
-                write_atomic(self.layout.journal, self.journal.to_bytes())
+                write_atomic(self.layout.journal, self.journal.to_bytes(), mode=0o600)
             except OSError as e:
                 raise dir_error(self.layout, e, "writing the journal", self.action) from e
         _failpoint(phase)
@@ -271,7 +330,12 @@ class Transaction:
         self._lock.__enter__()
         try:
             self.record("locked")
-            recover(self.layout)
+            try:
+                recover(self.layout, self.notes.append)
+            except OSError as e:
+                raise dir_error(
+                    self.layout, e, "finishing an interrupted update", self.action
+                ) from e
         except BaseException:
             self._lock.release()
             raise
@@ -294,10 +358,13 @@ class Transaction:
         written so far and the installed file's inode). Returns that plan."""
         journal = self.journal if self.journal.phase else None
         action = plan_recovery(journal, inode(self.layout.installed))
-        if action == "undo":
-            self.undo()
-        elif action == "finish":
-            self.finish()
+        try:
+            if action == "undo":
+                self.undo()
+            elif action == "finish":
+                self.finish()
+        except OSError:
+            pass  # the journal stays: the next update or start finishes the job
         return action
 
     def undo(self) -> None:
@@ -317,7 +384,7 @@ class Transaction:
         if self.journal.kind == "update":
             # The build we replaced becomes "previous", its state the snapshot taken before.
             if layout.previous_tmp.exists():
-                write_atomic(layout.previous_version, self.journal.old.encode())
+                write_atomic(layout.previous_version, self.journal.old.encode(), mode=0o600)
                 os.replace(layout.previous_tmp, layout.previous)
                 fsync_dir(layout.previous_dir)
             if layout.state_dir is not None and layout.snapshot.exists():
@@ -344,17 +411,30 @@ class Transaction:
         fsync_dir(self.layout.dir)
 
 
-def recover(layout: Layout) -> str:
+def recover(layout: Layout, note: Note | None = None) -> str:
     """Finish or undo what a killed transaction left behind. Call with the lock held.
+
+    A journal that is not a regular file of the right user (:func:`read_journal`) is ignored,
+    with one line to ``note``: it was not written by a transaction of ours.
 
     Returns:
         What was done: ``"none"``, ``"undo"`` or ``"finish"``.
+
+    Raises:
+        OSError: the journal cannot be read, or finishing or undoing failed (the journal
+            stays, so a later call tries again).
     """
-    journal = read_journal(layout)
+    try:
+        journal = read_journal(layout)
+    except UntrustedFile as e:
+        if note is not None:
+            note(str(e))
+        return "none"
     action = plan_recovery(journal, inode(layout.installed))
     if journal is None or action == "none":
         return "none"
     tx = Transaction.resume(layout, journal)
+    check_dirs(tx.layout, "recover")  # the state directory the journal names, too
     if action == "undo":
         tx.undo()
     else:

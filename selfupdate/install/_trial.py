@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from selfupdate._names import TRIAL_ENTRY
+from selfupdate._names import TRIAL_ENTRY, TRIAL_REFUSED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,20 +21,38 @@ class Trial:
     """The running trial of ``program`` (a context manager: leaving kills what is left of it).
 
     Starting it never raises for the child itself: a program that cannot be started is a
-    failed trial (:attr:`failure`).
+    failed trial (:attr:`failure`). After :meth:`wait`, :attr:`refused` says whether the build
+    itself refused (its migration or health check failed: exit status
+    :data:`~selfupdate._names.TRIAL_REFUSED`), the only outcome that is a verdict on it.
+
+    The log is created afresh (``O_EXCL``, 0600, under a unique name) and renamed over
+    ``log_path``: whatever was at that name (a symlink, another file) is replaced, never
+    followed or truncated.
 
     Raises:
         OSError: the log file cannot be written.
     """
 
     def __init__(self, program: Path, old: str, new: str, log_path: Path) -> None:
+        import tempfile
+
         import reexec_core
 
         self.failure: str | None = None
+        self.refused = False
+        self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
         try:
-            self._log.write(f"# {program} {TRIAL_ENTRY} {old} {new}\n".encode())
+            os.replace(tmp, log_path)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        self._log = os.fdopen(fd, "wb")
+        try:
+            header = f"# {program} {TRIAL_ENTRY} {old} {new}\n"
+            self._log.write(header.encode("utf-8", "surrogateescape"))  # odd bytes in paths
             self._log.flush()
             try:
                 self._proc = reexec_core.command(TRIAL_ENTRY, old, new, program=program).popen(
@@ -63,15 +81,21 @@ class Trial:
             _kill_group(proc.pid)  # whatever the trial started goes with it
         if status == 0:
             return None
+        if status == TRIAL_REFUSED:
+            self.refused = True
+            return "failed its migration and health check"
         if status < 0:
             try:
                 name = signal.Signals(-status).name
             except ValueError:
                 name = f"signal {-status}"
-            return f"was killed by {name} during its migration and health check"
+            return f"was killed by {name} before it finished its migration and health check"
         if status == 127:
             return f"exited with status 127 (it does not know the {TRIAL_ENTRY} entry point)"
-        return f"exited with status {status} during its migration and health check"
+        reason = _os_error_in(self._log_path)
+        if reason is not None:
+            return f"could not run its migration and health check ({reason})"
+        return f"exited with status {status} before it finished its migration and health check"
 
     def close(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -113,3 +137,21 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _os_error_in(log: Path) -> str | None:
+    """The environment's fault, if the end of the trial's log names one (a full disk while
+    shiv extracts the build, a read-only or unwritable place): ``"No space left on device"``."""
+    import errno
+
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EMFILE):
+        text = os.strerror(code)
+        if f"[Errno {code}] {text}" in tail:
+            return text
+    return None
