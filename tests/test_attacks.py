@@ -528,3 +528,60 @@ def test_offline_local_repository_same_verification(
     f.write_bytes(good)
     assert install.update(client(), "1.0.0").version == "2.0.0"
     assert install.path.read_bytes() == good
+
+
+_FETCH_IN_CHILD = """
+import sys
+from selfupdate import errors
+from selfupdate.releases.client import UpdateClient
+url, root, cache, out = sys.argv[1:]
+c = UpdateClient("nsapp", url, open(root, "rb").read(), cache_dir=cache, progress=False)
+try:
+    c.download_to(c.check("1.0.0"), open(out, "wb"))
+except errors.SelfUpdateError as e:
+    print("FetchError" if isinstance(e, errors.FetchError) else type(e).__name__, e)
+"""
+
+
+@pytest.mark.parametrize("where", ["target", "timestamp"])
+def test_a_fifo_in_a_local_repository_is_refused_not_waited_for(
+    where: str, pub: Pub, tmp_path: Path
+) -> None:
+    """In a child with a time limit: a FIFO opened for reading blocks until a writer comes."""
+    import os
+    import subprocess
+    import sys
+
+    f = pub.target_file(pub.published["2.0.0"]) if where == "target" else pub.meta(
+        "timestamp.json")
+    f.unlink()
+    os.mkfifo(f)
+    (tmp_path / "root.json").write_bytes(pub.root)
+    r = subprocess.run(
+        [sys.executable, "-c", _FETCH_IN_CHILD, pub.repo.as_uri(), str(tmp_path / "root.json"),
+         str(tmp_path / "c"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("FetchError "), (r.stdout, r.stderr)
+    assert_sentence(r.stdout.split(" ", 1)[1].strip())
+    assert "not a regular file" in r.stdout
+
+
+def test_a_nul_in_a_signed_target_path_is_a_sentence(
+    install: Install, pub: Pub, tmp_path: Path
+) -> None:
+    """A targets key holder lists a name no file can have; file:// cannot open it."""
+    import copy
+
+    def add(targets: Any) -> None:
+        good = targets.targets[pub.published["2.0.0"].target_path]
+        evil = copy.deepcopy(good)
+        evil.path = "nsapp/stable/nsapp-3.0.0\0.pyz"
+        evil.unrecognized_fields["custom"]["selfupdate"]["version"] = "3.0.0"  # type: ignore
+        targets.targets[evil.path] = evil
+
+    forge(pub, targets=add)
+    client = UpdateClient("nsapp", pub.repo.as_uri(), pub.root, cache_dir=tmp_path / "c",
+                          progress=False)
+    e = refused(install, client, errors.FetchError)
+    assert "NUL" in str(e)

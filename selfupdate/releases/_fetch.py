@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -432,14 +433,25 @@ class Fetcher(FetcherInterface):
             resp.close()
 
     def _file_chunks(self, url: str) -> Iterator[bytes]:
+        # Opened without blocking and checked by descriptor: a FIFO (or a device) in a local
+        # repository would otherwise block the updater forever, with its lock held (issue 9).
         path = _file_path(url)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except (FileNotFoundError, NotADirectoryError):
             raise _MissingFileError(url) from None
-        with f:
-            if not os.path.isfile(path):
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
                 raise _MissingFileError(url)
+            if not stat.S_ISREG(mode):
+                raise _OtherFetchError(
+                    f"{path} in the local repository is not a regular file (a FIFO, socket or "
+                    "device), so it is not read: replace it with the file the repository "
+                    "should hold",
+                    url,
+                )
+            os.set_blocking(fd, True)
             while data := f.read(self.config.chunk_size):
                 yield data
 
@@ -492,7 +504,15 @@ def _file_path(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise _OtherFetchError(f"the file URL {url} names a remote host: use a local path", url)
-    return urllib.request.url2pathname(parts.path)
+    path = urllib.request.url2pathname(parts.path)
+    if "\0" in path:
+        # A signed target path may hold any character; no file name holds a NUL.
+        raise _OtherFetchError(
+            f"the file URL {url!r} holds a NUL byte, which no local file name can: the "
+            "repository lists a name that cannot exist, ask its publisher to fix it",
+            url,
+        )
+    return path
 
 
 def _file_size(url: str) -> int | None:
@@ -500,4 +520,4 @@ def _file_size(url: str) -> int | None:
         st = os.stat(_file_path(url))
     except OSError:
         return None
-    return st.st_size if os.path.isfile(_file_path(url)) else None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
