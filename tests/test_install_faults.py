@@ -38,8 +38,9 @@ from selfupdate.install import FAILPOINT_ENV
 
 # Wait (bounded) until process $pid stopped itself at its failpoint, fill the tmpfs $1, go on.
 _FILL_AT_FAILPOINT = '''
-n=0; while [ "$(sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f1)" != T ]; do
-  n=$((n+1)); [ $n -lt 6000 ] || { echo "never stopped"; kill -9 $pid; exit 98; }; sleep 0.02
+n=0; while [ "$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f1)" != T ]; do
+  [ -d /proc/$pid ] || { echo "exited before the failpoint"; break; }
+  n=$((n+1)); [ $n -lt 3000 ] || { echo "never stopped"; kill -9 $pid; exit 98; }; sleep 0.02
 done
 dd if=/dev/zero of="$1/fill" bs=64k 2>/dev/null || true
 kill -CONT $pid; wait $pid && echo "status 0" || echo "status $?"
