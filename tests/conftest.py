@@ -103,3 +103,19 @@ def build_pyz(tmp_path_factory: pytest.TempPathFactory) -> BuildPyz:
         return dest
 
     return build
+
+
+@pytest.fixture(scope="session")
+def framework_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the framework's own project (what a user's checkout of it holds), owned by
+    whoever runs the suite: pip writes build metadata into a project it installs from, and the
+    unprivileged pass reads this repository without being able to write to it."""
+    dest = tmp_path_factory.mktemp("framework") / "reexec-selfupdate"
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, dest / name)
+    for package in ("reexec_core", "selfupdate"):
+        shutil.copytree(
+            REPO / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    return dest

@@ -1,9 +1,10 @@
 """docs/tutorial.md, run as written: its files are written, its shell blocks run in order.
 
-The one placeholder, the framework checkout's path in ``export FRAMEWORK=...``, is this
-repository. Everything happens in a fresh directory outside the repository, with a HOME of
-its own (the app's state, shiv's extractions and pip's cache live there), as whichever user
-runs the suite (root, and nobody in make test's second pass).
+The one placeholder, the framework checkout's path in ``export FRAMEWORK=...``, is a copy of
+this repository's framework project (the ``framework_checkout`` fixture). Everything happens
+in a fresh directory outside the repository, with a HOME of its own (the app's state, shiv's
+extractions and pip's cache live there), as whichever user runs the suite (root, and nobody
+in make test's second pass).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_the_tutorial_has_what_it_promises() -> None:
     assert PLACEHOLDER in script and "selfupdate build" in script and "update" in script
 
 
-def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
+def test_the_tutorial_runs_as_written(tmp_path: Path, framework_checkout: Path) -> None:
     files, script = tutorial()
     work = tmp_path / "work"
     home = tmp_path / "home"
@@ -54,7 +55,8 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
         path = work / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    script = script.replace(PLACEHOLDER, str(REPO))
+    # The user's own checkout of the framework: a copy they can write to, as pip needs.
+    script = script.replace(PLACEHOLDER, str(framework_checkout))
     python = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
     env = {
         "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin",
