@@ -32,12 +32,19 @@ CONFIG = "publisher.json"
 
 
 def check_separate(keys_dir: Path, repo_dir: Path) -> None:
-    """Refuse a keys directory inside (or equal to) the published repository directory."""
+    """Refuse a keys directory inside (or equal to) the published repository directory, and a
+    repository inside the keys directory (private, so never served; and ``init`` refuses a
+    keys directory that is not empty)."""
     k, r = keys_dir.resolve(), repo_dir.resolve()
     if k == r or k.is_relative_to(r):
         raise errors.KeysError(
             f"the keys directory {keys_dir} is inside the repository directory {repo_dir}, "
             "which is published as is: choose a keys directory outside it"
+        )
+    if r.is_relative_to(k):
+        raise errors.KeysError(
+            f"the repository directory {repo_dir} is inside the keys directory {keys_dir}, "
+            "which must stay private: choose a repository directory outside it"
         )
 
 

@@ -3,27 +3,76 @@
 ::
 
     selfupdate init    --keys KEYS_DIR --repo REPO_DIR --app NAME [--expires ROLE=DAYS ...]
-    selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE --version V [--channel CHANNEL]
+    selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE [--version V] [--channel CHANNEL]
+                       [--app NAME] [--notes FILE|TEXT] [--allow-downgrade]
+    selfupdate yank    --keys KEYS_DIR --repo REPO_DIR APP VERSION [--channel C] [--reason TEXT]
+    selfupdate prune   --keys KEYS_DIR --repo REPO_DIR --keep N [--dry-run]
     selfupdate refresh --keys KEYS_DIR --repo REPO_DIR
     selfupdate rotate  --keys KEYS_DIR --repo REPO_DIR --role ROLE
-    selfupdate status  --repo REPO_DIR [--check]
+    selfupdate status  --repo REPO_DIR [--check] [--json]
     selfupdate build   [PROJECT_DIR] [--entry-point MOD:FN] [--version V] [--out PATH]
                        [--trusted-root FILE] [--repo-url URL] [--channel NAME]
 
-Errors print one sentence on stderr and exit 1 (2 for usage errors and for a build that cannot
-be made as asked), never a traceback.
+``--keys`` and ``--repo`` default to ``$SELFUPDATE_KEYS`` and ``$SELFUPDATE_REPO``; ``-q``
+prints nothing on success, ``-v`` also says what was checked and, on an error, its causes.
+
+Exit status: 0 done; 1 an error (one sentence on stderr, never a traceback; ``status --check``:
+something needs attention); 2 a usage error, or a refusal (the build, version or release is
+not what the command was asked for: nothing was written); 130 interrupted. A closed standard
+output (``selfupdate status | head -1``) ends the output quietly and keeps the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from selfupdate.releases.publish import Status
 
 PROG = "selfupdate"
 ROLES = ("root", "targets", "snapshot", "timestamp")
+KEYS_ENV, REPO_ENV = "SELFUPDATE_KEYS", "SELFUPDATE_REPO"
+_NOTES_SUFFIXES = (".md", ".txt", ".rst")
+
+EPILOG = f"""examples:
+  selfupdate init --keys ~/hello-keys --repo ./repo --app hello
+  selfupdate publish --keys ~/hello-keys --repo ./repo dist/hello-2.0.0.pyz
+
+{KEYS_ENV} and {REPO_ENV} are the defaults of --keys and --repo.
+exit status: 0 done, 1 error, 2 usage error or refusal (nothing written), 130 interrupted
+"""
+EXAMPLES = {
+    "init": "selfupdate init --keys ~/hello-keys --repo ./repo --app hello\n"
+    "  -> prints ./repo/metadata/root.json: pass it to `selfupdate build --trusted-root`",
+    "publish": "selfupdate publish --keys ~/hello-keys --repo ./repo dist/hello-2.0.0.pyz \\\n"
+    "      --notes 'Fixes the greeting.'\n"
+    "  -> app, version and trusted root are read from the build itself and checked",
+    "yank": "selfupdate yank --keys ~/hello-keys --repo ./repo hello 2.1.0 "
+    "--reason 'corrupts the cache'\n"
+    "  -> no client is offered 2.1.0 any more; clients already on it keep it",
+    "prune": "selfupdate prune --keys ~/hello-keys --repo ./repo --keep 3 --dry-run\n"
+    "  -> lists what `--keep 3` would remove (the 3 newest per app and channel stay)",
+    "refresh": "selfupdate refresh --keys ~/hello-keys --repo ./repo     # daily, from cron",
+    "rotate": "selfupdate rotate --keys ~/hello-keys --repo ./repo --role timestamp",
+    "status": "selfupdate status --repo ./repo --check || mail -s 'release repo' me < /dev/null\n"
+    "  selfupdate status --repo ./repo --json | jq -r '.channels[].newest'",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (with where to find the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _expiry(text: str) -> tuple[str, int]:
@@ -35,22 +84,46 @@ def _expiry(text: str) -> tuple[str, int]:
     return role, int(days)
 
 
+def _at_least_one(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Publish signed releases (TUF metadata) as a static repository.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"{PROG} {_own_version()}")
+    _verbosity(p, suppress=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp: argparse.ArgumentParser, keys: bool = True) -> None:
-        if keys:
-            sp.add_argument(
-                "--keys", type=Path, required=True, metavar="KEYS_DIR", help="signing keys"
-            )
-        sp.add_argument(
-            "--repo", type=Path, required=True, metavar="REPO_DIR", help="repository directory"
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            epilog="example:\n  " + EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        _verbosity(sp, suppress=True)  # before or after the command name
+        return sp
+
+    def common(sp: argparse.ArgumentParser, keys: bool = True) -> None:
+        for flag, env, meta, what in (
+            ("--keys", KEYS_ENV, "KEYS_DIR", "signing keys"),
+            ("--repo", REPO_ENV, "REPO_DIR", "repository directory"),
+        ):
+            if flag == "--keys" and not keys:
+                continue
+            default = os.environ.get(env) or None
+            sp.add_argument(
+                flag, type=Path, required=default is None, default=default, metavar=meta,
+                help=f"{what} (default: ${env}" + (f", now {default})" if default else ")"),
+            )  # fmt: skip
 
     def expires(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -62,34 +135,65 @@ def _parser() -> argparse.ArgumentParser:
             help="expiry period of a role's metadata, in days (repeatable)",
         )
 
-    sp = sub.add_parser("init", help="create keys and an empty repository")
+    sp = command("init", "create keys and an empty repository")
     common(sp)
     sp.add_argument(
         "--app", required=True, help="application name, as the app's update client asks for it"
     )
     expires(sp)
 
-    sp = sub.add_parser("publish", help="add a build as a new release")
+    sp = command("publish", "check a build and add it as a new release")
     common(sp)
-    sp.add_argument("file", type=Path, metavar="FILE", help="the build to publish (e.g. a .pyz)")
-    sp.add_argument("--version", required=True, help="PEP 440 version of the build")
-    sp.add_argument("--channel", default="stable", help="release channel (default: stable)")
+    sp.add_argument("file", type=Path, metavar="FILE", help="the build (made by selfupdate build)")
+    sp.add_argument(
+        "--version", help="PEP 440 version, if given must be the build's own (default: it)"
+    )
+    sp.add_argument("--channel", help="release channel (default: the one the build follows)")
     sp.add_argument("--app", default=None, help="application name (default: the one of init)")
+    sp.add_argument(
+        "--notes", metavar="FILE|TEXT",
+        help="release notes shown by clients: a file (.md, .txt, .rst or a path) or the text",
+    )  # fmt: skip
+    sp.add_argument(
+        "--allow-downgrade", action="store_true",
+        help="publish a version older than the newest on the channel (clients on a newer one "
+        "are not offered it)",
+    )  # fmt: skip
     expires(sp)
 
-    sp = sub.add_parser("refresh", help="re-sign snapshot and timestamp (run from cron)")
+    sp = command("yank", "withdraw a release: no client is offered it any more")
+    common(sp)
+    sp.add_argument("app", metavar="APP", help="application name")
+    sp.add_argument("release_version", metavar="VERSION", help="the version to withdraw")
+    sp.add_argument("--channel", help="only on this channel (default: every channel with it)")
+    sp.add_argument("--reason", help="one line, signed with the withdrawal, shown to clients")
+    expires(sp)
+
+    sp = command("prune", "remove old releases no client can be offered")
+    common(sp)
+    sp.add_argument(
+        "--keep", type=_at_least_one, required=True, metavar="N",
+        help="releases to keep per app and channel, newest first (at least 1)",
+    )  # fmt: skip
+    sp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    expires(sp)
+
+    sp = command("refresh", "re-sign snapshot and timestamp (run from cron)")
     common(sp)
     expires(sp)
 
-    sp = sub.add_parser("rotate", help="replace a role's signing key")
+    sp = command("rotate", "replace a role's signing key")
     common(sp)
     sp.add_argument("--role", required=True, choices=ROLES, help="role whose key to replace")
     expires(sp)
 
-    sp = sub.add_parser("status", help="roles, versions, expiry dates, releases")
+    sp = command("status", "roles, versions, expiry dates, releases")
     common(sp, keys=False)
     sp.add_argument(
         "--check", action="store_true", help="exit 1 if anything needs attention (for cron)"
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout (docs/releases.md)"
     )
     from selfupdate.build import _cli as build_cli
 
@@ -105,6 +209,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verbosity(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # A command's own -q/-v must not reset what was given before the command name.
+    default: Any = argparse.SUPPRESS if suppress else False
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="print nothing on success (warnings and errors still go to stderr)")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="say what was checked, and the causes of an error")  # fmt: skip
+
+
 def _own_version() -> str:
     from importlib import metadata
 
@@ -112,6 +226,45 @@ def _own_version() -> str:
         return metadata.version("reexec-selfupdate")
     except metadata.PackageNotFoundError:
         return "(not installed)"
+
+
+class _Out:
+    """Standard output, line by line, for a reader that may go away (``| head -1``): once
+    the pipe is closed the rest is dropped and the command finishes as it would have."""
+
+    def __init__(self, quiet: bool, stream: IO[str] | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stdout
+        self.closed = False
+
+    def data(self, text: str) -> None:
+        """What the command was asked for (``--json``): printed even with ``-q``."""
+        if self.closed:
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            _stdout_to_devnull()
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self.data(text)
+
+
+def _stdout_to_devnull() -> None:
+    # The interpreter flushes stdout again at exit: point it at /dev/null so that flush
+    # cannot fail with a second "Broken pipe" (Python docs, "Note on SIGPIPE").
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _warn(text: str) -> None:
+    print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def _build(ns: argparse.Namespace) -> int:
@@ -126,7 +279,32 @@ def _build(ns: argparse.Namespace) -> int:
     return run(opts)
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _notes(arg: str | None) -> str | None:
+    """``--notes FILE|TEXT``: the contents of an existing file, else the text itself (a
+    missing file that looks like one, ``notes.md`` or ``a/b``, is an error, not the text)."""
+    from selfupdate.errors import PublishError
+    from selfupdate.releases._trust import MAX_NOTES_BYTES
+
+    if arg is None:
+        return None
+    path = Path(arg)
+    try:
+        is_file = "\n" not in arg and path.is_file()
+    except OSError:  # ENAMETOOLONG, ...: not a file name, so the text itself
+        is_file = False
+    if not is_file:
+        if "\n" not in arg and (os.sep in arg or path.suffix.lower() in _NOTES_SUFFIXES):
+            raise PublishError(f"the notes file {arg} does not exist: pass a file or the text")
+        return arg
+    with open(path, "rb") as f:
+        data = f.read(MAX_NOTES_BYTES + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PublishError(f"the notes file {arg} is not UTF-8 text: convert it") from None
+
+
+def _run(ns: argparse.Namespace, out: _Out) -> int:
     if ns.command == "build":
         return _build(ns)
     from selfupdate.releases import publish
@@ -134,45 +312,123 @@ def _run(ns: argparse.Namespace) -> int:
     days = dict(getattr(ns, "expires", []) or [])
     if ns.command == "init":
         root = publish.init(ns.keys, ns.repo, ns.app, expiry_days=days)
-        print(f"created repository {ns.repo} and keys in {ns.keys}")
-        print(f"trusted root to embed in builds: {root}")
+        out.info(f"created repository {ns.repo} and keys in {ns.keys}")
+        out.info(f"trusted root to embed in builds: {root}")
     elif ns.command == "publish":
-        result = publish.publish(
+        result = publish.publish_build(
             ns.keys,
             ns.repo,
             ns.file,
-            ns.version,
+            version=ns.version,
             channel=ns.channel,
             app=ns.app,
+            notes=_notes(ns.notes),
+            allow_downgrade=ns.allow_downgrade,
             expiry_days=days,
         )
         for w in result.warnings:
-            print(f"{PROG}: warning: {w}; published it anyway", file=sys.stderr)
+            _warn(f"{w}; published it anyway")
         r = result.release
-        print(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}")
+        if ns.verbose and result.build is not None:
+            out.info(
+                f"checked {ns.file}: a build of {result.build.app} {result.build.version} "
+                f"(channel {result.build.channel}) embedding a root of {ns.repo}"
+            )
+        out.info(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}")
+    elif ns.command == "yank":
+        done = publish.yank(
+            ns.keys, ns.repo, ns.app, ns.release_version, channel=ns.channel, reason=ns.reason,
+            expiry_days=days,
+        )  # fmt: skip
+        if not done:
+            out.info(f"{ns.app} {ns.release_version} was already withdrawn: nothing changed")
+        for gone in done:
+            out.info(
+                f"withdrew {gone.app} {gone.version} on channel {gone.channel} "
+                f"({gone.target_path})"
+            )
+    elif ns.command == "prune":
+        removed = publish.prune(ns.keys, ns.repo, ns.keep, dry_run=ns.dry_run, expiry_days=days)
+        verb = "would remove" if ns.dry_run else "removed"
+        for path in removed:
+            out.info(f"{verb} {path}")
+        if not removed:
+            out.info(f"nothing to remove: no channel has more than {ns.keep} releases")
     elif ns.command == "refresh":
         publish.refresh(ns.keys, ns.repo, expiry_days=days)
-        print(f"re-signed snapshot and timestamp of {ns.repo}")
+        out.info(f"re-signed snapshot and timestamp of {ns.repo}")
     elif ns.command == "rotate":
         keyid = publish.rotate(ns.keys, ns.repo, ns.role, expiry_days=days)
-        print(f"replaced the {ns.role} key; new key id {keyid}")
+        out.info(f"replaced the {ns.role} key; new key id {keyid}")
     elif ns.command == "status":
         st = publish.status(ns.repo)
-        for role in st.roles:
-            print(
-                f"{role.role:<10} v{role.version:<5} expires {role.expires:%Y-%m-%d %H:%M}Z  "
-                f"keys {len(role.keyids)} threshold {role.threshold}"
-            )
-        if not st.releases:
-            print("no releases")
-        for (app, channel), rels in sorted(st.releases.items()):
-            versions = ", ".join(x.version for x in rels)
-            print(f"{app} {channel}: {versions} (newest {rels[-1].version})")
-        for w in st.warnings:
-            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        if ns.json:
+            out.data(json.dumps(_status_json(ns.repo, st), indent=2))
+        else:
+            _print_status(st, out)
         if ns.check and st.warnings:
             return 1
     return 0
+
+
+def _print_status(st: Status, out: _Out) -> None:
+    for role in st.roles:
+        out.info(
+            f"{role.role:<10} v{role.version:<5} expires {role.expires:%Y-%m-%d %H:%M}Z  "
+            f"keys {len(role.keyids)} threshold {role.threshold}"
+        )
+    if not st.releases and not st.withdrawn:
+        out.info("no releases")
+    for app, channel in sorted({*st.releases, *st.withdrawn}):
+        rels = st.releases.get((app, channel), [])
+        line = f"{app} {channel}: "
+        line += (
+            f"{', '.join(x.version for x in rels)} (newest {rels[-1].version})" if rels else "-"
+        )
+        gone = st.withdrawn.get((app, channel), [])
+        if gone:
+            line += "; withdrawn: " + ", ".join(w.version for w in gone)
+        out.info(line)
+    for w in st.warnings:
+        _warn(w)
+
+
+def _status_json(repo: Path, st: Status) -> dict[str, Any]:
+    """The ``status --json`` document (its shape is documented in docs/releases.md)."""
+
+    def when(dt: datetime) -> str:
+        return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    channels: list[dict[str, Any]] = []
+    for app, channel in sorted({*st.releases, *st.withdrawn}):
+        rels = st.releases.get((app, channel), [])
+        channels.append({
+            "app": app,
+            "channel": channel,
+            "newest": rels[-1].version if rels else None,
+            "releases": [
+                {"version": r.version, "target_path": r.target_path, "length": r.length,
+                 "sha256": r.sha256, "notes": r.notes}
+                for r in rels
+            ],
+            "withdrawn": [
+                {"version": w.version, "target_path": w.target_path,
+                 "withdrawn": w.withdrawn, "reason": w.reason}
+                for w in st.withdrawn.get((app, channel), [])
+            ],
+        })  # fmt: skip
+    return {
+        "format": 1,
+        "repository": str(repo),
+        "app": st.app,
+        "roles": [
+            {"role": r.role, "version": r.version, "expires": when(r.expires),
+             "keyids": r.keyids, "threshold": r.threshold}
+            for r in st.roles
+        ],  # fmt: skip
+        "channels": channels,
+        "warnings": st.warnings,
+    }
 
 
 def _os_error_sentence(e: OSError) -> str:
@@ -188,19 +444,49 @@ def _os_error_sentence(e: OSError) -> str:
     return f"{where}{e.strerror or e}: {fix}"
 
 
+def _causes(e: BaseException) -> list[str]:
+    """With ``-v``: what led to ``e``, one line each, without a traceback."""
+    lines, seen = [], {id(e)}
+    cause = e.__cause__ or e.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = " ".join(str(cause).split()) or "(no message)"
+        lines.append(f"{PROG}: cause: {type(cause).__name__}: {text}")
+        cause = cause.__cause__ or cause.__context__
+    return lines
+
+
+def _older(version: str, newest: str) -> bool:
+    from selfupdate.releases._trust import parse_version
+
+    return parse_version(version) < parse_version(newest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``selfupdate`` console script. Returns the exit status."""
     ns = _parser().parse_args(argv)
-    from selfupdate.errors import SelfUpdateError
+    from selfupdate.errors import SelfUpdateError, VersionNotNewerError
+    from selfupdate.releases._archive import RefusedError
 
+    verbose = bool(getattr(ns, "verbose", False))
+    out = _Out(quiet=bool(getattr(ns, "quiet", False)))
     try:
-        return _run(ns)
-    except SelfUpdateError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: error: {_os_error_sentence(e)}", file=sys.stderr)
-        return 1
+        return _run(ns, out)
+    except BrokenPipeError:  # output outside _Out (the build's): the reader went away
+        _stdout_to_devnull()
+        return 0
+    except (SelfUpdateError, OSError) as e:
+        if isinstance(e, SelfUpdateError):
+            text = str(e)
+            if isinstance(e, VersionNotNewerError) and _older(e.version, e.newest):
+                text += " (or pass --allow-downgrade to publish an older one on purpose)"
+        else:
+            text = _os_error_sentence(e)
+        print(f"{PROG}: error: {text}", file=sys.stderr)
+        if verbose:
+            for line in _causes(e):
+                print(line, file=sys.stderr)
+        return 2 if isinstance(e, RefusedError | VersionNotNewerError) else 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

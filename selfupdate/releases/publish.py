@@ -14,67 +14,82 @@ Every write is atomic (temp file, fsync, ``os.replace``, fsync of the directory)
 are written in the order clients read them backwards (targets before snapshot before
 timestamp), so a client refreshing during a publish sees the old state or the new one.
 
+:func:`publish_build` (``selfupdate publish``) checks the build against what it is published
+as, from the archive itself (:mod:`selfupdate.releases._archive`); :func:`yank` and
+:func:`prune` take releases back (:mod:`selfupdate.releases._maintain`); the files and the
+re-signing chain are in :mod:`selfupdate.releases._repo`.
+
 Signing keys live in ``KEYS_DIR`` (see :mod:`selfupdate.releases._keys`). Each function raises
-:class:`selfupdate.errors.PublishError` subclasses for anything the user can fix.
+:class:`selfupdate.errors.PublishError` subclasses for anything the user can fix, and
+:class:`RefusedError` for a command refused as asked (nothing written).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
     Metadata,
-    MetaFile,
     Root,
-    Signed,
     Snapshot,
     TargetFile,
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
 
 from selfupdate import _durable, errors
-from selfupdate.releases import _keys
+from selfupdate.releases import _archive, _keys, _repo
+from selfupdate.releases._archive import RefusedError
+from selfupdate.releases._maintain import prune, yank
+from selfupdate.releases._repo import (
+    DEFAULT_EXPIRY_DAYS,
+    Chain,
+    Repo,
+    check_expiry,
+    copy_target,
+    meta_file,
+    now_utc,
+    open_repo,
+    sign,
+    signer_for,
+)
 from selfupdate.releases._trust import (
     Release,
+    Withdrawn,
     check_name,
+    check_notes,
     custom_fields,
     parse_version,
     releases,
+    withdrawn,
 )
 
 __all__ = [
     "DEFAULT_EXPIRY_DAYS",
     "PublishResult",
+    "RefusedError",
     "RoleStatus",
     "Status",
     "init",
+    "prune",
     "publish",
+    "publish_build",
     "refresh",
     "rotate",
     "status",
+    "yank",
 ]
 
-DEFAULT_EXPIRY_DAYS: dict[str, int] = {
-    "root": 365,  # rotated rarely, by hand, with the root key (keep it offline)
-    "targets": 180,  # re-signed at every publish
-    "snapshot": 30,  # re-signed at every publish and refresh
-    "timestamp": 14,  # re-signed at every publish and refresh: run refresh from cron
-}
 WARN_DAYS = 7  # status warns about anything that expires sooner
-_SER = JSONSerializer(compact=False)
+# The names the test helpers (and older callers) know these by.
+_Repo, _Chain, _sign, _meta_file = Repo, Chain, sign, meta_file
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class PublishResult:
 
     release: Release
     warnings: list[str] = field(default_factory=list)
+    build: _archive.BuildConfig | None = None  # what publish_build read from the build
 
 
 @dataclass(frozen=True)
@@ -102,169 +118,7 @@ class Status:
     roles: list[RoleStatus]
     releases: dict[tuple[str, str], list[Release]]  # (app, channel) -> oldest first
     warnings: list[str]
-
-
-def _now(now: datetime | None) -> datetime:
-    return (now or datetime.now(UTC)).replace(microsecond=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Repository files
-
-
-class _Repo:
-    """Reads and writes the metadata of one repository directory."""
-
-    def __init__(self, repo_dir: Path) -> None:
-        self.dir = repo_dir
-        self.meta_dir = repo_dir / "metadata"
-        self.targets_dir = repo_dir / "targets"
-
-    def _read(self, name: str, cls: type[Signed]) -> Metadata[Any]:
-        path = self.meta_dir / name
-        try:
-            md: Metadata[Any] = Metadata.from_bytes(path.read_bytes())
-        except FileNotFoundError:
-            raise errors.RepositoryStateError(
-                f"{self.dir} is not a complete selfupdate repository (no metadata/{name}): "
-                "run `selfupdate init` or pass the right --repo"
-            ) from None
-        except OSError:
-            raise  # unreadable is not corrupt: the CLI says to check permissions, not restore
-        except Exception as e:  # tuf's DeserializationError and friends
-            raise errors.RepositoryStateError(
-                f"{path} is not valid TUF metadata ({e}): restore it from a backup"
-            ) from e
-        if not isinstance(md.signed, cls):
-            raise errors.RepositoryStateError(
-                f"{path} holds {md.signed.type} metadata, not {cls.type}: restore it"
-            )
-        return md
-
-    def exists(self) -> bool:
-        return (self.meta_dir / "root.json").exists()
-
-    def root(self) -> Metadata[Root]:
-        return self._read("root.json", Root)
-
-    def timestamp(self) -> Metadata[Timestamp]:
-        return self._read("timestamp.json", Timestamp)
-
-    def snapshot(self, ts: Timestamp) -> Metadata[Snapshot]:
-        return self._read(f"{ts.snapshot_meta.version}.snapshot.json", Snapshot)
-
-    def targets(self, snap: Snapshot) -> Metadata[Targets]:
-        return self._read(f"{snap.meta['targets.json'].version}.targets.json", Targets)
-
-    def write(self, md: Metadata[Any]) -> bytes:
-        """Write signed metadata under its consistent-snapshot name; return its bytes."""
-        data = md.to_bytes(_SER)
-        role = md.signed.type
-        self.meta_dir.mkdir(parents=True, exist_ok=True)
-        if role == Timestamp.type:
-            _durable.write_atomic(self.meta_dir / "timestamp.json", data)
-        else:
-            _durable.write_atomic(self.meta_dir / f"{md.signed.version}.{role}.json", data)
-            if role == Root.type:
-                _durable.write_atomic(self.meta_dir / "root.json", data)
-        return data
-
-
-def _sign(md: Metadata[Any], *signers: CryptoSigner) -> Metadata[Any]:
-    md.signatures.clear()
-    for s in signers:
-        md.sign(s, append=True)
-    return md
-
-
-def _meta_file(md: Metadata[Any], data: bytes) -> MetaFile:
-    return MetaFile(
-        version=md.signed.version,
-        length=len(data),
-        hashes={"sha256": hashlib.sha256(data).hexdigest()},
-    )
-
-
-def _expiry_days(keys_dir: Path, override: Mapping[str, int] | None) -> dict[str, int]:
-    days = dict(DEFAULT_EXPIRY_DAYS)
-    stored = _keys.read_config(keys_dir).get("expiry_days", {})
-    if isinstance(stored, dict):
-        days.update({k: int(v) for k, v in stored.items() if k in days})
-    days.update(_check_expiry(override))
-    return days
-
-
-def _check_expiry(override: Mapping[str, int] | None) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for role, value in (override or {}).items():
-        if role not in DEFAULT_EXPIRY_DAYS:
-            raise errors.PublishError(
-                f"unknown role {role!r} in an expiry setting: use one of "
-                + ", ".join(DEFAULT_EXPIRY_DAYS)
-            )
-        if not isinstance(value, int) or value <= 0:
-            raise errors.PublishError(
-                f"the expiry of {role} must be a positive number of days, not {value!r}"
-            )
-        out[role] = value
-    return out
-
-
-def _signer_for(keys_dir: Path, role: str, root: Root) -> CryptoSigner:
-    """Load the key of ``role`` and check that the repository's root trusts it."""
-    signer = _keys.load(keys_dir, role)
-    if signer.public_key.keyid not in root.roles[role].keyids:
-        raise errors.KeysError(
-            f"the {role} key in {keys_dir} is not one the repository's root trusts: pass the "
-            "keys directory that belongs to this repository"
-        )
-    return signer
-
-
-class _Chain:
-    """Re-sign targets -> snapshot -> timestamp (only from the role that changed)."""
-
-    def __init__(self, keys_dir: Path, repo: _Repo, days: dict[str, int], now: datetime) -> None:
-        self.keys_dir, self.repo, self.days, self.now = keys_dir, repo, days, now
-        self.root = repo.root().signed
-        self.ts = repo.timestamp()
-        self.snap = repo.snapshot(self.ts.signed)
-        self.targets = repo.targets(self.snap.signed)
-
-    def _bump(self, md: Metadata[Any]) -> None:
-        md.signed.version += 1
-        md.signed.expires = self.now + timedelta(days=self.days[md.signed.type])
-
-    def from_targets(self) -> None:
-        self._bump(self.targets)
-        _sign(self.targets, _signer_for(self.keys_dir, "targets", self.root))
-        data = self.repo.write(self.targets)
-        self.snap.signed.meta["targets.json"] = _meta_file(self.targets, data)
-        self.from_snapshot()
-
-    def from_snapshot(self) -> None:
-        self._bump(self.snap)
-        _sign(self.snap, _signer_for(self.keys_dir, "snapshot", self.root))
-        data = self.repo.write(self.snap)
-        self.ts.signed.snapshot_meta = _meta_file(self.snap, data)
-        self.from_timestamp()
-
-    def from_timestamp(self) -> None:
-        self._bump(self.ts)
-        _sign(self.ts, _signer_for(self.keys_dir, "timestamp", self.root))
-        self.repo.write(self.ts)
-
-
-def _open(keys_dir: Path, repo_dir: Path) -> _Repo:
-    _keys.check_separate(keys_dir, repo_dir)
-    _keys.check_dir(keys_dir)
-    repo = _Repo(repo_dir)
-    if not repo.exists():
-        raise errors.RepositoryStateError(
-            f"{repo_dir} is not a selfupdate repository (no metadata/root.json): run "
-            "`selfupdate init` first or pass the right --repo"
-        )
-    return repo
+    withdrawn: dict[tuple[str, str], list[Withdrawn]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,59 +134,84 @@ def init(
     now: datetime | None = None,
 ) -> Path:
     """Create keys and the initial signed metadata. Returns the path of ``root.json``
-    (the trusted root to embed in builds: ``./build.sh --trusted-root``).
+    (the trusted root to embed in builds: ``selfupdate build --trusted-root``).
+
+    Nothing is left behind when it fails: the directories it created and the keys it wrote
+    are removed again, so ``init`` can be run again once the cause is fixed.
 
     Raises:
-        selfupdate.errors.KeysError: ``keys_dir`` exists and is not empty, or lies inside
-            ``repo_dir``.
+        selfupdate.errors.KeysError: ``keys_dir`` exists and is not empty, lies inside
+            ``repo_dir``, or holds it.
         selfupdate.errors.RepositoryStateError: ``repo_dir`` already has a repository, or
             cannot be created.
-        OSError: the keys or the metadata cannot be written; the new keys are removed
-            again, so ``init`` can be run again once the cause is fixed.
+        OSError: the keys or the metadata cannot be written.
     """
     try:
         check_name("app", app)
     except ValueError as e:
         raise errors.PublishError(f"{e}") from None
-    days = dict(DEFAULT_EXPIRY_DAYS) | _check_expiry(expiry_days)
-    now = _now(now)
+    days = dict(DEFAULT_EXPIRY_DAYS) | check_expiry(expiry_days)
+    now = now_utc(now)
     _keys.check_separate(keys_dir, repo_dir)
-    repo = _Repo(repo_dir)
+    repo = Repo(repo_dir)
     if repo.exists():
         raise errors.RepositoryStateError(
             f"{repo_dir} already holds a repository: use `selfupdate publish`, or choose an "
             "empty directory for a new one"
         )
     _keys.check_new(keys_dir)
-    try:
-        # Before any key exists: a repository path that is a file or not writable must not
-        # leave behind a keys directory that no repository trusts (and that a second
-        # `init` would then refuse as not empty).
-        (repo.targets_dir / app).mkdir(parents=True, exist_ok=True)
-        repo.meta_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise errors.RepositoryStateError(
-            f"cannot create the repository directory {repo_dir} ({e.strerror}): pass a --repo "
-            "directory you can write"
-        ) from e
+    # Every check is done: from here on, what is created is removed again on failure.
+    made = _missing_dirs(repo.targets_dir / app) + _missing_dirs(repo.meta_dir)
     keys_existed = keys_dir.exists()
-    _keys.create_dir(keys_dir)
     try:
+        try:
+            # Before any key exists: a repository path that is a file or not writable must
+            # not leave behind a keys directory that no repository trusts.
+            (repo.targets_dir / app).mkdir(parents=True, exist_ok=True)
+            repo.meta_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise errors.RepositoryStateError(
+                f"cannot create the repository directory {repo_dir} ({e.strerror}): pass a "
+                "--repo directory you can write"
+            ) from e
+        _keys.create_dir(keys_dir)
         _init_signed(keys_dir, repo, app, days, now)
     except BaseException:
         # Until root.json is written (last) no repository trusts the new keys: remove them,
-        # so that `init` can simply be run again (after a full disk, Ctrl-C, ...).
+        # and the skeleton, so that `init` can simply be run again (after a full disk,
+        # Ctrl-C, ...).
         if not repo.exists():
             _keys.remove_all(keys_dir, remove_dir=not keys_existed)
+            _remove_skeleton(repo, made)
         raise
     return repo.meta_dir / "root.json"
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, outermost first."""
+    out: list[Path] = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out[::-1]
+
+
+def _remove_skeleton(repo: Repo, made: list[Path]) -> None:
+    """Undo a failed ``init``: the metadata it may have written and the directories it made.
+    Best effort: the caller is already handling the error that stopped it."""
+    with contextlib.suppress(OSError):
+        for name in ("1.targets.json", "1.snapshot.json", "timestamp.json", "1.root.json"):
+            (repo.meta_dir / name).unlink(missing_ok=True)
+    for d in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if empty: never anything that was not ours
+
+
 def _init_signed(
-    keys_dir: Path, repo: _Repo, app: str, days: dict[str, int], now: datetime
+    keys_dir: Path, repo: Repo, app: str, days: dict[str, int], now: datetime
 ) -> None:
     """Write the new keys, then the initial metadata with ``root.json`` last: a repository
-    "exists" (:meth:`_Repo.exists`) only once it is complete."""
+    "exists" (:meth:`Repo.exists`) only once it is complete."""
     signers = {role: _keys.generate() for role in _keys.ROLES}
     for role, signer in signers.items():
         _keys.save(keys_dir, role, signer)
@@ -344,21 +223,21 @@ def _init_signed(
     root = Root(expires=exp("root"), consistent_snapshot=True)
     for role, signer in signers.items():
         root.add_key(signer.public_key, role)
-    root_md = _sign(Metadata(root), signers["root"])
-    targets_md = _sign(Metadata(Targets(expires=exp("targets"))), signers["targets"])
+    root_md = sign(Metadata(root), signers["root"])
+    targets_md = sign(Metadata(Targets(expires=exp("targets"))), signers["targets"])
     targets_data = repo.write(targets_md)
-    snap_md = _sign(
+    snap_md = sign(
         Metadata(
             Snapshot(
                 expires=exp("snapshot"),
-                meta={"targets.json": _meta_file(targets_md, targets_data)},
+                meta={"targets.json": meta_file(targets_md, targets_data)},
             )
         ),
         signers["snapshot"],
     )
     snap_data = repo.write(snap_md)
-    ts_md = _sign(
-        Metadata(Timestamp(expires=exp("timestamp"), snapshot_meta=_meta_file(snap_md, snap_data))),
+    ts_md = sign(
+        Metadata(Timestamp(expires=exp("timestamp"), snapshot_meta=meta_file(snap_md, snap_data))),
         signers["timestamp"],
     )
     repo.write(ts_md)
@@ -366,7 +245,7 @@ def _init_signed(
 
 
 def inspect_file(path: Path) -> list[str]:
-    """Warnings about a build that cannot be inspected (it is published anyway)."""
+    """Warnings about a file that cannot be inspected (:func:`publish` signs it anyway)."""
     try:
         if not zipfile.is_zipfile(path):
             return [f"{path} is not a zip or .pyz archive, so it could not be inspected"]
@@ -378,6 +257,69 @@ def inspect_file(path: Path) -> list[str]:
     return []
 
 
+def publish_build(
+    keys_dir: Path,
+    repo_dir: Path,
+    file: Path,
+    *,
+    version: str | None = None,
+    channel: str | None = None,
+    app: str | None = None,
+    notes: str | None = None,
+    allow_downgrade: bool = False,
+    expiry_days: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> PublishResult:
+    """Publish a build made by ``selfupdate build``, after checking it against what it is
+    published as (what ``selfupdate publish`` does). Everything is checked before anything is
+    written.
+
+    The build's own configuration (read from the archive, never run:
+    :mod:`selfupdate.releases._archive`) must name ``app`` (default: the repository's, from
+    ``init``) and ``version`` (default: the build's own), and embed one of the repository's
+    roots (any ``metadata/N.root.json``: clients walk the chain from it). ``channel``
+    defaults to the one the build follows.
+
+    Raises:
+        RefusedError: not such a build, another app's build, another version, no embedded
+            root or one of another repository, a version already published on the channel.
+        selfupdate.errors.VersionNotNewerError: not newer than the channel's newest, and
+            ``allow_downgrade`` is false.
+        selfupdate.errors.PublishError: a bad name, version, notes or file.
+    """
+    repo = open_repo(keys_dir, repo_dir)
+    with _keys.locked(keys_dir):
+        app = app or str(_keys.read_config(keys_dir).get("app", ""))
+        try:
+            check_name("app", app)
+            if channel is not None:
+                check_name("channel", channel)
+            if version is not None:
+                parse_version(version)
+        except ValueError as e:
+            raise errors.PublishError(f"{e}") from None
+        _check_file(file)
+        # The keys first: a wrong keys directory is what to fix before anything else.
+        Chain(keys_dir, repo, _repo.expiry_days(keys_dir, expiry_days), now_utc(now)).check_keys()
+        build = _archive.read_build(file)
+        why = _archive.refusal(
+            build, file, app=app, version=version, roots=repo.roots(), repo_dir=repo_dir
+        )
+        if why is not None:
+            raise RefusedError(why)
+        warnings: list[str] = []
+        if channel is not None and channel != build.channel:
+            warnings.append(
+                f"{file} follows channel {build.channel!r}: clients that install it from "
+                f"{channel!r} follow {build.channel!r} from then on"
+            )
+        result = _publish(
+            keys_dir, repo, file, build.version, channel or build.channel, app, expiry_days,
+            now, notes=notes, allow_downgrade=allow_downgrade, warnings=warnings,
+        )  # fmt: skip
+        return PublishResult(result.release, result.warnings, build)
+
+
 def publish(
     keys_dir: Path,
     repo_dir: Path,
@@ -386,69 +328,95 @@ def publish(
     *,
     channel: str = "stable",
     app: str | None = None,
+    notes: str | None = None,
+    allow_downgrade: bool = False,
     expiry_days: Mapping[str, int] | None = None,
     now: datetime | None = None,
 ) -> PublishResult:
     """Add ``file`` as release ``version`` of the app on ``channel``; re-sign targets,
     snapshot and timestamp.
 
+    This signs any file as asked, without looking inside (it warns when the file is not a
+    runnable .pyz): for a build made by ``selfupdate build`` use :func:`publish_build`, which
+    checks that the build is what it is published as.
+
     Raises:
         selfupdate.errors.VersionNotNewerError: ``version`` is not newer than the newest
-            release on ``channel``.
-        selfupdate.errors.PublishError: bad version, channel or file.
+            release on ``channel`` (and ``allow_downgrade`` is false).
+        RefusedError: ``version`` is already on ``channel`` (published or withdrawn).
+        selfupdate.errors.PublishError: bad version, channel, notes or file.
     """
-    repo = _open(keys_dir, repo_dir)
+    repo = open_repo(keys_dir, repo_dir)
     with _keys.locked(keys_dir):
-        return _publish(keys_dir, repo, file, version, channel, app, expiry_days, now)
+        app = app or str(_keys.read_config(keys_dir).get("app", ""))
+        _check_file(file)
+        return _publish(
+            keys_dir, repo, file, version, channel, app, expiry_days, now, notes=notes,
+            allow_downgrade=allow_downgrade, warnings=inspect_file(file),
+        )  # fmt: skip
+
+
+def _check_file(file: Path) -> None:
+    if not file.is_file():
+        raise errors.PublishError(f"{file} is not a readable file: pass the build to publish")
 
 
 def _publish(
     keys_dir: Path,
-    repo: _Repo,
+    repo: Repo,
     file: Path,
     version: str,
     channel: str,
-    app: str | None,
+    app: str,
     expiry_days: Mapping[str, int] | None,
     now: datetime | None,
+    *,
+    notes: str | None,
+    allow_downgrade: bool,
+    warnings: list[str],
 ) -> PublishResult:
-    app = app or str(_keys.read_config(keys_dir).get("app", ""))
     try:
         check_name("app", app)
         check_name("channel", channel)
-        parse_version(version)
+        new = parse_version(version)
+        if notes is not None:
+            check_notes(notes)
     except ValueError as e:
         raise errors.PublishError(f"{e}") from None
-    if not file.is_file():
-        raise errors.PublishError(f"{file} is not a readable file: pass the build to publish")
-    days = _expiry_days(keys_dir, expiry_days)
-    chain = _Chain(keys_dir, repo, days, _now(now))
+    days = _repo.expiry_days(keys_dir, expiry_days)
+    chain = Chain(keys_dir, repo, days, now_utc(now))
 
-    existing = [
-        r for r in releases(chain.targets.signed.targets) if r.app == app and r.channel == channel
-    ]
-    if existing and parse_version(version) <= parse_version(existing[-1].version):
-        raise errors.VersionNotNewerError(app, channel, version, existing[-1].version)
+    targets = chain.targets.signed.targets
+    listed: list[Release | Withdrawn] = [*releases(targets), *withdrawn(targets)]
+    on_channel = [r for r in listed if r.app == app and r.channel == channel]
+    same = [r for r in on_channel if parse_version(r.version) == new]
+    newest = max(on_channel, key=lambda r: parse_version(r.version), default=None)
+    if newest is not None and new <= parse_version(newest.version):
+        if not allow_downgrade:
+            raise errors.VersionNotNewerError(app, channel, version, newest.version)
+        if same:
+            raise RefusedError(
+                f"{app} {same[0].version} was already published on channel {channel!r} "
+                f"(as {same[0].target_path}): publish another version"
+            )
 
     # Every key the chain will sign with, before anything is written: a broken or wrong key
     # must not leave a copied target file behind that no metadata names.
-    for role in ("targets", "snapshot", "timestamp"):
-        _signer_for(keys_dir, role, chain.root)
-    warnings = inspect_file(file)
+    chain.check_keys()
     # Keep a real extension (.pyz, .zip, .whl) so a download has a sensible name.
     ext = file.suffix if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,7}", file.suffix) else ""
     name = f"{app}-{version}{ext}"
     target_path = f"{app}/{channel}/{name}"
     dest_dir = repo.targets_dir / app / channel
     known = set(dest_dir.iterdir()) if dest_dir.is_dir() else set()
-    length, sha256 = _copy_target(file, dest_dir, name)
+    length, sha256 = copy_target(file, dest_dir, name)
     tf = TargetFile(
         length,
         {"sha256": sha256},
         target_path,
-        {"custom": custom_fields(app, channel, version)},
+        {"custom": custom_fields(app, channel, version, notes)},
     )
-    chain.targets.signed.targets[target_path] = tf
+    targets[target_path] = tf
     timestamp = repo.meta_dir / "timestamp.json"
     published_before = timestamp.read_bytes()
     try:
@@ -461,31 +429,9 @@ def _publish(
             if copied not in known and timestamp.read_bytes() == published_before:
                 copied.unlink()
         raise
-    return PublishResult(Release(app, channel, version, target_path, length, sha256), warnings)
-
-
-def _copy_target(src: Path, dest_dir: Path, name: str) -> tuple[int, str]:
-    """Copy ``src`` to ``dest_dir/SHA256.name`` (hashing in the same pass), atomically."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    length = 0
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".publish.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-                length += len(chunk)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        digest = h.hexdigest()
-        os.replace(tmp, dest_dir / f"{digest}.{name}")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _durable.fsync_dir(dest_dir)
-    return length, digest
+    return PublishResult(
+        Release(app, channel, version, target_path, length, sha256, notes), warnings
+    )
 
 
 def refresh(
@@ -496,9 +442,10 @@ def refresh(
     now: datetime | None = None,
 ) -> None:
     """Re-sign snapshot and timestamp with fresh expiry dates (run it from cron)."""
-    repo = _open(keys_dir, repo_dir)
+    repo = open_repo(keys_dir, repo_dir)
     with _keys.locked(keys_dir):
-        _Chain(keys_dir, repo, _expiry_days(keys_dir, expiry_days), _now(now)).from_snapshot()
+        days = _repo.expiry_days(keys_dir, expiry_days)
+        Chain(keys_dir, repo, days, now_utc(now)).from_snapshot()
 
 
 def rotate(
@@ -518,18 +465,18 @@ def rotate(
     """
     if role not in _keys.ROLES:
         raise errors.PublishError(f"unknown role {role!r}: use one of {', '.join(_keys.ROLES)}")
-    repo = _open(keys_dir, repo_dir)
+    repo = open_repo(keys_dir, repo_dir)
     with _keys.locked(keys_dir):
-        return _rotate(keys_dir, repo, role, _expiry_days(keys_dir, expiry_days), _now(now))
+        return _rotate(keys_dir, repo, role, _repo.expiry_days(keys_dir, expiry_days), now_utc(now))
 
 
-def _rotate(keys_dir: Path, repo: _Repo, role: str, days: dict[str, int], now: datetime) -> str:
+def _rotate(keys_dir: Path, repo: Repo, role: str, days: dict[str, int], now: datetime) -> str:
     root_md = repo.root()
     root = root_md.signed
-    old_root_signer = _signer_for(keys_dir, "root", root)
+    old_root_signer = signer_for(keys_dir, "root", root)
     old_signer = _keys.load(keys_dir, role)
     old_keyid = old_signer.public_key.keyid
-    chain = _Chain(keys_dir, repo, days, now)  # read the current state before changing keys
+    chain = Chain(keys_dir, repo, days, now)  # read the current state before changing keys
 
     new_signer = _keys.generate()
     # The new key is on disk before any metadata names it, so a crash cannot leave the
@@ -541,7 +488,7 @@ def _rotate(keys_dir: Path, repo: _Repo, role: str, days: dict[str, int], now: d
     root.version += 1
     root.expires = now + timedelta(days=days["root"])
     signers = [old_root_signer] + ([new_signer] if role == "root" else [])
-    repo.write(_sign(root_md, *signers))
+    repo.write(sign(root_md, *signers))
 
     _keys.retire(keys_dir, role, old_keyid)
     os.replace(keys_dir / f"{role}.next.pem", keys_dir / f"{role}.pem")
@@ -560,8 +507,8 @@ def _rotate(keys_dir: Path, repo: _Repo, role: str, days: dict[str, int], now: d
 def status(repo_dir: Path, *, now: datetime | None = None) -> Status:
     """Roles, versions, expiry dates and releases per channel; warnings for anything that
     expires within :data:`WARN_DAYS` days."""
-    now = _now(now)
-    repo = _Repo(repo_dir)
+    now = now_utc(now)
+    repo = Repo(repo_dir)
     if not repo.exists():
         raise errors.RepositoryStateError(
             f"{repo_dir} is not a selfupdate repository (no metadata/root.json): pass the "
@@ -593,5 +540,9 @@ def status(repo_dir: Path, *, now: datetime | None = None) -> Status:
     by_channel: dict[tuple[str, str], list[Release]] = {}
     for rel in releases(targets.targets):
         by_channel.setdefault((rel.app, rel.channel), []).append(rel)
-    apps = {a for a, _ in by_channel}
-    return Status(next(iter(apps)) if len(apps) == 1 else None, roles, by_channel, warnings)
+    gone: dict[tuple[str, str], list[Withdrawn]] = {}
+    for w in withdrawn(targets.targets):
+        gone.setdefault((w.app, w.channel), []).append(w)
+    apps = {a for a, _ in [*by_channel, *gone]}
+    app = next(iter(apps)) if len(apps) == 1 else None
+    return Status(app, roles, by_channel, warnings, gone)
