@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         SelfUpdateError,
         TrialFailedError,
         UpdateInProgressError,
+        UpdateInterrupted,
     )
     from selfupdate.releases._fetch import FetchConfig
     from selfupdate.releases.client import Release, UpdateClient
@@ -64,6 +65,7 @@ __all__ = [
     "TrialFailedError",
     "UpdateClient",
     "UpdateInProgressError",
+    "UpdateInterrupted",
     "at_start",
     "build_info",
     "configure",
@@ -89,6 +91,7 @@ _LAZY = {
     "NoPreviousBuildError": "selfupdate.errors",
     "TrialFailedError": "selfupdate.errors",
     "UpdateInProgressError": "selfupdate.errors",
+    "UpdateInterrupted": "selfupdate.errors",
     "at_start": "selfupdate.app",
     "configure": "selfupdate.app",
     "health_check": "selfupdate.app",

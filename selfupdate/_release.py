@@ -47,7 +47,7 @@ def build_info() -> BuildInfo | None:
     """This single file's build configuration; None outside a ``selfupdate build`` archive."""
     if not _cached:
         try:
-            from selfupdate import _build_config as c  # type: ignore[attr-defined]
+            from selfupdate import _build_config as c
         except ImportError:
             _cached.append(None)
         else:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "at_start",
     "configure",
+    "version",
     "health_check",
     "installed_path",
     "migration",
@@ -82,38 +83,118 @@ _cfg = _Config()
 
 def configure(
     name: str,
-    version: str,
+    version: str | None = None,
     *,
-    state_dir: Callable[[], Path],
-    client: Callable[[str | None], ClientLike],
+    state_dir: Path | str | Callable[[], Path] | None = None,
+    client: Callable[[str | None], ClientLike] | None = None,
     trial_timeout: float | None = None,
 ) -> None:
     """Declare the app and register the ``post-update`` and ``update-finish`` entry points.
 
-    Call once, at import time (before ``reexec_core.init()``).
+    Call once, at import time (before ``reexec_core.init()``). An app built with
+    ``selfupdate build`` needs only its name: the version, repository URL, trusted root and
+    channel come from the build (:func:`selfupdate.build_info`).
 
     Args:
-        name: the app's name (the program name in what this module prints).
-        version: this build's version (PEP 440).
-        state_dir: returns the app's state directory (snapshotted around an update).
-        client: ``client(repo_url_or_None) -> UpdateClient``; called only when updating, so the
-            heavy imports happen there.
+        name: the app's name (the program name in what this module prints, and the name of
+            its default state and cache directories).
+        version: this build's version (PEP 440). Default: the build's; in a checkout, the
+            installed distribution ``name``'s.
+        state_dir: the app's state directory (snapshotted around an update, restored on a
+            failed trial or a rollback): a path, or a callable returning one (called only when
+            needed). Default: the platform's state directory for the app
+            (``$XDG_STATE_HOME/NAME`` or ``~/.local/state/NAME``).
+        client: ``client(repo_url_or_None) -> UpdateClient``; called only when updating.
+            Default: a client for the build's embedded trusted root, repository URL and
+            channel, whose TUF metadata cache lives in the platform's cache directory for the
+            app (``~/.cache/NAME/tuf``), never in the state directory, so no snapshot holds it.
         trial_timeout: seconds a new build's trial may take (default 60, or
             ``$SELFUPDATE_TRIAL_TIMEOUT``).
 
     Raises:
-        ValueError: called twice (the entry points are already registered).
+        ValueError: called twice (the entry points are already registered), or no version
+            given and none can be found.
     """
     import reexec_core
 
+    if version is None:
+        version = _own_version(name)
     reexec_core.register(TRIAL_ENTRY, _post_update)
     reexec_core.register(FINISH_ENTRY, _update_finish)
-    _cfg.name, _cfg.version, _cfg.state_dir, _cfg.client = name, version, state_dir, client
+    if state_dir is None:
+        state_dir = _default_state_dir
+    elif not callable(state_dir):
+        from pathlib import Path
+
+        fixed = Path(state_dir)
+        state_dir = lambda: fixed  # noqa: E731 - one expression, named by the attribute
+    _cfg.name, _cfg.version, _cfg.state_dir = name, version, state_dir
+    _cfg.client = client or _default_client
     env_timeout = os.environ.get("SELFUPDATE_TRIAL_TIMEOUT")
     if trial_timeout is not None:
         _cfg.trial_timeout = trial_timeout
     elif env_timeout:
         _cfg.trial_timeout = float(env_timeout)
+
+
+def version() -> str:
+    """The version :func:`configure` settled on (this build's)."""
+    return _cfg.version
+
+
+def _own_version(name: str) -> str:
+    from selfupdate._release import build_info
+
+    info = build_info()
+    if info is not None and info.version:
+        return info.version
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        raise ValueError(
+            f"selfupdate.app.configure({name!r}): no version given, this is no single-file "
+            f"build and no distribution {name!r} is installed: pass version=..."
+        ) from None
+
+
+def _default_state_dir() -> Path:
+    import platformdirs
+
+    return platformdirs.user_state_path(_cfg.name)
+
+
+def _default_client(repo_url: str | None) -> ClientLike:
+    """An UpdateClient for what the build embedded (trusted root, URL, channel)."""
+    from selfupdate._release import build_info
+    from selfupdate.errors import ConfigError
+
+    info = build_info()
+    root = info.trusted_root if info is not None else None
+    if root is None:
+        raise ConfigError(
+            f"this build of {_cfg.name} has no embedded trusted root, so it cannot verify "
+            "updates: build it with selfupdate build --trusted-root ROOT.json --repo-url URL"
+        )
+    url = repo_url or (info.repo_url if info is not None else None)
+    if not url:
+        raise ConfigError(
+            f"this build of {_cfg.name} has no release repository URL: pass one, or build it "
+            "with selfupdate build --repo-url URL"
+        )
+    import hashlib
+
+    import platformdirs
+
+    from selfupdate.releases.client import UpdateClient
+
+    # The cache directory, not the state directory: a snapshot of the state never holds it.
+    # One per repository and root: metadata trusted from one never meets another's.
+    key = hashlib.sha256(url.encode() + b"\0" + root).hexdigest()[:16]
+    cache = platformdirs.user_cache_path(_cfg.name) / "tuf" / key
+    channel = info.channel if info is not None else "stable"
+    return UpdateClient(_cfg.name, url, root, channel=channel, cache_dir=cache)
 
 
 def migration(version: str) -> Callable[[Migration], Migration]:
@@ -185,6 +266,9 @@ def _post_update(old: str, new: str) -> int:
     """
     state = _state_dir()
     print(f"post-update {old} -> {new} (this build: {_cfg.version}, state: {state})", flush=True)
+    # An app that kept no state yet still gets a directory its migrations can write into
+    # (its snapshot says "absent", so a failed trial or a rollback removes it again).
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     for v in migrations_between(old, new, list(_cfg.migrations)):
         fn = _cfg.migrations[v]
         try:
@@ -291,6 +375,13 @@ def _clean_shiv() -> None:
 # Update, rollback, auto-update
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 def _require_pyz() -> Path:
     pyz = installed_path()
     if pyz is None:
@@ -322,19 +413,27 @@ def update(
         say: progress messages.
 
     Returns:
-        The outcome, when no handover happened (with a handover this does not return).
+        The outcome (``.status``: ``"up-to-date"``, ``"available"`` with ``check_only``, or
+        ``"updated"``; ``.old``, ``.new`` versions; ``.log_path``, the trial's log), when no
+        handover happened (with a handover this does not return).
 
     Raises:
-        selfupdate.errors.SelfUpdateError: every failure, with a one-sentence message.
-        RuntimeError: :func:`configure` was not called with a client.
+        selfupdate.errors.UpdateInterrupted: Ctrl-C (SIGINT) arrived: everything is left clean;
+            its ``done`` says whether the new build was already installed (then it runs from
+            the next start, and the message says so).
+        selfupdate.errors.SelfUpdateError: every other failure, one sentence; the installed
+            program and its state are as they were.
+        RuntimeError: :func:`configure` was not called.
     """
     from selfupdate import install
+    from selfupdate.errors import UpdateInterrupted
 
     pyz = _require_pyz()
     if _cfg.client is None:
-        raise RuntimeError("selfupdate.app.configure() was not called with a client")
-    client = _cfg.client(repo_url)
+        raise RuntimeError("selfupdate.app.configure() was not called")
+    before = _inode(pyz)
     try:
+        client = _cfg.client(repo_url)
         outcome = install.update(
             pyz, client, _cfg.version, _state_dir(),
             check_only=check_only, trial_timeout=_cfg.trial_timeout, say=say,
@@ -342,6 +441,18 @@ def update(
     except install.TrialFailedError:
         _clean_shiv()  # the refused build's extraction
         raise
+    except KeyboardInterrupt:
+        # The transaction undid what it had begun, or (past the commit point) finished it.
+        # The switch is one rename, so a new inode means the new build is in place.
+        if _inode(pyz) not in (before, None):
+            raise UpdateInterrupted(
+                f"interrupted, but the update of {_cfg.name} was already installed: the new "
+                "build runs from the next start",
+                done=True,
+            ) from None
+        raise UpdateInterrupted(
+            f"interrupted; nothing was changed, {_cfg.name} {_cfg.version} stays", done=False
+        ) from None
     if outcome.status == "updated" and outcome.new is not None:
         if outcome.extra.get("unfinished"):
             _note(outcome.extra["unfinished"])  # installed; the next start finishes the rest

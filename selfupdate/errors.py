@@ -44,6 +44,7 @@ __all__ = [
     "TruncatedError",
     "UnreachableError",
     "UpdateInProgressError",
+    "UpdateInterrupted",
     "VersionNotNewerError",
     "WrongReleaseError",
 ]
@@ -404,3 +405,22 @@ class TrialIncompleteError(TrialFailedError):
 
 class NoPreviousBuildError(InstallError):
     """``rollback`` was asked for, but no previous build is kept."""
+
+
+class UpdateInterrupted(InstallError):
+    """Ctrl-C (SIGINT) arrived during an update; everything was left clean.
+
+    An app turns it into the shell's status for SIGINT::
+
+        except selfupdate.UpdateInterrupted as e:
+            print(f"myapp: {e}", file=sys.stderr)
+            return 130
+
+    Attributes:
+        done: the new build was already installed when it arrived (it runs from the next
+            start); False: nothing was changed.
+    """
+
+    def __init__(self, message: str, *, done: bool) -> None:
+        super().__init__(message)
+        self.done = done

@@ -72,7 +72,7 @@ def test_the_tutorial_runs_as_written(tmp_path: Path, framework_checkout: Path) 
     out = proc.stdout
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{proc.stderr}"
     assert "hello you, from pid" in out and "started as hello-greet" in out
-    assert "uid=0 host=hello-box pid=1" in out
+    assert "uid=0 host=hello-box pid=2" in out
     assert "hello-1.0.0.pyz" in out and "hello-2.0.0.pyz" in out
     lines = out.splitlines()
     assert "hello 1.0.0" in lines and "hello 2.0.0" in lines

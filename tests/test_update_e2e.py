@@ -555,3 +555,32 @@ def test_start_hook_is_cheap_with_and_without_a_journal(world: World, inst: Inst
                        capture_output=True, text=True)
     assert r.returncode == 0 and _heavy_imports(r.stderr) == []
     assert not staging.exists() and not (inst.pyz.parent / ".nsapp.pyz.journal").exists()
+
+
+def _sigint_default() -> None:
+    # The suite may run with SIGINT ignored (make test &): the updater must see Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("checkpoint", ["downloaded", "trial-done", "switch", "committed"])
+def test_ctrl_c_during_update_leaves_it_clean_in_one_sentence(
+    world: World, inst: Install, checkpoint: str
+) -> None:
+    url, repo = world.repo(f"ctrl-c-{checkpoint}")
+    world.publish(repo, world.v2, V2)
+    lines = "2026-11-29T08:00:00Z event 0\n"
+    _reset(world, inst, lines)
+    p = inst.popen("update", "--repo", url, env=dict(inst.env, **{FAILPOINT_ENV: checkpoint}),
+                   preexec_fn=_sigint_default)
+    _wait_stopped(p, checkpoint)
+    p.send_signal(signal.SIGINT)  # pending while stopped; Python sees it once it runs again
+    p.send_signal(signal.SIGCONT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    version = _check_consistent(world, inst, lines)
+    if checkpoint in BEFORE_COMMIT:
+        assert version == V1 and "nothing was changed" in err, err
+    else:
+        assert version == V2 and "already installed" in err, err

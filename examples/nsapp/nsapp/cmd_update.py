@@ -64,7 +64,7 @@ def _fail(what: str, e: BaseException | str) -> int:
 
 def run_update(ns: argparse.Namespace) -> int:
     """``nsapp update [--check] [--repo URL]``."""
-    from selfupdate.errors import SelfUpdateError
+    from selfupdate.errors import SelfUpdateError, UpdateInterrupted
 
     try:
         if ns.check:
@@ -78,6 +78,9 @@ def run_update(ns: argparse.Namespace) -> int:
                 print(f"{PROG} {out.new} is available (running {VERSION})")
             return 0
         out = su.update(ns.repo, say=lambda msg: print(msg, flush=True))
+    except UpdateInterrupted as e:  # Ctrl-C: left clean, the shell's status for SIGINT
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 130
     except SelfUpdateError as e:
         return _fail("update", e)
     except OSError as e:
