@@ -59,6 +59,7 @@ build() {
 }
 V1="$(build 1.0.0)"; say "built $V1"
 V2="$(build 2.0.0)"; say "built $V2"
+V21="$(build 2.1.0)"
 
 step "4. Install 1.0.0 and use it: one file that starts parts of itself again, runs commands in"
 printf '   new namespaces, and keeps a little state (a plain-text history file)\n'
@@ -73,7 +74,8 @@ show nsapp history --add "used 1.0.0"
 show cat "$NSAPP_STATE_DIR/history.txt"
 
 step "5. Publish 2.0.0 (signed), and ask the installed 1.0.0 about it"
-show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V2" --version 2.0.0 >/dev/null
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V2" >/dev/null
+say "(publish read the version, the app and the trusted root from the build itself)"
 show nsapp update --check
 
 step "6. nsapp update: download + verify, try 2.0.0 (migration, health check), switch, continue"
@@ -90,7 +92,7 @@ show cat "$NSAPP_STATE_DIR/history.jsonl"
 SHA_V2="$(pyz_sha)"; STATE_V2="$(cat "$NSAPP_STATE_DIR/history.jsonl")"
 
 step "7. A tampered release: 2.1.0 is published, then one byte of it is changed on the server"
-show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V2" --version 2.1.0 >/dev/null
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V21" >/dev/null
 TARGET="$(find "$REPO/targets" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)"
 "$PY" - "$TARGET" <<'PYEOF'
 import sys
@@ -106,7 +108,7 @@ say "${G}refused${N}: still $(nsapp --version), file sha256 $(pyz_sha) (was $SHA
 
 step "8. A release whose migration fails: 3.0.0+failmigration (its migration raises halfway)"
 V3="$(build 3.0.0+failmigration)"; say "built $V3"
-show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V3" --version 3.0.0+failmigration >/dev/null
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V3" >/dev/null
 printf '%s$ nsapp update%s\n' "$B" "$N"
 if nsapp update; then printf '%sUNEXPECTED: the failing build was installed%s\n' "$R" "$N"; exit 1; fi
 say "${G}refused${N}: still $(nsapp --version), file sha256 $(pyz_sha) (was $SHA_V2)"

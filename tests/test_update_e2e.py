@@ -134,6 +134,8 @@ def world_fixture(
         "health-fails": build_pyz("2.0.0+failhealth", **kw),
         "exits-at-start": derived_build(v2, tmp / "exits.pyz", "import sys\nsys.exit(3)\n"),
         "hangs": derived_build(v2, tmp / "hangs.pyz", "import time\ntime.sleep(3600)\n"),
+        # A later good release, published after a bad one.
+        "2.0.1": build_pyz("2.0.1", **kw),
     }
     return World(url, www, handler, keys, base, v1, v2, builds, tmp)
 
@@ -280,7 +282,9 @@ def test_failing_build_leaves_v1_and_state_untouched(
     world: World, inst: Install, kind: str
 ) -> None:
     url, repo = world.repo(f"bad-{kind}")
-    world.publish(repo, world.builds[kind], V2)
+    # The publisher signs a build only as the version it says it is.
+    own = {"migration-raises": f"{V2}+failmigration", "health-fails": f"{V2}+failhealth"}
+    world.publish(repo, world.builds[kind], own.get(kind, V2))
     before_state, before_sha = tree(inst.state), sha(inst.pyz)
     env = dict(inst.env, SELFUPDATE_TRIAL_TIMEOUT="3" if kind == "hangs" else "60")
     r = inst.run("update", "--repo", url, env=env)
@@ -312,10 +316,10 @@ def test_failing_build_leaves_v1_and_state_untouched(
     assert r.returncode != 0 and "not tried again" in r.stderr
     if kind != "migration-raises":
         return
-    world.publish(repo, world.v2, "2.0.1")
+    world.publish(repo, world.builds["2.0.1"], "2.0.1")
     r = inst.run("update", "--repo", url)
     assert r.returncode == 0, r.stderr
-    assert inst.pyz.read_bytes() == world.v2.read_bytes()
+    assert inst.pyz.read_bytes() == world.builds["2.0.1"].read_bytes()
 
 
 def test_tampered_build_is_refused_and_not_remembered(world: World, inst: Install) -> None:
