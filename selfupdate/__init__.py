@@ -107,12 +107,13 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'selfupdate' has no attribute {name!r}")
-    import importlib
+    import sys
 
-    if module:
-        value = getattr(importlib.import_module(module), name)
-    else:
-        value = importlib.import_module(f"selfupdate.{name}")
+    # __import__, not importlib.import_module: importing importlib costs ~1 ms, and an app's
+    # --version reads build_info() through here.
+    target = module or f"selfupdate.{name}"
+    __import__(target)
+    value = getattr(sys.modules[target], name) if module else sys.modules[target]
     globals()[name] = value
     return value
 
