@@ -326,7 +326,13 @@ def at_start() -> None:
     pyz = _shiv.running_archive()
     if pyz is None:
         return
-    if not _shiv.hold_extraction():
+    try:
+        held = _shiv.hold_extraction()
+    except _shiv.UntrustedDirectoryError as e:
+        # Too late to refuse (shiv has run it); say so once per start, lock nothing there.
+        _note(f"warning: {e}")
+        held = True
+    if not held:
         # A cleaner removed this extraction between shiv's check and our lock: start again,
         # and shiv extracts afresh.
         _reexec_self()

@@ -9,6 +9,9 @@ extraction. This module knows that layout and nothing else does:
   and its extraction directory, detected once per process;
 - :func:`build_id`: the build id a ``.pyz`` records (the one reader of ``environment.json``);
 - :func:`hold_extraction`: the in-use lock a running build holds on its extraction;
+- :mod:`._trust`: whether ``SHIV_ROOT`` and an extraction belong to this user (the one check
+  the start hook, the seeding and the cleaning use: nothing is created, opened or run in a
+  directory another user can write);
 - :func:`._seed.seed_extraction`: a new build's extraction prepared from the old
   one's (hard links);
 - :func:`._clean.clean_shiv_dirs`: removal of extractions of builds no longer
@@ -25,13 +28,23 @@ import os
 import sys
 
 from selfupdate._names import INUSE_LOCK
+from selfupdate._shiv._trust import UntrustedDirectoryError, private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-__all__ = ["build_id", "hold_extraction", "running_archive", "running_extraction", "shiv_root"]
+__all__ = [
+    "UntrustedDirectoryError",
+    "build_id",
+    "extraction_root",
+    "hold_extraction",
+    "open_private_lock",
+    "running_archive",
+    "running_extraction",
+    "shiv_root",
+]
 
 _UNKNOWN: Any = object()
 _archive: Any = _UNKNOWN  # running_archive(), once detected
@@ -44,6 +57,20 @@ def shiv_root() -> Path:
 
     root = os.environ.get("SHIV_ROOT")
     return Path(root).expanduser() if root else Path("~/.shiv").expanduser()
+
+
+def extraction_root(env: dict[str, Any]) -> Path:
+    """The root shiv's bootstrap extracts an archive with this ``environment.json`` into:
+    ``$SHIV_ROOT``, else the root the build recorded (``$VAR`` expanded), else ``~/.shiv``
+    (shiv's ``Environment.root`` and ``cache_path``)."""
+    from pathlib import Path
+
+    root = os.environ.get("SHIV_ROOT", env.get("root"))
+    if not root or not isinstance(root, str):
+        return Path("~/.shiv").expanduser()
+    if root.startswith("$"):
+        root = os.environ.get(root[1:], root[1:])
+    return Path(root).expanduser()
 
 
 def running_archive() -> Path | None:
@@ -100,39 +127,115 @@ def build_id(pyz: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def open_private_lock(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> int:
+    """Open the lock file ``name`` in the directory ``dir_fd``, creating it 0600.
+
+    Only this user (and root) can open the file, so only they can hold its ``flock``: another
+    user cannot make a start or an update wait. A file there that another user could have
+    opened (a lock made 0644 by an older version, one owned by someone else, a symbolic link,
+    not a regular file) is first replaced by a fresh one (``rename`` over it): whoever holds the
+    old one then holds nothing anyone waits for. Never follows a symbolic link
+    (``O_NOFOLLOW``); ``O_NONBLOCK`` so that a FIFO cannot hang the open.
+
+    Raises:
+        OSError: it cannot be opened or replaced (read-only directory, say).
+    """
+    import errno
+    import stat
+
+    for _ in range(3):
+        try:
+            fd = os.open(
+                name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
+                dir_fd=dir_fd,
+            )
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+        else:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not (
+                st.st_mode & 0o077
+            ):
+                return fd
+            os.close(fd)
+        tmp = f".{name}.{os.getpid()}.new"
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    raise OSError(errno.EAGAIN, f"the lock file {name} keeps being replaced")
+
+
 def hold_extraction() -> bool:
     """Take a shared lock on this build's extraction directory, kept until the process ends
     (``exec`` included: the descriptor is close-on-exec, the new build takes its own).
 
-    :func:`clean_shiv_dirs` never removes a directory whose lock is held. Best effort: without
-    a writable extraction directory there is nothing to mark.
+    :func:`._clean.clean_shiv_dirs` never removes a directory whose lock is held. The lock file
+    is private (:func:`open_private_lock`), and the lock is taken without waiting
+    (``LOCK_SH|LOCK_NB``): only this user's cleaner can hold it exclusively, for as long as it
+    checks whether the directory is in use. When it does, the start goes on without the lock,
+    keeping the file open: the cleaner sees the open descriptor (rule 3 of the cleaning) and
+    keeps the directory, or it had already renamed it away, which this function sees.
+
+    Best effort: without a writable extraction directory there is nothing to mark.
 
     Returns:
         False when the extraction was removed between shiv's check and this lock (the caller
         must start the program again, and shiv extracts it afresh); True otherwise.
+
+    Raises:
+        UntrustedDirectoryError: the extraction or ``SHIV_ROOT`` can be written by another user
+            (what runs may not be this program; nothing was created or locked there).
     """
     global _inuse_fd
     import fcntl
+    import stat
 
     sp = running_extraction()
     if sp is None or _inuse_fd is not None:
         return True
+    ext = os.path.dirname(sp)
     try:
-        fd = os.open(
-            os.path.join(os.path.dirname(sp), INUSE_LOCK),
-            os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-            0o644,
-        )
+        private_dir(os.path.dirname(ext))
+        private_dir(ext, "the shiv extraction", remedy="remove it and start the program again",
+                    risk="what runs from it may be another user's code")
+    except FileNotFoundError:
+        return False
+    try:
+        dfd = os.open(ext, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
-        os.close(fd)
-        return True
+        for _ in range(3):
+            try:
+                fd = open_private_lock(dfd, INUSE_LOCK)
+            except OSError:
+                return os.path.isdir(sp)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                pass  # this user's cleaner is looking at it: see the docstring
+            try:
+                same = os.stat(INUSE_LOCK, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                same = None
+            mine = os.fstat(fd)
+            if same is not None and stat.S_ISREG(same.st_mode) and (
+                same.st_ino, same.st_dev) == (mine.st_ino, mine.st_dev):
+                break  # the file locked is the one the cleaner will try
+            os.close(fd)  # another start replaced an old lock file meanwhile: lock the new one
+        else:
+            return True
+    finally:
+        os.close(dfd)
     if not os.path.isdir(sp):
         os.close(fd)
         return False
     _inuse_fd = fd
     return True
-

@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from selfupdate._names import INUSE_LOCK
 from selfupdate._shiv import build_id, shiv_root
+from selfupdate._shiv._trust import private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["clean_shiv_dirs"]
+__all__ = ["clean_shiv_dirs", "remove_unused"]
 
 
 def _used_by_a_process(path: Path) -> bool:
-    """True if any process we can see maps, runs in, holds open or names ``path``."""
+    """True if any other process we can see maps, runs in, holds open or names ``path``."""
     prefix = str(path) + "/"
     me = os.getpid()
     try:
@@ -71,19 +73,24 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
     """Remove shiv extraction directories of builds of ``name`` that are no longer installed.
 
     A directory ``ROOT/NAME_BUILDID`` is removed only if its build id is not one of the builds in
-    ``keep`` (installed and previous), nobody holds its in-use lock (:func:`hold_extraction`),
-    and no visible process maps a file in it, runs in it, holds one open or names it on its
-    command line. It is renamed away under the exclusive lock before being deleted, so a
-    process starting that build afterwards gets a fresh extraction from shiv.
+    ``keep`` (installed and previous) and :func:`remove_unused` finds it unused. Only in a
+    ``ROOT`` this user owns and nobody else can write (:mod:`._trust`), and only directories
+    this user owns: nothing is created or opened through a symbolic link.
 
     Returns:
         The directories removed.
+
+    Raises:
+        UntrustedDirectoryError: ``ROOT`` can be written by another user (nothing touched).
     """
-    import fcntl
     import re
     import shutil
+    from pathlib import Path
 
-    root = root or shiv_root()
+    try:
+        root = Path(private_dir(root or shiv_root()))
+    except FileNotFoundError:
+        return []
     keep_ids = {i for i in (build_id(p) for p in keep if p.exists()) if i}
     pattern = re.compile(re.escape(name) + r"_([0-9a-f]{64})")
     removed: list[Path] = []
@@ -94,7 +101,7 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
     leftover = re.compile(r"\." + re.escape(name) + r"_[0-9a-f]{64}\.(?:seed|removing)-(\d+)")
     for entry in entries:
         m = leftover.fullmatch(entry)
-        if m is not None and not _alive(int(m.group(1))):
+        if m is not None and not _alive(int(m.group(1))) and _mine(root / entry):
             # A seed or removal cut short by a kill: nobody uses a half-made directory.
             shutil.rmtree(root / entry, ignore_errors=True)
             removed.append(root / entry)
@@ -102,29 +109,76 @@ def clean_shiv_dirs(keep: list[Path], name: str, root: Path | None = None) -> li
         m = pattern.fullmatch(entry)
         if m is None or m.group(1) in keep_ids:
             continue
-        d = root / entry
-        try:
-            fd = os.open(d / INUSE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a running process holds it
-            if _used_by_a_process(d):
-                continue
-            gone = root / f".{entry}.removing-{os.getpid()}"
-            try:
-                os.replace(d, gone)
-            except OSError:
-                continue
-            shutil.rmtree(gone, ignore_errors=True)
-            try:
-                os.unlink(root / f".{entry}_lock")
-            except FileNotFoundError:
-                pass
-            removed.append(d)
-        finally:
-            os.close(fd)
+        if remove_unused(root, entry):
+            removed.append(root / entry)
     return removed
+
+
+def _mine(path: Path) -> bool:
+    """A real directory (not a link to one) of this user."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def remove_unused(root: Path, entry: str) -> bool:
+    """Remove the extraction ``root/entry`` if this user owns it and nothing uses it.
+
+    ``root`` must have passed :func:`._trust.private_dir`. Unused: an exclusive ``flock`` on its
+    in-use lock can be taken (every running build holds a shared one,
+    :func:`selfupdate._shiv.hold_extraction`), and no visible process maps a file in it, runs
+    in it, holds one open or names it on its command line. It is renamed away under the
+    exclusive lock, checked once more (a build that started meanwhile holds its lock file open
+    even where it could not lock it) and put back if used, else deleted; so a process
+    starting that build afterwards gets a fresh extraction from shiv.
+
+    Returns:
+        True if it was removed.
+    """
+    import fcntl
+    import shutil
+
+    d = root / entry
+    if not _mine(d):
+        return False  # another user's (or not a directory): never touched
+    try:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # Not open_private_lock: replacing an older, wider lock file here would lose the
+        # shared locks running builds hold on it. Opened as it is, never through a link.
+        fd = os.open(INUSE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o600, dir_fd=dfd)
+    except OSError:
+        return False
+    finally:
+        os.close(dfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a running process holds it
+        if _used_by_a_process(d):
+            return False
+        gone = root / f".{entry}.removing-{os.getpid()}"
+        try:
+            os.rename(d, gone)
+        except OSError:
+            return False
+        if _used_by_a_process(gone):
+            os.rename(gone, d)  # started between the check and the rename: keep it
+            return False
+        shutil.rmtree(gone, ignore_errors=True)
+        try:
+            os.unlink(root / f".{entry}_lock")
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(fd)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from selfupdate._durable import fsync_dir
 from selfupdate._shiv._seed import seed_extraction
+from selfupdate._shiv._trust import UntrustedDirectoryError
 from selfupdate.errors import (
     InstallError,
     KnownBadError,
@@ -132,6 +133,9 @@ def update(
             tx.record("snapshot")
             try:
                 seed_extraction(installed, layout.staged)
+            except UntrustedDirectoryError as e:
+                # Not the release's fault (not remembered as bad): where it would run is not ours.
+                raise InstallError(f"cannot update {installed}: {e}") from e
             except Exception:  # noqa: BLE001 - zipfile raises several kinds
                 pass  # only an optimisation: shiv extracts the build itself in the trial
             note(f"trying {new} (migrations and health check) ...")

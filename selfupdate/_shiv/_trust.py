@@ -1,0 +1,179 @@
+"""Whether a directory belongs to this user: the one trust check for ``SHIV_ROOT`` and its
+extractions.
+
+shiv runs whatever it finds in ``ROOT/NAME_BUILDID/site-packages``. That is safe only if no
+other user could have put it there, now or earlier: the directory, and every directory above
+it, must be owned by the effective user or root, and writable by nobody else -- an ancestor
+may be writable by others when it is sticky (``/tmp``: only an entry's owner may rename or
+remove it), the directory itself may not.
+
+The path is resolved component by component, as the kernel would (``lstat`` of each step,
+symbolic links followed by hand): each symbolic link on the way must itself be owned by the
+effective user or root and lie in a directory that passes the ancestor rule, because whoever
+may replace a link decides where the path goes -- for shiv too, which is handed the unresolved
+``$SHIV_ROOT``. The resolved path is what the caller should use from then on.
+
+Standard library only, and nothing from :mod:`selfupdate`: a boot gate that runs before shiv's
+bootstrap can carry this very file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+__all__ = ["UntrustedDirectoryError", "check_tree", "private_dir"]
+
+#: What a message tells the user to do when ``SHIV_ROOT`` is not private.
+ROOT_REMEDY = "set SHIV_ROOT to a directory only you can write"
+_MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+
+
+class UntrustedDirectoryError(OSError):
+    """A directory (or one on its way) another user could write: nothing may run from it.
+
+    An ``OSError`` (a failure of the environment, not a bug). ``str()`` is one sentence that
+    names the path, why, and what to do.
+
+    Attributes:
+        path: the directory refused.
+        reason: why, e.g. ``"is writable by other users (mode 0777)"``.
+    """
+
+    def __init__(self, message: str, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+def _owners() -> tuple[int, int]:
+    return os.geteuid(), 0
+
+
+def _problem(st: os.stat_result, *, final: bool) -> str | None:
+    """Why a directory with this ``lstat`` cannot be trusted (None: it can)."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid not in _owners():
+        return f"belongs to another user (uid {st.st_uid})"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and (final or not mode & stat.S_ISVTX):
+        sticky = "" if final else ", not sticky"
+        return f"is writable by other users (mode {mode:04o}{sticky})"
+    return None
+
+
+def private_dir(
+    path: str | os.PathLike[str],
+    what: str = "SHIV_ROOT",
+    *,
+    create: bool = False,
+    remedy: str = ROOT_REMEDY,
+    risk: str = "extraction there could run another user's code",
+) -> str:
+    """Check that ``path`` is a directory only the effective user (or root) can change.
+
+    Args:
+        path: the directory (relative paths are taken from the current directory).
+        what: how messages name it (``"SHIV_ROOT"``).
+        create: make missing directories (mode 0700) instead of raising FileNotFoundError.
+        remedy: the "what to do" end of a message.
+        risk: what could go wrong, the middle of a message.
+
+    Returns:
+        The resolved absolute path (use it, not ``path``, from then on).
+
+    Raises:
+        UntrustedDirectoryError: it, an ancestor or a symbolic link on the way fails the rules.
+        FileNotFoundError: it (or an ancestor) does not exist and ``create`` is False.
+        OSError: from ``lstat``/``mkdir`` (permission denied, say).
+    """
+    given = os.fspath(path)
+    todo = [p for p in os.path.abspath(given).split("/") if p]
+    todo.reverse()  # a stack: the next component last
+    current = "/"
+    links = 0
+
+    def refuse(where: str, reason: str, how: str = "is inside") -> UntrustedDirectoryError:
+        if how == "final":
+            shown = given if where == os.path.abspath(given) else f"{given} ({where})"
+            msg = f"{what} {shown} {reason}"
+        else:
+            msg = f"{what} {given} {how} {where}, which {reason}"
+        return UntrustedDirectoryError(
+            f"{msg}: {risk}; {remedy}", given, reason
+        )
+
+    why = _problem(os.lstat(current), final=False) if todo else None
+    if why:
+        raise refuse(current, why)
+    while todo:
+        name = todo.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)  # already checked on the way down
+            continue
+        step = os.path.join(current, name)
+        try:
+            st = os.lstat(step)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(step, 0o700)
+            st = os.lstat(step)
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in _owners():
+                raise refuse(step, f"is a symbolic link owned by another user (uid {st.st_uid})",
+                             "goes through")
+            links += 1
+            if links > _MAX_LINKS:
+                raise refuse(step, "is one symbolic link too many", "goes through")
+            target = os.readlink(step)
+            if target.startswith("/"):
+                current = "/"
+            todo.extend(reversed([p for p in target.split("/") if p]))
+            continue
+        current = step
+        why = _problem(st, final=False) if todo else None  # the last one: checked below
+        if why:
+            raise refuse(step, why)
+    # The end of the walk is the directory itself: writable by nobody else, sticky or not.
+    why = _problem(os.lstat(current), final=True)
+    if why:
+        raise refuse(current, why, "final")
+    return current
+
+
+def check_tree(path: str, what: str, remedy: str) -> None:
+    """Check everything under the directory ``path``: no symbolic link, nothing owned by
+    another user, nothing writable by group or others (what shiv or the seeding made never
+    is).
+
+    Raises:
+        UntrustedDirectoryError: the first entry that fails, named in the message.
+        OSError: from reading the directories.
+    """
+    owners = _owners()
+    stack = [path]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                reason = None
+                if stat.S_ISLNK(st.st_mode):
+                    reason = "is a symbolic link"
+                elif st.st_uid not in owners:
+                    reason = f"belongs to another user (uid {st.st_uid})"
+                elif st.st_mode & 0o022:
+                    reason = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+                if reason:
+                    raise UntrustedDirectoryError(
+                        f"{what} {path} holds {entry.path}, which {reason}: running from it "
+                        f"could run another user's code; {remedy}",
+                        path,
+                        reason,
+                    )
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
