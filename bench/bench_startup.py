@@ -12,7 +12,10 @@ Everything runs through ``sys.executable`` (never a ``python3`` shim from PATH),
 PYTHONDONTWRITEBYTECODE unset so that .pyc files are written and used as in real life, and
 after warm-up runs (shiv's one-time extraction is not what is measured).
 
-Usage: python bench/bench_startup.py [--runs N] [--json]
+With ``--against DIR`` (another checkout, e.g. the tree before a change), that checkout's
+``nsapp.pyz`` (built by its own ``build.sh``) is measured in the same interleaved run.
+
+Usage: python bench/bench_startup.py [--runs N] [--json] [--against DIR]
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per command (>= 30)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout whose nsapp.pyz is measured side by side")
     opts = parser.parse_args()
     if opts.runs < 30:
         parser.error("--runs must be at least 30 (medians of >= 30 runs)")
@@ -177,18 +182,26 @@ def main() -> int:
         minimal = build_hello(work, "minimal", deps, minimal=True)
         env = _env(work / "shiv-root")
         exe = sys.executable
-        startup = time_commands(
-            {
-                "nsapp": [exe, str(nsapp), "--version"],
-                "hello": [exe, str(hello)],
-                "bare": [exe, str(bare)],
-                "pass": [exe, "-I", "-S", "-c", "pass"],
-            },
-            env,
-            opts.runs,
-        )
+        cmds = {
+            "nsapp": [exe, str(nsapp), "--version"],
+            "hello": [exe, str(hello)],
+            "bare": [exe, str(bare)],
+            "pass": [exe, "-I", "-S", "-c", "pass"],
+        }
+        against = None
+        if opts.against is not None:
+            (work / "against").mkdir()
+            against = work / "against" / "nsapp.pyz"
+            subprocess.run(
+                ["bash", str(opts.against / "build.sh"), "--version", "1.0.0", "--out",
+                 str(against)],
+                env=dict(os.environ, PYTHON=exe), capture_output=True, check=True,
+            )  # fmt: skip
+            cmds["against"] = [exe, str(against), "--version"]
+        startup = time_commands(cmds, env, opts.runs)
         rt = roundtrip(nsapp, env, opts.runs)
         rt_min = roundtrip(minimal, env, opts.runs)
+        rt_against = roundtrip(against, env, opts.runs) if against is not None else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -210,6 +223,13 @@ def main() -> int:
         f"| {rt_min['reexec']:.1f} | {r_min:.2f}x |"
     )
     print(f"| spawn `python -I -S -c pass` from that pyz | {rt_min['plain']:.1f} | 1.00x |")
+    if rt_against is not None:
+        print(f"| `nsapp.pyz --version` of {opts.against} | {startup['against']:.1f} | "
+              f"{startup['against'] / startup['hello']:.2f}x hello pyz; this tree "
+              f"{startup['nsapp'] / startup['against']:.2f}x it |")
+        print(f'| `command("reexec-true").run()` from its nsapp.pyz | {rt_against["reexec"]:.1f} '
+              f"| {rt_against['reexec'] / rt_against['plain']:.2f}x; this tree "
+              f"{rt['reexec'] / rt_against['reexec']:.2f}x it |")
     r_prog = rt["program"] / rt["plain"]
     print(
         f'| `command("reexec-true", program=nsapp.pyz).run()` | {rt["program"]:.1f} '
