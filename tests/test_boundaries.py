@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,14 +51,14 @@ INJECT = textwrap.dedent(
 
 
 def _in_a_terminal(
-    script: str, timeout: float = 60, press: tuple[bytes, bytes] | None = None
+    script: str, timeout: float = 60, press: tuple[Callable[[bytes], bool], bytes] | None = None
 ) -> tuple[int, bytes]:
     """Run ``script`` (Python) as the session leader of a new pty, as a login shell would be.
 
     The script runs the workload; afterwards, whatever sits in the terminal's input queue (what
     the caller's shell would read and run next) is printed as ``QUEUE:<repr>``. ``press``:
-    (marker, keys): type ``keys`` once the terminal has shown ``marker``. Returns the exit
-    status and everything the terminal showed.
+    (ready, keys): type ``keys`` once ``ready(what the terminal showed)`` is true (polled).
+    Returns the exit status and everything the terminal showed.
     """
     epilogue = textwrap.dedent(
         """
@@ -84,22 +85,26 @@ def _in_a_terminal(
         finally:
             os._exit(127)
     out = b""
+    over = False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if press is not None and press[0](out):
+            os.write(master, press[1])
+            press = None
+        wait = max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([master], [], [], wait if press is None else min(wait, 0.02))
         if not ready:
-            break
+            continue  # the loop's condition ends it at the deadline
         try:
             data = os.read(master, 65536)
         except OSError:  # EIO: the session is over
+            over = True
             break
         if not data:
+            over = True
             break
         out += data
-        if press is not None and press[0] in out:
-            os.write(master, press[1])
-            press = None
-    else:
+    if not over:  # past the deadline: end the session (its QUEUE line is then missing)
         os.kill(pid, 9)
     _, status = os.waitpid(pid, 0)
     os.close(master)
@@ -173,8 +178,36 @@ def test_ctrl_c_at_the_terminal_still_reaches_a_non_interactive_workload() -> No
         + f"st = namespaces.run([sys.executable, '-c', {probe!r}], stdin=open('/dev/null'))\n"
         "print('STATUS', st, flush=True)\n"
     )
-    status, out = _in_a_terminal(script, press=(b"READY", b"\x03"))
+    status, out = _in_a_terminal(script, press=(lambda out: b"READY" in out, b"\x03"))
     assert b"GOT-INT" in out and b"STATUS 3" in out, out
+
+
+def test_ctrl_c_at_the_terminal_ends_a_non_interactive_shell_and_its_child() -> None:
+    # As a terminal would, the signal reaches the workload's whole process group: the shell's
+    # `sleep` too, else the shell would wait for it to finish (here: past the session's limit).
+    # Pressed once the sleep runs: a shell that takes SIGINT between two commands goes on.
+    token = f"0.{int.from_bytes(os.urandom(4), 'big')}"  # a duration: sleep adds them up
+    script = (
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+        + RUN
+        + f"st = namespaces.run(['sh', '-c', 'sleep 300 {token}; exit 9'],"
+        " stdin=open('/dev/null'))\n"
+        "print('STATUS', st, flush=True)\n"
+    )
+    status, out = _in_a_terminal(script, timeout=60, press=(lambda _: _running(token), b"\x03"))
+    assert b"STATUS 130" in out, out
+
+
+def _running(token: str) -> bool:
+    """Is a ``sleep 300 TOKEN`` running (the host's view of every PID namespace)?"""
+    want = f"sleep\x00300\x00{token}\x00".encode()
+    for entry in os.listdir("/proc"):
+        try:
+            if Path(f"/proc/{entry}/cmdline").read_bytes() == want:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def test_the_callers_terminal_is_restored_after_an_interactive_run() -> None:

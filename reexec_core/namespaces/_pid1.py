@@ -5,7 +5,8 @@ container. The kernel hands it every orphan of the namespace to reap, and kills 
 namespace when it exits. Our init:
 
 * reaps every child, not only the workload, so 200 orphaned grandchildren leave no zombies;
-* forwards SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM and SIGWINCH to the workload;
+* forwards SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM and SIGWINCH to the workload
+  (a terminal's four, HUP/INT/QUIT/WINCH, to its whole process group, as a terminal would);
   a shell as PID 1 would ignore SIGTERM (the kernel drops signals PID 1 has no handler for),
   ours receives them because it keeps them blocked and takes them with ``sigwaitinfo``
   (signal(7): blocked signals are queued, never ignored);
@@ -33,6 +34,7 @@ from reexec_core.namespaces._spec import FORWARDED, SIGCHLD
 
 WAITSET = (*FORWARDED, SIGCHLD)
 _SIGKILL, _SIGWINCH = 9, 28
+_TERMINAL = frozenset((1, 2, 3, 28))  # HUP INT QUIT WINCH: what a terminal signals
 #: The parent-death signal of a supervisor without a PID namespace: caught (SIGKILL could not
 #: be), so that it kills the workload's whole tree before it goes. SIGRTMAX: nobody else sends it.
 DEATHSIG = 64
@@ -92,6 +94,7 @@ def supervise(
     forward: bool = True,
     on_winch: Callable[[], None] | None = None,
     procfd: int | None = None,
+    group: bool = False,
 ) -> int:
     """Wait for ``child`` with the signals of ``WAITSET`` blocked; return its exit code.
 
@@ -104,6 +107,9 @@ def supervise(
             namespace, and this a ``/proc`` directory descriptor (-1: none) to find its tree
             with; the leftovers are killed when the workload exits, and everything when
             :data:`DEATHSIG` (the runner died) arrives.
+        group: ``child`` is the workload, leader of its own process group: a terminal's
+            signals (HUP, INT, QUIT, WINCH) go to that whole group, as a terminal sends
+            them, so ``sh -c 'sleep 60'`` ends on Ctrl-C at once, not after the sleep.
 
     Returns:
         The child's exit status, or 128+N if signal N killed it.
@@ -125,7 +131,11 @@ def supervise(
                 on_winch()
             elif forward:
                 try:
-                    os.kill(child, sig)
+                    # Not reaped yet: its pid, and so its group id, cannot have been reused.
+                    if group and sig in _TERMINAL:
+                        os.killpg(child, sig)
+                    else:
+                        os.kill(child, sig)
                 except ProcessLookupError:
                     pass
             continue

@@ -177,7 +177,7 @@ def _spawn_and_supervise(spec: Spec, errfd: int, procfd: int | None) -> int:
     seal(errfd, procfd)
     child = start_workload(spec, errfd)
     os.close(errfd)
-    return _pid1.supervise(child, reap_all=True, procfd=procfd)
+    return _pid1.supervise(child, reap_all=True, procfd=procfd, group=True)
 
 
 def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
@@ -278,7 +278,7 @@ def join_main(spec: Spec, pidfd: int, errfd: int, parent: int) -> int:
         child = start_workload(spec, errfd)
         os.close(errfd)
         # Joined into a PID namespace, the workload's orphans go to that namespace's init.
-        return _pid1.supervise(child, reap_all=False, procfd=procfd)
+        return _pid1.supervise(child, reap_all=False, procfd=procfd, group=True)
     except Failure as f:
         _wire.report(errfd, f)
         return 125
