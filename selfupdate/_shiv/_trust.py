@@ -46,15 +46,36 @@ class UntrustedDirectoryError(OSError):
         self.reason = reason
 
 
-def _owners() -> tuple[int, int]:
-    return os.geteuid(), 0
+def _owners(*, final: bool) -> tuple[int, ...]:
+    if final:
+        return os.geteuid(), 0
+    return os.geteuid(), 0, *_unmapped_owner()
+
+
+_unmapped: list[int] = []
+
+
+def _unmapped_owner() -> tuple[int, ...]:
+    """Inside a user namespace, the uid an unmapped owner shows as (the kernel's overflow uid,
+    65534): root's ``/`` and ``/tmp`` look like that there. Such an *ancestor* is taken as the
+    system's; the directory itself must still be ours. Outside one: nothing to add."""
+    if not _unmapped:
+        try:
+            with open("/proc/self/uid_map", "rb") as f:
+                initial = f.read().split() == [b"0", b"0", b"4294967295"]
+            with open("/proc/sys/kernel/overflowuid", "rb") as f:
+                overflow = int(f.read())
+        except (OSError, ValueError):
+            initial, overflow = True, -1
+        _unmapped.append(-1 if initial else overflow)
+    return () if _unmapped[0] < 0 else (_unmapped[0],)
 
 
 def _problem(st: os.stat_result, *, final: bool) -> str | None:
     """Why a directory with this ``lstat`` cannot be trusted (None: it can)."""
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
-    if st.st_uid not in _owners():
+    if st.st_uid not in _owners(final=final):
         return f"belongs to another user (uid {st.st_uid})"
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022 and (final or not mode & stat.S_ISVTX):
@@ -123,7 +144,7 @@ def private_dir(
             os.mkdir(step, 0o700)
             st = os.lstat(step)
         if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in _owners():
+            if st.st_uid not in _owners(final=False):
                 raise refuse(step, f"is a symbolic link owned by another user (uid {st.st_uid})",
                              "goes through")
             links += 1
@@ -154,7 +175,7 @@ def check_tree(path: str, what: str, remedy: str) -> None:
         UntrustedDirectoryError: the first entry that fails, named in the message.
         OSError: from reading the directories.
     """
-    owners = _owners()
+    owners = _owners(final=True)
     stack = [path]
     while stack:
         d = stack.pop()
