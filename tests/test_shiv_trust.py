@@ -90,7 +90,7 @@ def refusal(stderr: str) -> str:
     assert lines, stderr
     for ln in lines:
         prefix, _, message = ln.partition(": ")
-        assert prefix in ("nsapp", "nsapp update"), stderr
+        assert prefix in ("nsapp", "nsapp update", "nsapp rollback"), stderr
         assert_sentence(message)
     return lines[-1]
 
@@ -223,6 +223,49 @@ def test_an_extraction_of_ours_found_before_the_trial_is_made_again(
     assert not marker.exists(), "the stale extraction ran"
     assert r.returncode == 0, r.stderr
     assert not (stale / "planted.pth").exists()
+    assert inst.pyz.read_bytes() == world.v2.read_bytes()
+
+
+def test_a_rollback_runs_the_previous_build_only_from_an_extraction_it_verified(
+    world: e2e.World, inst: e2e.Install, tmp_path: Path
+) -> None:
+    """The previous build's extraction, changed while the new build ran (a .pth added): the
+    rollback's trial must not run it; it is made again from the previous build itself."""
+    url, repo = world.repo("rollback-stale")
+    world.publish(repo, world.v2, e2e.V2)
+    root = tmp_path / "shiv"
+    root.mkdir(mode=0o700)
+    env = dict(inst.env, SHIV_ROOT=str(root))
+    assert inst.run("update", "--repo", url, env=env).returncode == 0
+    marker = tmp_path / "stale-code-ran"
+    old = root / f"nsapp.pyz_{_shiv.build_id(world.v1)}" / "site-packages"
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "planted.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+    r = inst.run("rollback", env=env)
+    assert not marker.exists(), "the changed extraction ran in the rollback's trial"
+    assert r.returncode == 0, r.stderr
+    assert inst.pyz.read_bytes() == world.v1.read_bytes()
+
+
+@second_user
+def test_a_rollback_refuses_an_extraction_another_user_planted(
+    world: e2e.World, inst: e2e.Install, reachable: Path, tmp_path: Path
+) -> None:
+    url, repo = world.repo("rollback-planted")
+    world.publish(repo, world.v2, e2e.V2)
+    root = reachable
+    env = dict(inst.env, SHIV_ROOT=str(root))
+    assert inst.run("update", "--repo", url, env=env).returncode == 0
+    marker = tmp_path / "planted-code-ran"
+    planted = root / f"nsapp.pyz_{_shiv.build_id(world.v1)}"
+    shutil.rmtree(planted, ignore_errors=True)
+    root.chmod(0o777)  # shared for a while: the second user plants the previous build's
+    plant(planted, marker)
+    root.chmod(0o755)
+    r = inst.run("rollback", env=env)
+    assert not marker.exists(), "the planted extraction ran"
+    assert r.returncode != 0
+    assert "belongs to another user" in refusal(r.stderr)
     assert inst.pyz.read_bytes() == world.v2.read_bytes()
 
 

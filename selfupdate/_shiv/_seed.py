@@ -144,8 +144,8 @@ def _target_free(root: Path, name: str, zn: Any) -> bool:
     from selfupdate._shiv._clean import remove_unused
 
     path = str(root / name)
-    what = "the extraction of the new build"
-    risk = "running the new build from it could run another user's code"
+    what = "the extraction of the build to run"
+    risk = "running the build from it could run another user's code"
     try:
         private_dir(path, what, remedy=_PLANTED, risk=risk)
     except FileNotFoundError:

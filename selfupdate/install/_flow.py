@@ -226,6 +226,14 @@ def rollback(
             except OSError as e:
                 raise dir_error(layout, e, "preparing the rollback", "roll back") from e
         tx.record("snapshot")
+        # The previous build runs from its shiv extraction too: only from one this user made
+        # (refused otherwise, in one sentence), reseeded from the installed build's if gone.
+        try:
+            seed_extraction(installed, previous)
+        except UntrustedDirectoryError as e:
+            raise InstallError(f"cannot roll back {installed}: {e}") from e
+        except Exception:  # noqa: BLE001 - zipfile raises several kinds
+            pass  # only an optimisation: shiv extracts the build itself in the trial
         failure, refused = _run_trial(tx, previous, trial_timeout)
         if failure is not None:
             cls = TrialFailedError if refused else TrialIncompleteError
