@@ -74,6 +74,7 @@ class _Config:
     state_dir: Callable[[], Path] | None = None
     client: Callable[[str | None], ClientLike] | None = None
     trial_timeout: float = 60.0
+    trial_timeout_set: bool = False
     migrations: dict[str, Migration] = {}
     health_checks: list[HealthCheck] = []
 
@@ -130,11 +131,28 @@ def configure(
         state_dir = lambda: fixed  # noqa: E731 - one expression, named by the attribute
     _cfg.name, _cfg.version, _cfg.state_dir = name, version, state_dir
     _cfg.client = client or _default_client
-    env_timeout = os.environ.get("SELFUPDATE_TRIAL_TIMEOUT")
     if trial_timeout is not None:
-        _cfg.trial_timeout = trial_timeout
-    elif env_timeout:
-        _cfg.trial_timeout = float(env_timeout)
+        _cfg.trial_timeout, _cfg.trial_timeout_set = trial_timeout, True
+
+
+def _trial_timeout() -> float:
+    """configure()'s, else ``$SELFUPDATE_TRIAL_TIMEOUT``, else 60; read when an update runs, so
+    a bad value stops the update with a sentence, not every start of the app."""
+    from selfupdate.errors import ConfigError
+
+    text = os.environ.get("SELFUPDATE_TRIAL_TIMEOUT")
+    if _cfg.trial_timeout_set or not text:
+        return _cfg.trial_timeout
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(
+            f"SELFUPDATE_TRIAL_TIMEOUT={text!r} is not a number of seconds greater than 0: fix "
+            "or unset it"
+        )
+    return value
 
 
 def version() -> str:
@@ -177,7 +195,8 @@ def _default_client(repo_url: str | None) -> ClientLike:
             f"this build of {_cfg.name} has no embedded trusted root, so it cannot verify "
             "updates: build it with selfupdate build --trusted-root ROOT.json --repo-url URL"
         )
-    url = repo_url or (info.repo_url if info is not None else None)
+    assert info is not None  # it had a root
+    url = repo_url or info.repo_url
     if not url:
         raise ConfigError(
             f"this build of {_cfg.name} has no release repository URL: pass one, or build it "
@@ -193,8 +212,7 @@ def _default_client(repo_url: str | None) -> ClientLike:
     # One per repository and root: metadata trusted from one never meets another's.
     key = hashlib.sha256(url.encode() + b"\0" + root).hexdigest()[:16]
     cache = platformdirs.user_cache_path(_cfg.name) / "tuf" / key
-    channel = info.channel if info is not None else "stable"
-    return UpdateClient(_cfg.name, url, root, channel=channel, cache_dir=cache)
+    return UpdateClient(_cfg.name, url, root, channel=info.channel, cache_dir=cache)
 
 
 def migration(version: str) -> Callable[[Migration], Migration]:
@@ -440,15 +458,30 @@ def update(
     before = _inode(pyz)
     try:
         client = _cfg.client(repo_url)
-        outcome = install.update(
-            pyz, client, _cfg.version, _state_dir(),
-            check_only=check_only, trial_timeout=_cfg.trial_timeout, say=say,
-        )
-    except install.TrialFailedError:
-        _clean_shiv()  # the refused build's extraction
-        raise
+        try:
+            outcome = install.update(
+                pyz, client, _cfg.version, _state_dir(),
+                check_only=check_only, trial_timeout=_trial_timeout(), say=say,
+            )
+        except install.TrialFailedError:
+            _clean_shiv()  # the refused build's extraction
+            raise
+        if outcome.status == "updated" and outcome.new is not None:
+            if outcome.extra.get("unfinished"):
+                _note(outcome.extra["unfinished"])  # installed; the next start finishes it
+            if handover == "finish":
+                import reexec_core
+
+                # The new build says what changed and cleans shiv's directories (same PID).
+                reexec_core.exec_into(
+                    FINISH_ENTRY, outcome.old, outcome.new, str(outcome.log_path), program=pyz
+                )
+            elif handover == "argv":
+                _clean_shiv()
+                _reexec_self()
     except KeyboardInterrupt:
-        # The transaction undid what it had begun, or (past the commit point) finished it.
+        # The transaction undid what it had begun, or (past the commit point) finished it;
+        # a Ctrl-C after it returned, before the handover, finds the new build installed.
         # The switch is one rename, so a new inode means the new build is in place.
         if _inode(pyz) not in (before, None):
             raise UpdateInterrupted(
@@ -459,19 +492,6 @@ def update(
         raise UpdateInterrupted(
             f"interrupted; nothing was changed, {_cfg.name} {_cfg.version} stays", done=False
         ) from None
-    if outcome.status == "updated" and outcome.new is not None:
-        if outcome.extra.get("unfinished"):
-            _note(outcome.extra["unfinished"])  # installed; the next start finishes the rest
-        if handover == "finish":
-            import reexec_core
-
-            # The new build says what changed and cleans shiv's directories (same PID).
-            reexec_core.exec_into(
-                FINISH_ENTRY, outcome.old, outcome.new, str(outcome.log_path), program=pyz
-            )
-        elif handover == "argv":
-            _clean_shiv()
-            _reexec_self()
     return outcome
 
 
@@ -488,7 +508,7 @@ def rollback() -> str:
 
     pyz = _require_pyz()
     version = install.rollback(
-        pyz, _cfg.version, _state_dir(), trial_timeout=_cfg.trial_timeout, say=_note
+        pyz, _cfg.version, _state_dir(), trial_timeout=_trial_timeout(), say=_note
     )
     _clean_shiv()
     return version

@@ -451,3 +451,23 @@ def test_a_lock_held_by_the_same_user_does_not_stop_the_lock_being_private(
         os.close(dfd)
         os.close(old_fd)
     assert sorted(p.name for p in d.iterdir()) == ["l"]
+
+
+def test_dot_dot_after_a_link_is_resolved_as_the_kernel_does(tmp_path: Path) -> None:
+    # a/l -> b/c; "a/l/.." is b (physically), not a: b is what shiv would use, and b is not
+    # private, so it is refused (a text-only normalisation would have checked a instead).
+    (tmp_path / "a").mkdir(mode=0o700)
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b").chmod(0o777)
+    (tmp_path / "a" / "l").symlink_to(tmp_path / "b" / "c")
+    with pytest.raises(UntrustedDirectoryError) as e:
+        private_dir(tmp_path / "a" / "l" / "..")
+    assert "writable by other users" in str(e.value)
+    assert private_dir(tmp_path / "a" / ".") == str(tmp_path / "a")
+
+
+def test_a_bad_trial_timeout_in_the_environment_stops_no_start() -> None:
+    env = dict(os.environ, SELFUPDATE_TRIAL_TIMEOUT="abc")
+    proc = subprocess.run([sys.executable, "-m", "nsapp", "history"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ Two pipes, made by the runner before it clones, forks or starts the setup proces
   there means the runner is gone: it is the pipe's only writer (:func:`peer_gone`).
 
 A threaded caller's setup process is a fresh interpreter: its spec (which may hold ``env=``
-secrets) reaches it on a third descriptor, a sealed memfd (:func:`spec_fd`, :func:`read_spec`),
+secrets) reaches it on a third descriptor, a memfd (:func:`spec_fd`, :func:`read_spec`),
 never on its command line, which every user may read in ``/proc/PID/cmdline``.
 
 On the clone path the child asks for its maps whenever it has a user namespace and goes on

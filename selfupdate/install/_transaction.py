@@ -235,7 +235,16 @@ class UpdateLock:
                 "is running"
             )
         if st.st_mode & 0o077:
-            os.fchmod(fd, 0o600)  # made 0644 by an older version: close it to other users
+            # Made 0644 by an older version: close it to other users (who could hold it).
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError:
+                os.close(fd)
+                raise InstallError(
+                    f"cannot {self.action} {self.layout.installed}: its lock file {lock} may be "
+                    f"opened by other users (mode {stat.S_IMODE(st.st_mode):04o}), who could "
+                    "hold it, and is not yours to change: ask its owner to chmod 600 it"
+                ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
