@@ -8,8 +8,8 @@ reads this on its fastest path: one tiny module, no ``json``, no ``dataclasses``
 
 from __future__ import annotations
 
-import os
-
+# No module-level os: an app's --version and its registered children read build_info(), and
+# importing os (with stat, posixpath, _collections_abc) is ~3 ms a fast child does not pay.
 CONFIG_MODULE = "_build_config"
 ROOT_NAME = "_release_root.json"
 
@@ -33,6 +33,8 @@ class BuildInfo:
         """The embedded trusted root metadata (TUF ``root.json``), or None."""
         if not self._has_root:
             return None
+        import os
+
         try:
             with open(os.path.join(os.path.dirname(__file__), ROOT_NAME), "rb") as f:
                 return f.read()

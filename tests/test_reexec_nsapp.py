@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -160,3 +161,34 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130(tmp_path: Path) -> N
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err == "nsapp: interrupted\n"
+
+
+PROBE_CHILD = """
+import json, re, subprocess, sys
+import reexec_core
+
+def main():
+    reexec_core.init()
+    argv = reexec_core.command("reexec-true").argv
+    argv[1:1] = ["-X", "importtime"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    names = re.findall(r"import time:\\s+\\d+ \\|\\s+\\d+ \\|\\s+(\\S+)", proc.stderr)
+    print(json.dumps({"status": proc.returncode, "modules": names}))
+    return 0
+"""
+
+
+def test_registered_child_of_the_pyz_stays_lean(build_pyz, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The round trip's cost is what the child imports: reading the build's version
+    # (nsapp._version -> selfupdate.build_info) must not bring os, typing or json with it.
+    (tmp_path / "probe_child.py").write_text(PROBE_CHILD)
+    env = dict(_env(), SHIV_ENTRY_POINT="probe_child:main",
+               SHIV_PREPEND_PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(build_pyz("1.0.0"))], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["status"] == 0
+    modules = set(seen["modules"])
+    assert "nsapp._version" in modules and "selfupdate._release" in modules  # it measured
+    assert not modules & {"os", "typing", "json", "dataclasses", "site", "importlib"}, modules
