@@ -95,45 +95,59 @@ _site_needed: list[bool] = []
 def _needs_site() -> bool:
     """Does a loaded module of this program come through an import hook ``site`` set up?
 
-    For each loaded top-level module that lives in a file (stdlib and built-ins aside), ask
-    the plain path finder, on ``sys.path`` alone, where it would find it: somewhere else, or
-    nowhere, means an import hook from a ``.pth`` (an editable install's finder) serves it,
-    and a child started with ``-S`` would not have that hook.
+    Only when ``sys.meta_path`` holds a finder of its own (an editable install's, say): for
+    each loaded top-level module that lives in a file (stdlib and built-ins aside) that the
+    plain path finder would not find where it was loaded from, ask those finders; one that
+    serves it means a child started with ``-S``, which would not have that hook, could not
+    import it. A module nobody can find again (loaded from a path since removed) changes
+    nothing: ``site`` would not find it either.
     """
     if _site_needed:
         return True
-    from importlib.machinery import PathFinder
+    from importlib.machinery import BuiltinImporter, FrozenImporter, PathFinder
 
+    hooks = [f for f in sys.meta_path if f not in (BuiltinImporter, FrozenImporter, PathFinder)]
+    if not hooks:
+        return False
     stdlib = (sys.base_prefix, sys.base_exec_prefix)
     for name, module in list(sys.modules.items()):
         if "." in name or name in _checked or name.startswith("__"):
             continue
         _checked.add(name)
         spec = getattr(module, "__spec__", None)
-        origin = getattr(spec, "origin", None)
-        if spec is None or origin in (None, "built-in", "frozen"):
-            if spec is not None and spec.submodule_search_locations is not None and origin is None:
-                if _namespace_moved(name, spec, PathFinder):
-                    _site_needed.append(True)
-                    return True
+        if spec is None:
             continue
-        if not isinstance(origin, str) or (
-            origin.startswith(stdlib) and "-packages" not in origin
+        origin = spec.origin
+        namespace = origin is None and spec.submodule_search_locations is not None
+        if not namespace and (
+            not isinstance(origin, str)
+            or origin in ("built-in", "frozen")
+            or (origin.startswith(stdlib) and "-packages" not in origin)
         ):
             continue
-        found = PathFinder.find_spec(name, sys.path)
-        if found is None or found.origin != origin:
+        if _finds(PathFinder, name, spec, sys.path):
+            continue
+        if any(_finds(hook, name, spec, None) for hook in hooks):
             _site_needed.append(True)
             return True
     return False
 
 
-def _namespace_moved(name: str, spec: Any, finder: Any) -> bool:
-    """A namespace package some of whose portions the path finder does not see."""
-    found = finder.find_spec(name, sys.path)
-    if found is None or found.submodule_search_locations is None:
-        return True
-    return not set(spec.submodule_search_locations) <= set(found.submodule_search_locations)
+def _finds(finder: Any, name: str, loaded: Any, path: list[str] | None) -> bool:
+    """Would ``finder`` find ``name`` where it was loaded from (all of a namespace)?"""
+    find_spec = getattr(finder, "find_spec", None)
+    if find_spec is None:
+        return False
+    try:
+        spec = find_spec(name, path)
+    except Exception:  # noqa: BLE001 - a third-party finder may fail in any way
+        return False
+    if spec is None:
+        return False
+    if loaded.origin is not None:
+        return bool(spec.origin == loaded.origin)
+    found = spec.submodule_search_locations
+    return found is not None and set(loaded.submodule_search_locations) <= set(found)
 
 
 def _build(
