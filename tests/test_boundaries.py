@@ -362,8 +362,6 @@ def _new_root(tmp_path: Path) -> Path:
 def test_bind_under_a_symlink_out_of_the_new_root_lands_inside(
     tmp_path: Path, outside_exists: bool
 ) -> None:
-    from reexec_core import namespaces
-
     outside = tmp_path / "host-dir-outside"
     if outside_exists:
         outside.mkdir()
@@ -372,16 +370,19 @@ def test_bind_under_a_symlink_out_of_the_new_root_lands_inside(
     src = tmp_path / "src"
     src.mkdir()
     (src / "marker").write_text("inside\n")
-    out = tmp_path / "out"
-    with open(out, "wb") as f:
-        status = namespaces.run(
-            ["/bin/sh", "-c", "cat /etc/app/marker"],
-            root=str(root),
-            mounts=[("ro-bind", "/usr", "/usr"), ("bind", str(src), "/etc/app")],
-            stdout=f,
-        )
-    assert status == 0
-    assert out.read_text() == "inside\n"  # the mount is where the workload looks
+    # A program of its own: the suite's process may have threads (another test's server),
+    # and a threaded caller starts the set-up as a fresh copy of its program.
+    script = tmp_path / "run_in_root.py"
+    script.write_text(
+        "import sys\nfrom reexec_core import namespaces\nimport reexec_core\n"
+        "reexec_core.init()\n"
+        f"sys.exit(namespaces.run(['/bin/sh', '-c', 'cat /etc/app/marker'], root={str(root)!r},"
+        f" mounts=[('ro-bind', '/usr', '/usr'), ('bind', {str(src)!r}, '/etc/app')]))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "inside\n"  # the mount is where the workload looks
     # Nothing was made on the host: the mount point is the link's target inside the root.
     assert (list(outside.iterdir()) == []) if outside_exists else not outside.exists()
     assert (root / str(outside).lstrip("/") / "app").is_dir()
