@@ -166,8 +166,12 @@ def _rollback_as(user: list[str], app: Path, state: Path) -> subprocess.Complete
             "try: install.rollback(Path(sys.argv[1]), '2.0', Path(sys.argv[2]))\n"
             "except errors.SelfUpdateError as e: print(e, file=sys.stderr); sys.exit(1)\n")
     repo = Path(__file__).resolve().parent.parent
-    return subprocess.run([*user, sys.executable, "-c", code, str(app), str(state)],
-                          capture_output=True, text=True, timeout=60, cwd=repo)
+    # Another user cannot run an interpreter under root's home (pyenv's 3.12 fails to load
+    # its libpython there): as that user, the system's Python runs the code, from the repo.
+    python = "/usr/bin/python3" if user and os.path.exists("/usr/bin/python3") else sys.executable
+    return subprocess.run([*user, python, "-c", code, str(app), str(state)],
+                          capture_output=True, text=True, timeout=60, cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
 
 
 def _updated(env: tuple[Path, Path]) -> tuple[Path, Path]:
