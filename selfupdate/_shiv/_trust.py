@@ -46,8 +46,8 @@ class UntrustedDirectoryError(OSError):
         self.reason = reason
 
 
-def _owners(*, final: bool, depth: int = 0) -> tuple[int, ...]:
-    if final or depth > 1:
+def _owners(*, final: bool) -> tuple[int, ...]:
+    if final:
         return os.geteuid(), 0
     return os.geteuid(), 0, *_unmapped_owner()
 
@@ -57,10 +57,10 @@ _unmapped: list[int] = []
 
 def _unmapped_owner() -> tuple[int, ...]:
     """Inside a user namespace, the uid an unmapped owner shows as (the kernel's overflow uid,
-    65534): root's ``/`` and ``/tmp`` look like that there. Such an ancestor is taken as the
-    system's only as ``/`` or a directory directly in it (``/tmp``, ``/srv``): any other user's
-    directory shows as the same uid, and deeper down (``/home/someone``) that is what it is.
-    The directory itself must always be ours. Outside a user namespace: nothing to add."""
+    65534): root's ``/``, ``/tmp`` and ``/var/lib`` look like that there. Such an *ancestor* is
+    taken as the system's; the directory itself must always be ours. From inside, another
+    user's directory on the way shows as the same uid and cannot be told apart: a known limit
+    (docs/security.md). Outside a user namespace: nothing to add."""
     if not _unmapped:
         try:
             with open("/proc/self/uid_map", "rb") as f:
@@ -73,12 +73,11 @@ def _unmapped_owner() -> tuple[int, ...]:
     return () if _unmapped[0] < 0 else (_unmapped[0],)
 
 
-def _problem(st: os.stat_result, *, final: bool, depth: int = 0) -> str | None:
-    """Why a directory with this ``lstat`` cannot be trusted (None: it can); ``depth``: how many
-    components below ``/`` it is."""
+def _problem(st: os.stat_result, *, final: bool) -> str | None:
+    """Why a directory with this ``lstat`` cannot be trusted (None: it can)."""
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
-    if st.st_uid not in _owners(final=final, depth=depth):
+    if st.st_uid not in _owners(final=final):
         return f"belongs to another user (uid {st.st_uid})"
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022 and (final or not mode & stat.S_ISVTX):
@@ -149,7 +148,7 @@ def private_dir(
             os.mkdir(step, 0o700)
             st = os.lstat(step)
         if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in _owners(final=False, depth=step.count("/")):
+            if st.st_uid not in _owners(final=False):
                 raise refuse(step, f"is a symbolic link owned by another user (uid {st.st_uid})",
                              "goes through")
             links += 1
@@ -161,8 +160,7 @@ def private_dir(
             todo.extend(reversed([p for p in target.split("/") if p]))
             continue
         current = step
-        depth = current.count("/")
-        why = _problem(st, final=False, depth=depth) if todo else None  # the last: below
+        why = _problem(st, final=False) if todo else None  # the last one: checked below
         if why:
             raise refuse(step, why)
     # The end of the walk is the directory itself: writable by nobody else, sticky or not.
