@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 PROBE = textwrap.dedent(
     """
-    import sys
+    import os, sys
     from reexec_core import namespaces
     try:
         status = namespaces.run(["no-such-command-here"])
@@ -36,6 +36,10 @@ PROBE = textwrap.dedent(
         print("RAISED", type(e).__name__, "|", e, flush=True)
     else:
         print("RETURNED", status, flush=True)
+    try:  # the runner reaped what it started: no child left, running or a zombie
+        print("CHILD LEFT", os.waitpid(-1, os.WNOHANG), flush=True)
+    except ChildProcessError:
+        print("NO CHILD LEFT", flush=True)
     """
 )
 
@@ -76,6 +80,7 @@ def test_a_command_that_cannot_start_raises_the_same_with_and_without_a_terminal
         line = next(x for x in out.splitlines() if x.startswith(("RAISED", "RETURNED")))
         assert line.startswith("RAISED CommandError | "), out
         assert "no-such-command-here" in line
+        assert "NO CHILD LEFT" in out, out
     # Nothing printed on its own: the library speaks only through the exception.
     assert plain.stderr == ""
     assert "no-such-command-here" not in at_terminal.split("RAISED")[0]

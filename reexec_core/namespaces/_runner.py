@@ -83,7 +83,7 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     single = _single_threaded()
     # A thread's mask and sigwaitinfo see process signals only when it is the only thread.
     forward = forward_signals and single
-    relay = _open_relay(spec, fds)
+    relay = None
     errr = errw = ackr = ackw = -1
     # Single-threaded, the signals are blocked before the fork and taken with sigwaitinfo; a
     # threaded caller's other threads would take them instead, so there they stay as they are.
@@ -95,7 +95,9 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
     # No collection while the setup process runs as a copy of this one: it would write to
     # (and so copy) pages all over the heap, in the child and here.
     collect = single and gc.isenabled()
+    child = -1  # until it is waited for: reaped (killed first) if anything below fails
     try:
+        relay = _open_relay(spec, fds)
         errr, errw = os.pipe2(os.O_CLOEXEC)
         ackr, ackw = os.pipe2(os.O_CLOEXEC)
         if single:
@@ -134,7 +136,6 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             gc.enable()
             collect = False
         if failure is not None:
-            _reap(child, popen)
             raise failure
         if forward:
             # With a pty of its own the workload's size follows ours (the kernel then sends
@@ -144,6 +145,7 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             status = _pid1.supervise(child, reap_all=False, on_winch=resize)
         else:
             status = _wait(child, interrupt=forward_signals)
+        child = -1  # waited for
         if cloned:
             failure = _late_failure(errr)
             if failure is not None:
@@ -152,6 +154,11 @@ def _execute(spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_sig
             popen.returncode = status
         return status
     finally:
+        if child > 0:
+            # A failure between the start and the wait (a refused step, a terminal that
+            # would not go raw, Ctrl-C in a threaded caller): no workload is left running
+            # unseen, and no zombie.
+            _reap(child, popen)
         if collect:
             gc.enable()
         _pid1.restore_sigchld(chld)
@@ -438,11 +445,13 @@ def join(
             "join",
         )
     fds = [_fd(stdin), _fd(stdout), _fd(stderr)]
-    relay = _open_relay(spec, fds)
-    errr, errw = os.pipe2(os.O_CLOEXEC)
+    relay = None
+    errr = errw = child = -1
     mask = _pid1.block()
     spec.sigmask = sorted(mask)
     try:
+        relay = _open_relay(spec, fds)
+        errr, errw = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
             status = 125
@@ -455,18 +464,25 @@ def join(
             finally:
                 os._exit(status)
         os.close(errw)
+        errw = -1
         if relay is not None:
             relay.start()
         failure = _answer(spec, child, errr, -1)
         if failure is not None:
-            _reap(child, None)
             raise failure
         if not forward_signals:
-            return _wait(child)
-        resize = relay.resize if relay is not None else None
-        return _pid1.supervise(child, reap_all=False, on_winch=resize)
+            status = _wait(child)
+        else:
+            resize = relay.resize if relay is not None else None
+            status = _pid1.supervise(child, reap_all=False, on_winch=resize)
+        child = -1  # waited for
+        return status
     finally:
-        os.close(errr)
+        if child > 0:
+            _reap(child, None)  # a failure before the wait: nothing left running, no zombie
+        for fd in (errr, errw):
+            if fd != -1:
+                os.close(fd)
         if relay is not None:
             relay.stop()
         _pid1.restore(mask)

@@ -406,6 +406,12 @@ def _fork_ctty(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> 
     if pid == 0:
         try:
             _child_setup(spec)
+        except OSError as e:
+            # Not the command's fault: say what did fail (the session or its terminal).
+            what = "the workload's session with its pty as controlling terminal"
+            _wire.report(errfd, Failure("set up", e.errno or 0, 0, what))
+            os._exit(126)
+        try:
             os.execve(path, argv, env)
         except OSError as e:
             _wire.report(errfd, Failure("exec", e.errno or 0, 0, argv[0]))
