@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _support_ns import merged_usr_root
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -347,17 +348,6 @@ def test_threaded_callers_spec_is_on_no_command_line(tmp_path: Path) -> None:
 # Mount targets under a new root (issue 7): resolved inside it, never on the host.
 
 
-def _new_root(tmp_path: Path) -> Path:
-    """A root the host's /bin/sh runs in: /usr bound read-only, the merged-usr links copied."""
-    root = tmp_path / "root"
-    root.mkdir()
-    for name in ("bin", "lib", "lib64", "sbin"):
-        target = Path("/") / name
-        if target.is_symlink():
-            (root / name).symlink_to(os.readlink(target))
-    return root
-
-
 @pytest.mark.parametrize("outside_exists", [True, False])
 def test_bind_under_a_symlink_out_of_the_new_root_lands_inside(
     tmp_path: Path, outside_exists: bool
@@ -365,7 +355,7 @@ def test_bind_under_a_symlink_out_of_the_new_root_lands_inside(
     outside = tmp_path / "host-dir-outside"
     if outside_exists:
         outside.mkdir()
-    root = _new_root(tmp_path)
+    root = merged_usr_root(tmp_path)
     (root / "etc").symlink_to(outside)  # absolute: out of the root, as seen from the host
     src = tmp_path / "src"
     src.mkdir()

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _support_ns import merged_usr_root
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = os.geteuid() == 0
@@ -467,12 +468,7 @@ def test_missing_mount_point_is_an_error_and_nothing_is_made_on_the_host(
 
 
 def test_new_root_with_pivot_root(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    for name in ("bin", "lib", "lib64", "sbin"):
-        target = Path("/") / name
-        if target.is_symlink():
-            (root / name).symlink_to(os.readlink(target))
+    root = merged_usr_root(tmp_path)
     done = nsapp(
         "run",
         "--root",
