@@ -520,23 +520,36 @@ def start_auto_update(
     *,
     log: Callable[[str], None] | None = None,
 ) -> threading.Thread:
-    """Check for updates every ``interval`` seconds in a daemon thread; on a committed update,
-    exec the new build with this process's original arguments (same PID).
+    """Check for updates about every ``interval`` seconds in a daemon thread; on a committed
+    update, exec the new build with this process's original arguments (same PID).
+
+    Each wait is drawn anew, uniformly within 10 % of ``interval`` (``0.9 * interval`` to
+    ``1.1 * interval``), so that a fleet started at the same moment does not check in
+    lockstep; on average it checks every ``interval`` seconds.
 
     Failures are logged (each distinct message once) and the command keeps running.
 
     Args:
-        interval: seconds between checks.
+        interval: seconds between checks, a finite number > 0.
         repo_url: as for :func:`update`.
         log: where the messages go; default: stderr, as ``NAME: auto-update: ...``.
 
     Returns:
         The started thread.
+
+    Raises:
+        ValueError: ``interval`` is not a finite number > 0 (nothing is started).
     """
+    import math
+    import random
     import threading
     import time
 
     from selfupdate.errors import SelfUpdateError
+
+    if not isinstance(interval, int | float) or not math.isfinite(interval) or interval <= 0:
+        raise ValueError(f"the auto-update interval must be a finite number > 0, got {interval!r}")
+    jitter = random.Random()  # its own generator: an app seeding random must not sync a fleet
 
     def to_stderr(msg: str) -> None:
         print(f"{_cfg.name or 'selfupdate'}: {msg}", file=sys.stderr, flush=True)
@@ -546,7 +559,7 @@ def start_auto_update(
 
     def loop() -> None:
         while True:
-            time.sleep(interval)
+            time.sleep(interval * jitter.uniform(0.9, 1.1))
             try:
                 update(repo_url, handover="argv")
             except SelfUpdateError as e:

@@ -117,12 +117,17 @@ class MissingFileError(FetchError):
 
 
 class UnreachableError(FetchError):
-    """No connection to the release server (refused, DNS, TLS, proxy)."""
+    """No connection to the release server (refused, DNS, TLS, proxy).
 
-    def __init__(self, url: str, reason: str) -> None:
+    Attributes:
+        reason: what failed, e.g. ``Connection refused``.
+    """
+
+    def __init__(self, url: str, reason: str, todo: str = "") -> None:
+        # todo: what to do, when the reason points at one fix (the default names them all).
         super().__init__(
             f"could not reach the release server for {url} ({reason}): "
-            "check the network, the proxy settings and the repository URL",
+            + (todo or "check the network, the proxy settings and the repository URL"),
             url,
         )
         self.reason = reason
@@ -235,14 +240,30 @@ class RollbackError(MetadataError):
 
 
 class SignatureError(MetadataError):
-    """Metadata is not signed by enough trusted keys (unknown key, or below threshold)."""
+    """Metadata is not signed by enough trusted keys (unknown key, or below threshold).
 
-    def __init__(self, role: str) -> None:
-        super().__init__(
-            f"{role}.json is not signed by enough trusted keys, so it was rejected: the "
-            "repository was tampered with or the publisher signed it with the wrong keys",
-            role,
-        )
+    Attributes:
+        foreign: on the first fetch (nothing trusted yet beyond the embedded root), every
+            signature is by a key that root does not know: the likely cause is a repository
+            URL that points to another app's (or another publisher's) repository.
+    """
+
+    def __init__(self, role: str, *, foreign: bool = False, url: str = "") -> None:
+        if foreign:
+            where = f" {url}" if url else ""
+            message = (
+                f"the repository URL{where} probably points to another app's or another "
+                f"publisher's repository ({role}.json is signed only by keys this program's "
+                "trusted root does not know, so it was rejected): check the URL, and if it is "
+                "right, the repository was tampered with, report it to the publisher"
+            )
+        else:
+            message = (
+                f"{role}.json is not signed by enough trusted keys, so it was rejected: the "
+                "repository was tampered with or the publisher signed it with the wrong keys"
+            )
+        super().__init__(message, role)
+        self.foreign = foreign
 
 
 class MalformedMetadataError(MetadataError):

@@ -35,4 +35,6 @@ def test_a_bad_mount_option_names_the_form_it_expects(
 ) -> None:
     proc = nsapp("run", option, value, "--", "true")
     assert proc.returncode == 2
-    assert proc.stderr.splitlines()[-1] == f"nsapp run: error: argument {option}: {expected}"
+    assert proc.stderr.splitlines() == [
+        f"nsapp run: error: argument {option}: {expected} (see `nsapp run --help`)"
+    ]

@@ -124,7 +124,7 @@ def _converted(e: BaseException, url: str, cfg: FetchConfig) -> errors.FetchErro
     ):
         return _SlowRetrievalError(url, f"no data arrived for {cfg.read_timeout:g} s", 0, 0.0)
     if isinstance(e, requests.exceptions.SSLError):
-        return _UnreachableError(url, "TLS certificate verification failed")
+        return _tls_error(e, url)
     if isinstance(e, requests.exceptions.ProxyError):
         return _UnreachableError(url, "the proxy refused or failed")
     if isinstance(e, requests.exceptions.ConnectionError):
@@ -139,6 +139,42 @@ def _converted(e: BaseException, url: str, cfg: FetchConfig) -> errors.FetchErro
         reason = e.strerror or type(e).__name__
         return _OtherFetchError(f"could not read {url} ({reason}): check the repository", url)
     raise TypeError(f"not a transport error: {e!r}")
+
+
+# OpenSSL's words for a peer that answered a TLS hello with something that is not TLS (a
+# plain-HTTP server: "HTTP/1.0 400" read as a TLS record). OpenSSL 1.1 and 3.0 say "wrong version
+# number", 3.2 and later "record layer failure"; "http request" is the server-side twin.
+_NOT_TLS = ("wrong version number", "record layer failure", "http request", "unknown protocol",
+            "packet length too long")  # fmt: skip
+
+
+def _tls_error(e: BaseException, url: str) -> _UnreachableError:
+    """A TLS failure, with the fix that fits it: a certificate that does not verify, or a
+    server that does not speak TLS on that port at all (``https://`` to a plain-HTTP port)."""
+    import ssl
+
+    cause: BaseException | None = e
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return _UnreachableError(url, "TLS certificate verification failed")
+        text = str(cause).lower()
+        if isinstance(cause, ssl.SSLError) and any(w in text for w in _NOT_TLS):
+            parts = urllib.parse.urlsplit(url)
+            return _UnreachableError(
+                url,
+                "the server does not speak TLS on that port",
+                f"is the repository URL meant to be http://{parts.netloc}?",
+            )
+        nxt = cause.__cause__ or cause.__context__
+        if nxt is None and cause.args and isinstance(cause.args[0], BaseException):
+            nxt = cause.args[0]  # requests keeps urllib3's error in args, not as a cause
+        if nxt is None:
+            nxt = getattr(cause, "reason", None)  # MaxRetryError.reason
+            nxt = nxt if isinstance(nxt, BaseException) else None
+        cause = nxt
+    return _UnreachableError(url, f"the TLS handshake failed: {_root_reason(e)}")
 
 
 def _root_reason(e: BaseException) -> str:

@@ -362,9 +362,45 @@ def _converted(e: tuf_exc.RepositoryError, client: UpdateClient) -> errors.Metad
     if trusted is not None and role == "targets":
         snap = trusted.get("snapshot")
         listed = not isinstance(snap, Snapshot) or "targets.json" in snap.meta
-    return metadata_error(
-        e, role, lowered=lowered, listed=listed, expires=_expiry(client, trusted, role)
+    foreign = (
+        isinstance(e, tuf_exc.UnsignedMetadataError)
+        and trusted is not None
+        and _first_fetch(trusted, client._root)
+        and _signed_by_strangers(_last_fetched(client.fetcher, role), trusted.root)
     )
+    return metadata_error(
+        e,
+        role,
+        lowered=lowered,
+        listed=listed,
+        expires=_expiry(client, trusted, role),
+        foreign=foreign,
+        url=client.repo_url,
+    )
+
+
+def _first_fetch(trusted: TrustedMetadataSet, embedded_root: bytes) -> bool:
+    """Nothing is trusted yet beyond the embedded root: no timestamp (cached or fetched), and
+    no newer root was accepted from the repository (which would show it is the right one)."""
+    if trusted.get("timestamp") is not None:
+        return False
+    try:
+        embedded = Metadata[Root].from_bytes(embedded_root).signed.version
+    except (DeserializationError, ValueError, TypeError, KeyError):
+        return False
+    return bool(trusted.root.version == embedded)
+
+
+def _signed_by_strangers(data: bytes | None, root: Root) -> bool:
+    """Every signature of the (unverified) metadata ``data`` is by a key ``root`` does not know
+    at all: not a wrong or missing signature of a known key, but another repository's keys."""
+    if data is None:
+        return False
+    try:
+        keyids = {str(sig["keyid"]) for sig in json.loads(data)["signatures"]}
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(keyids) and not keyids & set(root.keys)
 
 
 def metadata_error(
@@ -374,6 +410,8 @@ def metadata_error(
     lowered: bool = False,
     listed: bool = True,
     expires: str = "",
+    foreign: bool = False,
+    url: str = "",
 ) -> errors.MetadataError:
     """The one place where python-tuf's verification errors become ours, by their type (pure).
 
@@ -386,12 +424,15 @@ def metadata_error(
         listed: the trusted snapshot lists ``targets.json`` (tuf raises a plain
             ``RepositoryError`` when it does not, and when a file holds another role).
         expires: the expiry date of ``role``, for the message.
+        foreign: on the first fetch, ``role``'s file is signed only by keys the embedded root
+            does not know (the URL likely points to another repository).
+        url: the repository URL, for the message.
     """
     detail = _short(str(e).rstrip(".")) or type(e).__name__
     if isinstance(e, tuf_exc.ExpiredMetadataError):
         return errors.ExpiredMetadataError(role, expires)
     if isinstance(e, tuf_exc.UnsignedMetadataError):
-        return errors.SignatureError(role)
+        return errors.SignatureError(role, foreign=foreign, url=url)
     if isinstance(e, tuf_exc.LengthOrHashMismatchError):
         return errors.InconsistentMetadataError(role, detail)
     if isinstance(e, DeserializationError):

@@ -217,8 +217,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add ``run`` and ``shell`` to the app's parser."""
     import argparse
 
-    epilog = (
-        "exit status: the command's own (128+N if signal N killed it); 125 when the kernel "
+    # Shown as written: cli.py's help formatter keeps a text with line breaks as is.
+    status = (
+        "exit status: the command's own (128+N if signal N killed it); 125 when the kernel\n"
         "refused the namespaces, 126 if the command is not executable, 127 if not found"
     )
     p = subparsers.add_parser(
@@ -226,7 +227,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run a command in new Linux namespaces (rootless)",
         description="Run CMD in new Linux namespaces with a real PID 1, root inside mapped "
         "onto you; stdin, stdout, stderr and the terminal pass through.",
-        epilog=epilog,
+        epilog="examples:\n  nsapp run -- id -u                  # 0: root inside, you outside\n"
+        "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n\n"
+        + status,
     )
     _common(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
@@ -236,7 +239,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="an interactive /bin/sh in new namespaces, root inside",
         description=f"Start {SHELL} in all the namespaces you can create, root inside, "
         f"with the prompt {PROMPT!r}.",
-        epilog=epilog,
+        epilog="example:\n  nsapp shell --hostname sandbox --ro-bind /usr:/usr\n\n" + status,
     )
     _common(s)
     s.set_defaults(func=shell_command)

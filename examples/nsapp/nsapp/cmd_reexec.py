@@ -51,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="start this program again as a registered child",
         description="Start this program again under the registered name "
         f"{CHILD!r}; the child prints its PID and argv, the parent both PIDs.",
+        epilog="example:\n  nsapp reexec-demo one 'two words'   # the child's argv keeps them",
     )
     p.add_argument("args", nargs="*", help="arguments passed to the child")
     p.set_defaults(func=run_demo)

@@ -58,7 +58,14 @@ su.at_start()
 
 
 def _fail(what: str, e: BaseException | str) -> int:
+    """Report the failure of the command ``what`` in one sentence; with ``-v``, the causes
+    chained to ``e`` underneath (e.g. why TUF refused), one line each. Returns 1."""
+    from nsapp import cli
+
     print(f"{PROG} {what}: {e}", file=sys.stderr)
+    if cli.VERBOSE and isinstance(e, BaseException):
+        for line in cli.causes(e):
+            print(line, file=sys.stderr)
     return 1
 
 
@@ -123,19 +130,55 @@ def run_serve(ns: argparse.Namespace) -> int:
 
 
 def run_history(ns: argparse.Namespace) -> int:
-    """``nsapp history [--add EVENT]``: show (or extend) the state the migrations convert."""
+    """``nsapp history [--add EVENT] [--json]``: show (or extend) the state the migrations
+    convert. With ``-q`` and ``--add``, nothing is shown; ``--json`` is shown even with ``-q``."""
     try:
         if ns.add:
             state.record(ns.add)
+        if ns.add and getattr(ns, "quiet", False) and not ns.json:
+            return 0
         d = state.state_dir()
         files = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
-        print(f"{PROG} {VERSION}: state dir {d}, format {state.format_of(VERSION)}: "
-              f"{', '.join(files) or 'empty'}")
-        for entry in state.read(d):
-            print("  " + " ".join(f"{k}={v}" for k, v in entry.items()))
+        entries = state.read(d)
+    except BrokenPipeError:
+        raise  # the reader went away: main ends quietly
     except (OSError, ValueError) as e:
         return _fail("history", e)
+    if ns.json:
+        import json
+
+        # The shape is documented in docs/update.md ("nsapp history --json").
+        doc = {"app": PROG, "version": VERSION, "state_dir": str(d),
+               "format": state.format_of(VERSION), "files": files, "entries": entries}  # fmt: skip
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print(f"{PROG} {VERSION}: state dir {d}, format {state.format_of(VERSION)}: "
+          f"{', '.join(files) or 'empty'}")
+    for entry in entries:
+        print("  " + " ".join(f"{k}={v}" for k, v in entry.items()))
     return 0
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (0 would spin, a negative one crash)."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    import argparse
+
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,20 +206,28 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a long-running command that logs its PID and version every second",
         description="Log 'pid=N version=V' every second; with --auto-update, move to new "
         "releases in place without changing PID.",
+        epilog="example:\n  nsapp serve --auto-update 3600\n"
+        "  -> checks about hourly (each wait within 10 % of it, so a fleet does not check\n"
+        "     in lockstep); an update continues in the new build with the same PID",
     )
-    p.add_argument("--auto-update", type=float, metavar="SECONDS",
-                   help="check for updates every SECONDS seconds")
+    p.add_argument("--auto-update", type=_seconds, metavar="SECONDS",
+                   help="check for updates about every SECONDS seconds (> 0)")
     p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
-    p.add_argument("--interval", type=float, default=1.0, help=argparse_suppress())
-    p.add_argument("--count", type=int, default=None, help=argparse_suppress())
+    p.add_argument("--interval", type=_seconds, default=1.0, help=argparse_suppress())
+    p.add_argument("--count", type=_count, default=None, help=argparse_suppress())
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser(
         "history",
         help="show the app's state (a history whose format changes between versions)",
         description="Show the history file in the state directory ($NSAPP_STATE_DIR).",
+        epilog="examples:\n  nsapp history --add deployed\n"
+        "  nsapp history --json | jq -r '.entries[-1].event'",
     )
     p.add_argument("--add", metavar="EVENT", help="append an event first")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout (docs/update.md)"
+    )
     p.set_defaults(func=run_history)
 
 
