@@ -105,7 +105,9 @@ def configure(
             failed trial or a rollback): a path, or a callable returning one (called only when
             needed). Default: the platform's state directory for the app
             (``$XDG_STATE_HOME/NAME`` or ``~/.local/state/NAME``).
-        client: ``client(repo_url_or_None) -> UpdateClient``; called only when updating.
+        client: ``client(repo_url_or_None) -> UpdateClient``; called only when updating. To
+            follow another channel (``update(channel=...)``, remembered) it is called with
+            ``channel=NAME`` when it takes that keyword, else the client's ``channel`` is set.
             Default: a client for the build's embedded trusted root, repository URL and
             channel, whose TUF metadata cache lives in the platform's cache directory for the
             app (``~/.cache/NAME/tuf``), never in the state directory, so no snapshot holds it.
@@ -183,36 +185,11 @@ def _default_state_dir() -> Path:
     return platformdirs.user_state_path(_cfg.name)
 
 
-def _default_client(repo_url: str | None) -> ClientLike:
+def _default_client(repo_url: str | None, channel: str | None = None) -> ClientLike:
     """An UpdateClient for what the build embedded (trusted root, URL, channel)."""
-    from selfupdate._release import build_info
-    from selfupdate.errors import ConfigError
+    from selfupdate._clients import default_client
 
-    info = build_info()
-    root = info.trusted_root if info is not None else None
-    if root is None:
-        raise ConfigError(
-            f"this build of {_cfg.name} has no embedded trusted root, so it cannot verify "
-            "updates: build it with selfupdate build --trusted-root ROOT.json --repo-url URL"
-        )
-    assert info is not None  # it had a root
-    url = repo_url or info.repo_url
-    if not url:
-        raise ConfigError(
-            f"this build of {_cfg.name} has no release repository URL: pass one, or build it "
-            "with selfupdate build --repo-url URL"
-        )
-    import hashlib
-
-    import platformdirs
-
-    from selfupdate.releases.client import UpdateClient
-
-    # The cache directory, not the state directory: a snapshot of the state never holds it.
-    # One per repository and root: metadata trusted from one never meets another's.
-    key = hashlib.sha256(url.encode() + b"\0" + root).hexdigest()[:16]
-    cache = platformdirs.user_cache_path(_cfg.name) / "tuf" / key
-    return UpdateClient(_cfg.name, url, root, channel=info.channel, cache_dir=cache)
+    return default_client(_cfg.name, repo_url, channel)
 
 
 def migration(version: str) -> Callable[[Migration], Migration]:
@@ -313,7 +290,13 @@ def _post_update(old: str, new: str) -> int:
 
 def _update_finish(old: str, new: str, log: str) -> int:
     """``update-finish OLD NEW LOG``: the new build, same PID, says what changed and tidies."""
-    print(f"{_cfg.name} updated {old} -> {new} in place (pid {os.getpid()}, same process)")
+    from selfupdate._clients import older
+
+    if older(new, old):  # update --to an older version: no migration ran
+        print(f"{_cfg.name} downgraded {old} -> {new} in place (pid {os.getpid()}, same "
+              "process); no migrations were run")
+    else:
+        print(f"{_cfg.name} updated {old} -> {new} in place (pid {os.getpid()}, same process)")
     try:
         with open(log, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -424,6 +407,9 @@ def update(
     check_only: bool = False,
     handover: str = "finish",
     say: Callable[[str], None] | None = None,
+    force: bool = False,
+    to: str | None = None,
+    channel: str | None = None,
 ) -> Outcome:
     """Update the running ``.pyz`` in place (:func:`selfupdate.install.update`), then continue
     in the new build.
@@ -435,6 +421,9 @@ def update(
             ``update-finish``: it prints what changed), ``"argv"`` (exec it with this process's
             original arguments) or ``"none"`` (return; the new build runs from the next start).
         say: progress messages.
+        force, to, channel: as for :func:`selfupdate.install.update` (try a held or failed
+            release again; install a chosen published version, also an older one, with no
+            migration; follow, and remember, another channel).
 
     Returns:
         The outcome (``.status``: ``"up-to-date"``, ``"available"`` with ``check_only``, or
@@ -457,11 +446,14 @@ def update(
         raise RuntimeError("selfupdate.app.configure() was not called")
     before = _inode(pyz)
     try:
-        client = _cfg.client(repo_url)
+        from selfupdate._clients import channel_name, client_for, older
+
+        client = client_for(_cfg.client, repo_url, channel_name(channel), pyz)
         try:
             outcome = install.update(
-                pyz, client, _cfg.version, _state_dir(),
-                check_only=check_only, trial_timeout=_trial_timeout(), say=say,
+                pyz, client, _cfg.version, _state_dir(), check_only=check_only,
+                trial_timeout=_trial_timeout(), say=say, force=force, to=to, channel=channel,
+                downgrade=to is not None and older(to, _cfg.version),
             )
         except install.TrialFailedError:
             _clean_shiv()  # the refused build's extraction

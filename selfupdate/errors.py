@@ -22,6 +22,7 @@ __all__ = [
     "InstallError",
     "FetchError",
     "HTTPStatusError",
+    "HeldReleaseError",
     "InconsistentMetadataError",
     "KnownBadError",
     "KeysError",
@@ -32,6 +33,7 @@ __all__ = [
     "NoPreviousBuildError",
     "PublishError",
     "RedirectError",
+    "ReleaseNotFoundError",
     "RepositoryStateError",
     "RollbackError",
     "SelfUpdateError",
@@ -41,6 +43,7 @@ __all__ = [
     "TargetMismatchError",
     "TrialFailedError",
     "TrialIncompleteError",
+    "TrialTimeoutError",
     "TruncatedError",
     "UnreachableError",
     "UpdateInProgressError",
@@ -390,16 +393,19 @@ class UpdateInProgressError(InstallError):
 
 
 class KnownBadError(InstallError):
-    """The newest release failed its trial before (or was rolled back from); it is not tried
-    again until a newer one is published.
+    """The release offered failed its trial before (or was rolled back from: then it is a
+    :class:`HeldReleaseError`); it is not tried again until a newer one is published or
+    ``update --force`` asks for it.
 
     Attributes:
         version: the release's version.
+        reason: ``"failed"``, ``"held"`` or ``"unknown"`` (recorded by an older updater).
     """
 
-    def __init__(self, message: str, version: str) -> None:
+    def __init__(self, message: str, version: str, reason: str = "failed") -> None:
         super().__init__(message)
         self.version = version
+        self.reason = reason
 
 
 class TrialFailedError(InstallError):
@@ -445,3 +451,39 @@ class UpdateInterrupted(InstallError):
     def __init__(self, message: str, *, done: bool) -> None:
         super().__init__(message)
         self.done = done
+
+
+class HeldReleaseError(KnownBadError):
+    """The release offered is one the operator rolled back from: it is *held*, no verdict on
+    it. ``update --force`` tries it again; a newer release is offered as usual."""
+
+
+class TrialTimeoutError(TrialIncompleteError):
+    """The trial did not finish within its time limit (a slow disk, a slow migration): no
+    verdict on the release, it is tried again at the next update.
+
+    Attributes:
+        timeout: the limit, in seconds.
+    """
+
+    def __init__(self, message: str, version: str, log_path: Path, timeout: float) -> None:
+        super().__init__(message, version, log_path)
+        self.timeout = timeout
+
+
+class ReleaseNotFoundError(SelfUpdateError):
+    """The version or channel asked for is not published for this app (``update --to``,
+    ``update --channel``): nothing was changed.
+
+    Attributes:
+        app, channel: what the client follows.
+        version: the version asked for, or None (the channel has no release at all).
+        available: the versions published on the channel (``--to``), or the channels that
+            have releases of the app (``--channel``).
+    """
+
+    def __init__(
+        self, message: str, app: str, channel: str, version: str | None, available: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.app, self.channel, self.version, self.available = app, channel, version, available

@@ -105,7 +105,8 @@ def test_a_refused_trial_leaves_old_build_and_state_and_is_remembered(
     assert str(install.Layout(app).log) in str(ei.value)
     assert "failed its migration and health check" in str(ei.value)
     assert app.read_bytes() == v1 and tree(state) == s1
-    assert install.read_bad(install.Layout(app)) == ["2.0"]
+    bad = install.read_bad(install.Layout(app))
+    assert list(bad) == ["2.0"] and bad["2.0"].reason == "failed"
     # remembered as bad: not downloaded again
     with pytest.raises(install.KnownBadError):
         install.update(app, client, "1.0", state)
@@ -131,7 +132,7 @@ def test_a_trial_that_could_not_finish_is_no_verdict(
     if behaviour == "hang":
         assert "within 2 seconds" in msg
     assert app.read_bytes() == v1 and tree(state) == s1
-    assert install.read_bad(install.Layout(app)) == []
+    assert not install.read_bad(install.Layout(app))
     # tried again at the next update
     with pytest.raises(install.TrialIncompleteError):
         install.update(app, client, "1.0", state, trial_timeout=2)
@@ -148,7 +149,7 @@ def test_failed_download_is_no_verdict(env: tuple[Path, Path]) -> None:
     with pytest.raises(Tampered):
         install.update(app, FakeClient("2.0", script("2.0"), Tampered("bad hash")), "1.0", state)
     assert app.read_bytes() == v1
-    assert install.read_bad(install.Layout(app)) == []
+    assert not install.read_bad(install.Layout(app))
     assert not install.Layout(app).staging.exists()
 
 
@@ -178,7 +179,8 @@ def test_rollback_restores_previous_build_and_state(env: tuple[Path, Path]) -> N
     assert tree(state) != s1
     assert install.rollback(app, "2.0", state) == "1.0"
     assert app.read_bytes() == v1 and tree(state) == s1
-    assert install.read_bad(install.Layout(app)) == ["2.0"]
+    held = install.read_bad(install.Layout(app))
+    assert list(held) == ["2.0"] and held["2.0"].reason == "held"  # no verdict: held
     with pytest.raises(install.NoPreviousBuildError):
         install.rollback(app, "1.0", state)
 
@@ -227,7 +229,7 @@ def test_recovery_after_a_kill_in_each_phase(env: tuple[Path, Path], phase: str)
     else:
         assert app.read_bytes() == v1 and tree(state) == s1 and not changed
         assert not layout.previous_tmp.exists()
-    assert install.read_bad(layout) == []
+    assert not install.read_bad(layout)
 
 
 def test_read_only_directory_is_a_clear_error(env: tuple[Path, Path]) -> None:
@@ -330,7 +332,7 @@ def test_a_file_planted_at_the_staged_path_is_not_followed_nor_written(
     assert app.read_bytes() == v1 and tree(state) == s1
     layout = install.Layout(app)
     assert not os.path.lexists(layout.staging) and not layout.journal.exists()
-    assert install.read_bad(layout) == []  # no verdict on the build
+    assert not install.read_bad(layout)  # no verdict on the build
     install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)  # next time it works
     assert run_app(app) == "2.0"
 

@@ -22,8 +22,11 @@ phases of one :class:`Transaction` (:data:`FAILPOINTS`; * marks those written to
    ``committed``*: the snapshot becomes the previous build's state. :func:`update` returns;
    the caller continues in the new build (:func:`selfupdate.app.update` execs it, same PID).
 5. Failure: ``I`` is untouched, the state snapshot is put back; when the build's own
-   migration or health check failed, the version is remembered as bad in ``D/.I.bad`` and not
-   tried again until a newer release appears (anything else is retried next time).
+   migration or health check failed, or it is not the build it was released as (another app or
+   version, no update configuration: checked before it runs), the version is recorded as
+   *failed* in ``D/.I.bad`` and not tried again until a newer release appears or ``force``
+   asks for it (anything else, a timeout too, is retried next time). A rollback records the
+   build rolled back from as *held* there (no verdict: the operator's choice).
 
 Crash safety: each journaled phase is written before it happens (temporary file, ``fsync``,
 ``rename``, ``fsync`` of ``D``). :func:`recover` (under the lock, by the next updater and,
@@ -46,7 +49,14 @@ from selfupdate.errors import (
     TrialIncompleteError,
     UpdateInProgressError,
 )
-from selfupdate.install._flow import Outcome, recover_at_start, rollback, update
+from selfupdate.install._flow import (
+    Outcome,
+    read_channel,
+    recover_at_start,
+    rollback,
+    update,
+    write_channel,
+)
 from selfupdate.install._layout import STATE_EXCLUDE, Layout
 from selfupdate.install._state import restore_state, restore_steps, snapshot_state
 from selfupdate.install._transaction import (
@@ -55,6 +65,7 @@ from selfupdate.install._transaction import (
     Journal,
     Transaction,
     UpdateLock,
+    Verdict,
     plan_recovery,
     read_bad,
     read_journal,
@@ -76,8 +87,10 @@ __all__ = [
     "TrialIncompleteError",
     "UpdateInProgressError",
     "UpdateLock",
+    "Verdict",
     "plan_recovery",
     "read_bad",
+    "read_channel",
     "read_journal",
     "recover",
     "recover_at_start",
@@ -86,4 +99,5 @@ __all__ = [
     "rollback",
     "snapshot_state",
     "update",
+    "write_channel",
 ]

@@ -9,11 +9,13 @@ from selfupdate._durable import fsync_dir
 from selfupdate._shiv._seed import seed_extraction
 from selfupdate._shiv._trust import UntrustedDirectoryError
 from selfupdate.errors import (
+    HeldReleaseError,
     InstallError,
     KnownBadError,
     SelfUpdateError,
     TrialFailedError,
     TrialIncompleteError,
+    TrialTimeoutError,
 )
 from selfupdate.install._layout import (
     Layout,
@@ -29,8 +31,16 @@ from selfupdate.install._layout import (
 )
 from selfupdate.install._staging import stage_download
 from selfupdate.install._state import copy_state_from, snapshot_state
-from selfupdate.install._transaction import Transaction, UpdateLock, add_bad, read_bad, recover
-from selfupdate.install._trial import Trial
+from selfupdate.install._transaction import (
+    Transaction,
+    UpdateLock,
+    Verdict,
+    add_bad,
+    clear_bad,
+    read_bad,
+    recover,
+)
+from selfupdate.install._trial import Trial, _same_version, build_refusal, log_tail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +50,10 @@ if TYPE_CHECKING:
 
     from selfupdate.install._staging import ClientLike
 
-__all__ = ["Outcome", "recover_at_start", "rollback", "update"]
+__all__ = [
+    "Outcome", "read_channel", "recover_at_start", "refusal_for", "rollback", "update",
+    "write_channel",
+]
 
 
 @dataclass
@@ -51,8 +64,11 @@ class Outcome:
     old: str
     new: str | None = None
     log_path: Path | None = None
-    # "bad": the available one failed before; "unfinished": after the commit point the
-    # bookkeeping failed (one sentence; the new build is installed, the next start finishes)
+    # "bad": the available one is recorded as held or failed, "verdict": that record (a
+    # Verdict) or None; "notes": the release notes of the one available; "withdrawn": what the
+    # client knows of the installed version's withdrawal (or None); "unfinished": after the
+    # commit point the bookkeeping failed (one sentence; the new build is installed, the next
+    # start finishes)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +81,10 @@ def update(
     check_only: bool = False,
     trial_timeout: float = 60.0,
     say: Callable[[str], None] | None = None,
+    force: bool = False,
+    to: str | None = None,
+    channel: str | None = None,
+    downgrade: bool = False,
 ) -> Outcome:
     """Update the installed file in place to the newest release; return after the commit.
 
@@ -76,6 +96,14 @@ def update(
         check_only: only report what is available.
         trial_timeout: seconds the trial may take.
         say: progress messages (one line each) for a terminal.
+        force: try a release recorded as held or failed again (its record is cleared when
+            it passes).
+        to: install this published version instead of the newest (the client's ``find``;
+            also an older one: a downgrade crosses no migration).
+        channel: the channel the client follows, remembered in ``D/.I.channel`` once the
+            update (or the finding that there is none) succeeded.
+        downgrade: ``to`` is older than ``current_version`` (said before the download; the
+            caller knows PEP 440 order, this stdlib-only package does not).
 
     Returns:
         The outcome. After ``"updated"`` the new build is installed; the caller decides how
@@ -83,36 +111,47 @@ def update(
 
     Raises:
         UpdateInProgressError: another updater holds the lock.
-        KnownBadError: the newest release failed its trial before.
-        TrialFailedError: the new build's migration or health check failed; nothing was
-            changed, the release is remembered as bad.
-        TrialIncompleteError: the trial could not finish (extraction, space, a kill, the time
-            limit); nothing was changed, the release is tried again next time.
+        KnownBadError: the release offered failed its trial before; ``HeldReleaseError``:
+            it was rolled back from (both: unless ``force``).
+        TrialFailedError: the new build's migration or health check failed, or it is not
+            the build it was released as (another app or version, no update configuration);
+            nothing was changed, the release is recorded as failed.
+        TrialIncompleteError: the trial could not finish (extraction, space, a kill;
+            ``TrialTimeoutError``: the time limit); nothing was changed, no verdict.
         InstallError: the directory is not writable or not trusted, the disk is full, ...
         SelfUpdateError: from the client (verification, network, ...).
     """
     note = say or (lambda _msg: None)
     layout = Layout(installed, state_dir)
     if check_only:
-        release = client.check(current_version)
-        if release is None:
-            return Outcome("up-to-date", current_version)
-        bad = str(release.version) in read_bad(layout, note)
-        return Outcome("available", current_version, release.version, extra={"bad": bad})
+        release = _choose(client, current_version, to)
+        extra: dict[str, Any] = {"withdrawn": getattr(client, "installed_withdrawn", None),
+                                 "channel": getattr(client, "channel", None)}
+        if release is None or (to is not None and _same_version(release.version, current_version)):
+            return Outcome("up-to-date", current_version, extra=extra)
+        verdict = read_bad(layout, note).get(str(release.version))
+        extra.update(bad=verdict is not None, verdict=verdict,
+                     notes=getattr(release, "notes", None))
+        return Outcome("available", current_version, release.version, extra=extra)
     check_dirs(layout, "update")
     with Transaction(layout, "update", current_version) as tx:
         for line in tx.notes:
             note(line)
-        release = client.check(current_version)
+        release = _choose(client, current_version, to)
+        withdrawn = {"withdrawn": getattr(client, "installed_withdrawn", None)}
         if release is None:
-            return Outcome("up-to-date", current_version)
+            _remember(layout, channel, note)
+            return Outcome("up-to-date", current_version, extra=withdrawn)
         new = str(release.version)
-        if new in read_bad(layout, note):
-            raise KnownBadError(
-                f"{new} failed its trial run before (log: {layout.log}); it is not tried "
-                "again until a newer release is published",
-                new,
-            )
+        if to is not None and _same_version(new, current_version):
+            _remember(layout, channel, note)
+            return Outcome("up-to-date", current_version, extra=withdrawn)
+        verdict = read_bad(layout, note).get(new)
+        if verdict is not None and not force:
+            raise refusal_for(verdict, layout)
+        if downgrade:
+            note(f"downgrading {current_version} -> {new} as asked: no migration runs (the "
+                 f"state stays as {current_version} left it; {new}'s health check decides)")
         mode = os.stat(installed).st_mode & 0o7777
         tx.journal.new = new
         tx.record("download")
@@ -120,6 +159,16 @@ def update(
         staged = stage_download(layout, client, release, mode)
         try:
             tx.record("downloaded")
+            # The trial begins with what the build says about itself (read, not run).
+            why = build_refusal(layout.staged, installed, getattr(release, "app", None), new)
+            if why is not None:
+                _record(layout, new, "failed", why)
+                raise TrialFailedError(
+                    f"the new build {new} {why}: it was not installed and {current_version} "
+                    "stays; it is not tried again until a newer release appears",
+                    new,
+                    layout.log,
+                )
             tx.journal.candidate_ino = staged.ino
             tx.record("trial")
             if state_dir is not None:
@@ -139,27 +188,9 @@ def update(
             except Exception:  # noqa: BLE001 - zipfile raises several kinds
                 pass  # only an optimisation: shiv extracts the build itself in the trial
             note(f"trying {new} (migrations and health check) ...")
-            failure, refused = _run_trial(tx, layout.staged, trial_timeout)
-            if failure is not None:
-                stays = f"so it was not installed and {current_version} stays, with its state"
-                if not refused:
-                    raise TrialIncompleteError(
-                        f"the new build {new} {failure}, {stays} restored; that is no verdict "
-                        f"on the release, the next update tries it again; see its log: "
-                        f"{layout.log}",
-                        new,
-                        layout.log,
-                    )
-                try:
-                    add_bad(layout, new)
-                except OSError:
-                    pass
-                raise TrialFailedError(
-                    f"the new build {new} {failure}, {stays} restored; it is not tried again "
-                    f"until a newer release appears; see its log: {layout.log}",
-                    new,
-                    layout.log,
-                )
+            trial = _run_trial(tx, layout.staged, trial_timeout)
+            if trial.failure is not None:
+                raise _trial_error(trial, layout, new, f"{current_version} stays", trial_timeout)
             try:
                 staged.wait()  # the staged file is on disk before it can be committed
             except OSError as e:
@@ -167,9 +198,127 @@ def update(
         finally:
             staged.close()
         unfinished = _switch(tx, layout.staged)
+        if verdict is not None:
+            try:
+                clear_bad(layout, new)  # it passed: the record was wrong, or is out of date
+            except OSError:
+                pass
+        _remember(layout, channel, note)
     tx.record("done")
     extra = {"unfinished": f"updated to {new}; {unfinished}"} if unfinished else {}
     return Outcome("updated", current_version, new, layout.log, extra)
+
+
+def _choose(client: ClientLike, current_version: str, to: str | None) -> Any:
+    """The release to install: the newest newer one, or (``to``) the one asked for."""
+    if to is None:
+        return client.check(current_version)
+    find = getattr(client, "find", None)
+    if find is None:
+        raise InstallError(
+            "this app's update client cannot install a chosen version (it has no find()): "
+            "update without --to"
+        )
+    return find(to)
+
+
+def refusal_for(verdict: Verdict, layout: Layout) -> KnownBadError:
+    """The error saying why the release ``verdict`` records is not installed (pure)."""
+    v = verdict.version
+    on = f" on {verdict.when[:10]}" if verdict.when else ""
+    if verdict.reason == "held":
+        return HeldReleaseError(
+            f"you rolled back from {v}{on}, so it is held: run `update --force` to try it again, "
+            "or wait for a newer release",
+            v,
+            "held",
+        )
+    if verdict.reason == "failed":
+        what = f" ({verdict.detail})" if verdict.detail else ""
+        return KnownBadError(
+            f"{v} failed its trial run{on}{what}, so it is not tried again until a newer release "
+            f"is published: run `update --force` to try it again (log: {layout.log})",
+            v,
+        )
+    return KnownBadError(
+        f"{v} was set aside by an earlier version of the updater (it failed its trial or was "
+        "rolled back from): run `update --force` to try it again, or wait for a newer release",
+        v,
+        "unknown",
+    )
+
+
+def _record(layout: Layout, version: str, reason: str, detail: str) -> None:
+    try:
+        add_bad(layout, version, reason, detail)
+    except OSError:
+        pass  # the refusal stands; only its memory is lost (the next update tries it again)
+
+
+def _trial_error(
+    trial: Trial, layout: Layout, new: str, stays: str, timeout: float
+) -> TrialFailedError:
+    """The one-sentence error of a failed trial of ``new`` (an update's: recorded as failed
+    when the build itself refused); the log's last lines are quoted."""
+    failure = trial.failure
+    log = layout.log
+    stays = f"so it was not installed and {stays}, with its state restored"
+    if trial.timed_out:
+        return TrialTimeoutError(
+            f"the new build {new} {failure}, {stays}; a timeout is no verdict on the release, "
+            "the next update tries it again (a longer limit: SELFUPDATE_TRIAL_TIMEOUT); see "
+            f"its log: {log}",
+            new,
+            log,
+            timeout,
+        )
+    tail = log_tail(log)
+    said = f" (its log ends: {tail})" if tail else ""
+    if not trial.refused:
+        return TrialIncompleteError(
+            f"the new build {new} {failure}{said}, {stays}; that is no verdict on the release, "
+            f"the next update tries it again; see its log: {log}",
+            new,
+            log,
+        )
+    _record(layout, new, "failed", f"{failure}{said}")
+    return TrialFailedError(
+        f"the new build {new} {failure}{said}, {stays}; it is not tried again until a newer "
+        f"release appears (`update --force` tries it again); see its log: {log}",
+        new,
+        log,
+    )
+
+
+def read_channel(layout: Layout) -> str | None:
+    """The channel remembered by ``update --channel`` (``D/.I.channel``), or None."""
+    try:
+        data = read_side(layout.channel, 256)
+    except (OSError, UntrustedFile):
+        return None
+    name = (data or b"").decode("utf-8", "replace").strip()
+    return name or None
+
+
+def write_channel(layout: Layout, channel: str) -> None:
+    """Remember ``channel`` for later updates (0600, replaced atomically).
+
+    Raises:
+        OSError: it cannot be written.
+    """
+    from selfupdate._durable import write_atomic
+
+    write_atomic(layout.channel, channel.encode() + b"\n", mode=0o600)
+
+
+def _remember(layout: Layout, channel: str | None, note: Callable[[str], None]) -> None:
+    if channel is None or read_channel(layout) == channel:
+        return
+    try:
+        write_channel(layout, channel)
+    except OSError as e:
+        note(f"could not remember the channel {channel!r} in {layout.channel} "
+             f"({e.strerror or e}); pass --channel again next time")
 
 
 def rollback(
@@ -182,8 +331,8 @@ def rollback(
 ) -> str:
     """Put the previous build back in place, with the state it had; same trial, same journal.
 
-    The build rolled back from is remembered as bad (``update`` will not reinstall it; a newer
-    release will be). There is no previous build after a rollback.
+    The build rolled back from is *held* (``update`` will not reinstall it unless forced; a
+    newer release it will). There is no previous build after a rollback.
 
     Returns:
         The version now installed (if the bookkeeping after the commit failed, ``say`` is
@@ -234,11 +383,13 @@ def rollback(
             raise InstallError(f"cannot roll back {installed}: {e}") from e
         except Exception:  # noqa: BLE001 - zipfile raises several kinds
             pass  # only an optimisation: shiv extracts the build itself in the trial
-        failure, refused = _run_trial(tx, previous, trial_timeout)
-        if failure is not None:
-            cls = TrialFailedError if refused else TrialIncompleteError
+        trial = _run_trial(tx, previous, trial_timeout)
+        if trial.failure is not None:
+            cls = TrialFailedError if trial.refused else TrialIncompleteError
+            tail = log_tail(layout.log) if not trial.timed_out else ""
+            said = f" (its log ends: {tail})" if tail else ""
             raise cls(
-                f"the previous build {prev} {failure}, so it was not put back and "
+                f"the previous build {prev} {trial.failure}{said}, so it was not put back and "
                 f"{current_version} stays; see its log: {layout.log}",
                 prev,
                 layout.log,
@@ -250,9 +401,10 @@ def rollback(
     return prev
 
 
-def _run_trial(tx: Transaction, program: Path, timeout: float) -> tuple[str | None, bool]:
-    """Run the trial of ``program`` through ``trial-running`` and ``trial-done``; return what
-    failed (None: it passed) and whether that is the build's own verdict (see :class:`Trial`)."""
+def _run_trial(tx: Transaction, program: Path, timeout: float) -> Trial:
+    """Run the trial of ``program`` through ``trial-running`` and ``trial-done``; return it
+    (``.failure``: what failed, None if it passed; ``.refused``: the build's own verdict;
+    ``.timed_out``; see :class:`Trial`)."""
     layout = tx.layout
     try:
         trial = Trial(program, tx.journal.old, tx.journal.new, layout.log)
@@ -260,9 +412,9 @@ def _run_trial(tx: Transaction, program: Path, timeout: float) -> tuple[str | No
         raise dir_error(layout, e, "writing the trial's log", tx.action) from e
     with trial:
         tx.record("trial-running")
-        failure = trial.wait(timeout)
+        trial.failure = trial.wait(timeout)
     tx.record("trial-done")
-    return failure, trial.refused
+    return trial
 
 
 def _switch(tx: Transaction, candidate: Path) -> str | None:

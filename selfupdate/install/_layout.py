@@ -4,7 +4,9 @@ For the installed file ``D/I`` and the app's state directory ``S/state``::
 
     D/.I.lock                 the update lock (flock)
     D/.I.journal              the running transaction's journal
-    D/.I.bad                  versions that failed their trial or were rolled back from
+    D/.I.bad                  versions held (rolled back from) or failed (their trial), one
+                              JSON object per line
+    D/.I.channel              the channel `update --channel` switched to
     D/.I.update/I             the staged download (same base name: shiv names its extraction
                               directory after it, so the trial extracts where I will)
     D/.I.previous/I           the build before the last update (for rollback), and its version
@@ -82,6 +84,11 @@ class Layout:
     @property
     def bad(self) -> Path:
         return self._side("bad")
+
+    @property
+    def channel(self) -> Path:
+        """The channel ``update --channel`` switched to (one line), if any."""
+        return self._side("channel")
 
     @property
     def staging(self) -> Path:

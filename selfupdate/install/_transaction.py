@@ -42,8 +42,12 @@ __all__ = [
     "JOURNAL_FORMAT",
     "Journal",
     "Transaction",
+    "VERDICT_REASONS",
     "UpdateLock",
+    "Verdict",
     "add_bad",
+    "clear_bad",
+    "parse_bad",
     "plan_recovery",
     "read_bad",
     "read_journal",
@@ -164,29 +168,122 @@ def plan_recovery(journal: Journal | None, installed_ino: int | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Versions remembered as bad
+# Versions not to install again: held (rolled back from) or failed (their trial refused them)
+
+#: Why a version is recorded in ``D/.I.bad``: ``"held"`` (the operator rolled back from it),
+#: ``"failed"`` (its own trial refused it) or ``"unknown"`` (recorded by an older updater,
+#: which did not say which).
+VERDICT_REASONS = ("held", "failed", "unknown")
 
 
-def read_bad(layout: Layout, note: Note | None = None) -> list[str]:
-    """The versions remembered as bad; a ``.bad`` that is not a regular file the right user
-    owns is ignored (one line to ``note``)."""
+@dataclass(frozen=True)
+class Verdict:
+    """One version recorded in ``D/.I.bad`` (one JSON object per line of that file).
+
+    Attributes:
+        version: the release's version.
+        reason: one of :data:`VERDICT_REASONS`.
+        when: ISO 8601 UTC (``2026-12-02T06:00:00Z``), or ``""`` when unknown.
+        detail: one short line: what failed (the trial's last log lines), or ``""``.
+    """
+
+    version: str
+    reason: str
+    when: str = ""
+    detail: str = ""
+
+
+def parse_bad(data: bytes) -> dict[str, Verdict]:
+    """The verdicts in the bytes of ``D/.I.bad`` (pure): one JSON object per line; a JSON list
+    of versions or plain version lines (what older updaters wrote) are read as reason
+    ``"unknown"``; lines that are neither are skipped. A later line for a version wins."""
+    text = data.decode("utf-8", "replace")
+    out: dict[str, Verdict] = {}
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return {}
+        items = value if isinstance(value, list) else []
+        return {str(v): Verdict(str(v), "unknown") for v in items if isinstance(v, str) and v}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("{"):
+            if len(line) <= 128 and " " not in line:
+                out[line] = Verdict(line, "unknown")
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        version, reason = obj.get("version"), obj.get("reason")
+        if not isinstance(version, str) or not version or reason not in VERDICT_REASONS:
+            continue
+        when, detail = obj.get("when", ""), obj.get("detail", "")
+        out.pop(version, None)  # keep the file order: the latest record last
+        out[version] = Verdict(
+            version, reason, when if isinstance(when, str) else "",
+            detail if isinstance(detail, str) else "",
+        )
+    return out
+
+
+def read_bad(layout: Layout, note: Note | None = None) -> dict[str, Verdict]:
+    """The versions recorded as held or failed (version -> :class:`Verdict`); a ``.bad`` that
+    is not a regular file the right user owns is ignored (one line to ``note``)."""
     try:
         data = read_side(layout.bad)
-        value = json.loads(data) if data is not None else []
     except UntrustedFile as e:
         if note is not None:
             note(str(e))
-        return []
-    except (OSError, ValueError):
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else []
+        return {}
+    except OSError:
+        return {}
+    return parse_bad(data) if data is not None else {}
 
 
-def add_bad(layout: Layout, version: str) -> None:
-    bad = read_bad(layout)
-    if version not in bad:
-        bad.append(version)
-        write_atomic(layout.bad, json.dumps(bad[-50:]).encode(), mode=0o600)
+def add_bad(layout: Layout, version: str, reason: str = "failed", detail: str = "") -> None:
+    """Record ``version`` as ``reason`` (``"held"`` or ``"failed"``), replacing an earlier
+    record of it; the file keeps the last 50 (0600, replaced atomically).
+
+    Raises:
+        ValueError: ``reason`` is not one of :data:`VERDICT_REASONS`.
+        OSError: the file cannot be written.
+    """
+    import time
+
+    if reason not in VERDICT_REASONS:
+        raise ValueError(f"unknown verdict reason {reason!r}")
+    verdicts = read_bad(layout)
+    verdicts.pop(version, None)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    verdicts[version] = Verdict(version, reason, when, " ".join(detail.split())[:300])
+    _write_bad(layout, list(verdicts.values())[-50:])
+
+
+def clear_bad(layout: Layout, version: str) -> bool:
+    """Forget the record of ``version`` (after it passed a forced trial); True if there was one.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    verdicts = read_bad(layout)
+    if verdicts.pop(version, None) is None:
+        return False
+    if verdicts:
+        _write_bad(layout, list(verdicts.values()))
+    else:
+        remove(layout.bad)
+    return True
+
+
+def _write_bad(layout: Layout, verdicts: list[Verdict]) -> None:
+    lines = [json.dumps(asdict(v), ensure_ascii=False) + "\n" for v in verdicts]
+    write_atomic(layout.bad, "".join(lines).encode(), mode=0o600)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,9 +498,10 @@ class Transaction:
                 os.replace(layout.snapshot, layout.previous_state)
                 fsync_dir(layout.state_dir.parent)
         else:
-            # Rollback: the build rolled back from is remembered as bad; nothing is previous.
+            # Rollback: the build rolled back from is held (no verdict on it: the operator's
+            # choice, undone by `update --force` or a newer release); nothing is previous.
             if self.journal.old:
-                add_bad(layout, self.journal.old)
+                add_bad(layout, self.journal.old, "held", "rolled back from")
             remove(layout.previous_dir)
             if layout.state_dir is not None:
                 remove(layout.snapshot)

@@ -14,7 +14,13 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-__all__ = ["Trial"]
+__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "read_build_config"]
+
+# Where ``selfupdate build`` writes the release configuration inside the archive (the same
+# names as selfupdate._release and selfupdate.releases._archive, which the publisher reads).
+_CONFIG_PATH = "site-packages/selfupdate/_build_config.py"
+_ROOT_PATH = "site-packages/selfupdate/_release_root.json"
+_MAX_CONFIG_BYTES = 64 * 1024  # the generated module is a few hundred bytes
 
 
 class Trial:
@@ -40,6 +46,7 @@ class Trial:
 
         self.failure: str | None = None
         self.refused = False
+        self.timed_out = False
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
@@ -76,6 +83,7 @@ class Trial:
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
+            self.timed_out = True
             return f"did not finish its migration and health check within {timeout:g} seconds"
         finally:
             _kill_group(proc.pid)  # whatever the trial started goes with it
@@ -155,3 +163,112 @@ def _os_error_in(log: Path) -> str | None:
         if f"[Errno {code}] {text}" in tail:
             return text
     return None
+
+
+def log_tail(log: Path, lines: int = 3, width: int = 240) -> str:
+    """The last ``lines`` non-empty lines of the trial's log, joined by `` | `` and trimmed to
+    ``width`` characters (for a one-sentence message); ``""`` when there are none."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [" ".join(ln.split()) for ln in text.splitlines()[1:] if ln.strip()]
+    # the header line ("# PROGRAM post-update OLD NEW") is ours, not the build's
+    kept = [ln for ln in kept if not ln.startswith("# ")][-lines:]
+    out = " | ".join(kept)
+    return out if len(out) <= width else "..." + out[-(width - 3):]
+
+
+class BuildConfig:
+    """What a build says about itself (``selfupdate build``'s embedded configuration)."""
+
+    __slots__ = ("app", "version", "repo_url", "has_root")
+
+    def __init__(self, app: str, version: str, repo_url: str | None, has_root: bool) -> None:
+        self.app, self.version, self.repo_url, self.has_root = app, version, repo_url, has_root
+
+
+def read_build_config(path: Path) -> BuildConfig | None:
+    """The release configuration embedded in the build at ``path``, read without running any
+    of it (:mod:`ast`, literals only, capped); None when it carries none (not a zip archive,
+    or not made by ``selfupdate build``, or not plain literals)."""
+    import ast
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if _CONFIG_PATH not in names:
+                return None
+            with z.open(_CONFIG_PATH) as f:
+                source = f.read(_MAX_CONFIG_BYTES + 1)
+            has_root_file = _ROOT_PATH in names and z.getinfo(_ROOT_PATH).file_size > 0
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+            ValueError):
+        return None
+    if len(source) > _MAX_CONFIG_BYTES:
+        return None
+    values: dict[str, object] = {}
+    try:
+        for node in ast.parse(source).body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name)):
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return None
+    app, version, url = values.get("APP"), values.get("VERSION"), values.get("REPO_URL")
+    if not isinstance(app, str) or not isinstance(version, str):
+        return None
+    return BuildConfig(
+        app, version, url if isinstance(url, str) and url else None,
+        values.get("TRUSTED_ROOT") is True and has_root_file,
+    )
+
+
+def build_refusal(
+    candidate: Path, installed: Path, app: str | None, version: str
+) -> str | None:
+    """Why the candidate build must fail its trial before it runs, or None (for a sentence
+    "the new build VERSION <why>").
+
+    It must call itself the app and version it was released as (else it would be offered again
+    forever, or replace the app with another), and carry what it needs to update again (an
+    embedded trusted root and repository URL). A candidate with no embedded configuration at
+    all is checked only when the installed build has one (a plain script "build" has none).
+    """
+    cand = read_build_config(candidate)
+    if cand is None:
+        if read_build_config(installed) is None:
+            return None
+        return ("carries no release configuration (it was not made by `selfupdate build`), so "
+                "it could never update again")
+    if app is not None and cand.app != app:
+        return f"is a build of {cand.app!r}, not of {app!r}"
+    if not _same_version(cand.version, version):
+        return (f"calls itself version {cand.version}, not {version} as released, so it would "
+                "be offered again at every update")
+    if not cand.has_root:
+        return "embeds no trusted root, so once installed it could never verify an update"
+    if cand.repo_url is None:
+        return "embeds no release repository URL, so once installed it could never update again"
+    return None
+
+
+def _same_version(a: str, b: str) -> bool:
+    """PEP 440 equality for the usual spellings, without ``packaging`` (stdlib only here):
+    case, a leading ``v`` and trailing ``.0`` release segments do not count (1.0 == 1.0.0)."""
+    import re
+
+    def norm(v: str) -> str:
+        v = v.strip().lower().removeprefix("v")
+        m = re.match(r"^(\d+(?:\.\d+)*)(.*)$", v)
+        if m is None:
+            return v
+        release = m.group(1).split(".")
+        while len(release) > 1 and release[-1].isdigit() and int(release[-1]) == 0:
+            release.pop()
+        return ".".join(str(int(x)) for x in release) + m.group(2)
+
+    return a == b or norm(a) == norm(b)

@@ -44,16 +44,16 @@ from tuf.ngclient import Updater
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 from selfupdate import errors
+from selfupdate.releases._choice import choose
 from selfupdate.releases._fetch import FetchConfig, Fetcher
 from selfupdate.releases._trust import (
     Release,
+    Withdrawn,
     check_name,
     check_release,
     lowers_listed_versions,
-    newest_release,
     parse_version,
     release_from_target,
-    releases,
 )
 
 __all__ = [
@@ -126,6 +126,8 @@ class UpdateClient:
         self._updater: Updater | None = None  # refreshed successfully
         self._active: Updater | None = None  # being refreshed (for error messages)
         self._current: str | None = None
+        # After check() or find(): the publisher's withdrawal of the version checked, if any.
+        self.installed_withdrawn: Withdrawn | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -133,22 +135,43 @@ class UpdateClient:
         """Refresh the signed metadata; return the newest release newer than
         ``current_version`` on this client's app and channel, or ``None`` (up to date).
 
-        Only reports: nothing is downloaded but metadata.
+        Only reports: nothing is downloaded but metadata. Sets :attr:`installed_withdrawn`.
 
         Raises:
             ValueError: ``current_version`` is not a PEP 440 version.
+            selfupdate.errors.ReleaseNotFoundError: the repository has releases, but none of
+                this app on this channel (a wrong channel or app name, or URL).
             selfupdate.errors.SelfUpdateError: the metadata could not be fetched or verified.
         """
         parse_version(current_version)
+        self._current = current_version
+        return self._choose(current_version, None)
+
+    def find(self, version: str, current_version: str | None = None) -> Release:
+        """Refresh the signed metadata; return the release ``version`` of this app on this
+        channel (``update --to``: it may be older than the running version).
+
+        Raises:
+            selfupdate.errors.ReleaseNotFoundError: it is not published (the sentence lists
+                what is).
+            selfupdate.errors.SelfUpdateError: the metadata could not be fetched or verified.
+        """
+        self._current = None  # a chosen version may be older: download_to allows it
+        release = self._choose(current_version, version)
+        assert release is not None  # choose() raises instead
+        return release
+
+    def _choose(self, current: str | None, to: str | None) -> Release | None:
         updater = self._refresh()
         # ngclient has no public "list all targets" call (see trusted_set()).
         targets = trusted_set(updater).targets.targets
         skipped: list[str] = []
-        found = releases(targets, skipped)
+        release, self.installed_withdrawn = choose(
+            targets, self.app, self.channel, current, to, skipped
+        )
         for line in skipped:
             logger.warning("ignoring a malformed release entry: %s", line)
-        self._current = current_version
-        return newest_release(found, self.app, self.channel, current_version)
+        return release
 
     def download_to(self, release: Release, fileobj: BinaryIO) -> None:
         """Stream ``release`` into ``fileobj``, verifying its signed length and hashes.

@@ -70,21 +70,24 @@ def _fail(what: str, e: BaseException | str) -> int:
 
 
 def run_update(ns: argparse.Namespace) -> int:
-    """``nsapp update [--check] [--repo URL]``."""
+    """``nsapp update [--check [--json]] [--force] [--to VERSION] [--channel NAME] [--repo URL]``.
+
+    Exit status: 0 done (with ``--check``: nothing to install), 100 with ``--check``: an
+    update is available, 1 an error or a refusal (one sentence on stderr), 130 Ctrl-C.
+    """
     from selfupdate.errors import SelfUpdateError, UpdateInterrupted
 
+    quiet = getattr(ns, "quiet", False)
+    if ns.json and not ns.check:
+        print(f"{PROG} update: --json goes with --check", file=sys.stderr)
+        return 2
+    choice = {"to": ns.to, "channel": ns.channel}
     try:
         if ns.check:
-            out = su.update(ns.repo, check_only=True)
-            if out.status == "up-to-date":
-                print(f"{PROG} {VERSION} is up to date")
-            elif out.extra.get("bad"):
-                print(f"{PROG} {out.new} is available (running {VERSION}), but it failed its "
-                      "trial run before and will not be tried again")
-            else:
-                print(f"{PROG} {out.new} is available (running {VERSION})")
-            return 0
-        out = su.update(ns.repo, say=lambda msg: print(msg, flush=True))
+            return _report_check(su.update(ns.repo, check_only=True, **choice), ns.json)
+        # -q: the new build is not exec'd to say what changed (it runs from the next start).
+        out = su.update(ns.repo, say=None if quiet else lambda msg: print(msg, flush=True),
+                        handover="none" if quiet else "finish", force=ns.force, **choice)
     except UpdateInterrupted as e:  # Ctrl-C: left clean, the shell's status for SIGINT
         print(f"{PROG}: {e}", file=sys.stderr)
         return 130
@@ -92,11 +95,60 @@ def run_update(ns: argparse.Namespace) -> int:
         return _fail("update", e)
     except OSError as e:
         return _fail("update", f"{e.strerror or e} ({e.filename or 'no file'})")
+    if quiet:
+        return 0
     if out.status == "up-to-date":
-        print(f"{PROG} {VERSION} is up to date")
+        print(f"{PROG} {VERSION} is up to date{_withdrawn(out.extra.get('withdrawn'))}")
     else:
         print(f"{PROG} updated {out.old} -> {out.new}; it runs from the next start")
     return 0
+
+
+def _withdrawn(w: Any) -> str:
+    """The end of a sentence saying the installed version was withdrawn (or "")."""
+    if w is None:
+        return ""
+    why = f" ({w.reason})" if w.reason else ""
+    return (f", but its publisher withdrew {w.version} on {w.withdrawn[:10]}{why}: wait for a "
+            f"newer release or install another with `{PROG} update --to VERSION`")
+
+
+def _report_check(out: Any, as_json: bool) -> int:
+    """``update --check``: one line (or JSON object); 0 nothing to install, 100 an update."""
+    import json
+
+    verdict, w = out.extra.get("verdict"), out.extra.get("withdrawn")
+    if out.status == "up-to-date":
+        status = "withdrawn" if w is not None else "up-to-date"
+    elif verdict is not None:
+        status = "failed" if verdict.reason == "failed" else "held"
+    else:
+        status = "available"
+    notes = out.extra.get("notes")
+    if as_json:
+        print(json.dumps({
+            "app": PROG, "installed": VERSION, "available": out.new, "status": status,
+            "channel": out.extra.get("channel"), "notes": notes,
+            "detail": verdict.detail if verdict is not None else None,
+            "withdrawn": None if w is None else {"when": w.withdrawn, "reason": w.reason},
+        }))
+    elif out.status == "up-to-date":
+        print(f"{PROG} {VERSION} is up to date{_withdrawn(w)}")
+    else:
+        line = f"{PROG} {out.new} is available (running {VERSION})"
+        if status == "held":
+            line += f", but you rolled back from it: `{PROG} update --force` installs it"
+        elif status == "failed":
+            when = f" on {verdict.when[:10]}" if verdict.when else ""
+            what = f" ({verdict.detail})" if verdict.detail else ""
+            line += (f", but it failed its trial run{when}{what} and is not tried again: "
+                     f"`{PROG} update --force` tries it again")
+        if w is not None:
+            line += f"; the running {VERSION} was withdrawn by its publisher"
+        print(line)
+        for text in (notes or "").splitlines():
+            print(f"  {text}")
+    return 100 if status == "available" else 0
 
 
 def run_rollback(ns: argparse.Namespace) -> int:
@@ -107,7 +159,9 @@ def run_rollback(ns: argparse.Namespace) -> int:
         version = su.rollback()
     except SelfUpdateError as e:
         return _fail("rollback", e)
-    print(f"{PROG} rolled back {VERSION} -> {version}; state restored to what {version} had")
+    if not getattr(ns, "quiet", False):
+        print(f"{PROG} rolled back {VERSION} -> {version}; state restored to what {version} "
+              f"had; {VERSION} is held (`{PROG} update --force` installs it again)")
     return 0
 
 
@@ -188,8 +242,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="update this program in place to the newest verified release",
         description="Download the newest signed release, try it (migrations and health check) "
         "before installing it, switch atomically and continue in the new build (same PID).",
+        epilog="examples:\n"
+        "  nsapp update --check --json   # is there one? exit 0: no, 100: yes\n"
+        "  nsapp update                  # install the newest\n"
+        "  nsapp update --to 2.0.0       # this published version (also an older one)\n"
+        "  nsapp update --channel beta   # follow beta from now on\n"
+        "  nsapp update --force          # try a held or failed release again\n"
+        "exit status: 0 done (--check: nothing to install), 100 (--check) an update is "
+        "available, 1 error or refusal, 130 interrupted\n",
     )
-    p.add_argument("--check", action="store_true", help="only say whether an update exists")
+    p.add_argument("--check", action="store_true",
+                   help="only say whether an update exists (and show its release notes); exit "
+                   "status 0: nothing to install, 100: an update is available, 1: error")
+    p.add_argument("--json", action="store_true",
+                   help="with --check: print one JSON object (app, installed, available, "
+                   "status, channel, notes, detail, withdrawn)")
+    p.add_argument("--force", action="store_true",
+                   help="try a release you rolled back from, or that failed its trial, again")
+    p.add_argument("--to", metavar="VERSION",
+                   help="install this published version, also an older one (no migration runs)")
+    p.add_argument("--channel", metavar="NAME",
+                   help="follow this release channel, from now on (remembered)")
     p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
     p.set_defaults(func=run_update)
 
@@ -197,7 +270,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "rollback",
         help="put the previous build back, with its state",
         description="Put the build that ran before the last update back in place (after its "
-        "health check), with the state it had; the build rolled back from is not reinstalled.",
+        "health check), with the state it had; the build rolled back from is held: not "
+        "reinstalled until a newer release or `update --force`.",
+        epilog="example:\n  nsapp rollback                # then `nsapp update --force` "
+        "tries the release again\n",
     )
     p.set_defaults(func=run_rollback)
 
