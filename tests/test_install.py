@@ -59,12 +59,26 @@ def test_phases_are_entered_in_failpoint_order(env: tuple[Path, Path]) -> None:
 
 
 def test_restore_steps_are_idempotent_from_any_point() -> None:
-    assert install.restore_steps(True, False, True) == ["discard-live", "restore", "drop"]
-    # killed after the live state was moved away
-    assert install.restore_steps(True, False, False) == ["restore", "drop"]
-    # killed after the restore: the snapshot is consumed, the live state must stay
-    assert install.restore_steps(False, False, True) == ["drop"]
-    assert install.restore_steps(False, True, True) == ["discard-live", "drop"]
+    steps = install.restore_steps
+    # live entries a, b; the snapshot holds a, c
+    assert steps("state", False, ["b", "a"], ["c", "a"]) == [
+        ("discard", "a"), ("discard", "b"), ("mark", ""), ("restore", "a"), ("restore", "c"),
+        ("drop", ""),
+    ]
+    # killed after discarding a: b is still live, nothing was marked
+    assert steps("state", False, ["b"], ["a", "c"]) == [
+        ("discard", "b"), ("mark", ""), ("restore", "a"), ("restore", "c"), ("drop", ""),
+    ]
+    # killed after the mark and one restore: what is live now came from the snapshot, it stays
+    assert steps("state", True, ["a"], ["c"]) == [("restore", "c"), ("drop", "")]
+    # killed after the last restore (or in the drop: the snapshot is renamed away first)
+    assert steps("state", True, ["a", "c"], []) == [("drop", "")]
+    assert steps(None, False, ["a", "c"], []) == [("drop", "")]
+    # there was no state directory: everything live goes, then the directory itself
+    assert steps("absent", False, ["x"], []) == [
+        ("discard", "x"), ("mark", ""), ("drop", ""), ("remove-state-dir", ""),
+    ]
+    assert steps("absent", True, [], []) == [("drop", ""), ("remove-state-dir", "")]
 
 
 def test_update_installs_keeps_previous_and_migrates(env: tuple[Path, Path]) -> None:

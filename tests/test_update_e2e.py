@@ -206,7 +206,8 @@ def test_update_v1_to_v2_migrates_state_and_keeps_pid(world: World, inst: Instal
     assert "migration 2.0.0: history.txt (2 lines) -> history.jsonl" in out
     assert inst.pyz.read_bytes() == world.v2.read_bytes()
     assert inst.run("--version").stdout.strip() == f"nsapp {V2}"
-    assert sorted(p.name for p in inst.state.iterdir() if p.name != "tuf-cache") == [
+    assert sorted(p.name for p in inst.state.iterdir()
+             if p.name not in ("tuf-cache", ".selfupdate")) == [
         "history.jsonl"
     ]
     events = [json.loads(ln)["event"] for ln in (inst.state / "history.jsonl").read_text()
@@ -447,7 +448,8 @@ def _check_consistent(world: World, inst: Install, lines: str) -> str:
     assert data in (world.v1.read_bytes(), world.v2.read_bytes()), "installed file is broken"
     version = V1 if data == world.v1.read_bytes() else V2
     assert r.stdout.startswith(f"nsapp {version}:"), r.stdout
-    names = sorted(p.name for p in inst.state.iterdir() if p.name != "tuf-cache")
+    names = sorted(p.name for p in inst.state.iterdir()
+             if p.name not in ("tuf-cache", ".selfupdate"))
     if version == V1:
         assert names == ["history.txt"] and (inst.state / "history.txt").read_text() == lines
     else:

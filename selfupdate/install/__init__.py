@@ -57,7 +57,7 @@ from selfupdate.install._flow import (
     update,
     write_channel,
 )
-from selfupdate.install._layout import STATE_EXCLUDE, Layout
+from selfupdate.install._layout import STATE_EXCLUDE, STATE_RESERVED, Layout
 from selfupdate.install._state import restore_state, restore_steps, snapshot_state
 from selfupdate.install._transaction import (
     FAILPOINT_ENV,
@@ -76,6 +76,7 @@ __all__ = [
     "FAILPOINTS",
     "FAILPOINT_ENV",
     "STATE_EXCLUDE",
+    "STATE_RESERVED",
     "InstallError",
     "Journal",
     "KnownBadError",

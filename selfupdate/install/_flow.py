@@ -30,7 +30,7 @@ from selfupdate.install._layout import (
     untrusted_dir,
 )
 from selfupdate.install._staging import stage_download
-from selfupdate.install._state import copy_state_from, snapshot_state
+from selfupdate.install._state import copy_state_from, rollback_state, snapshot_state
 from selfupdate.install._transaction import (
     Transaction,
     UpdateLock,
@@ -370,8 +370,9 @@ def rollback(
         if state_dir is not None:
             try:
                 snapshot_state(layout)
-                if layout.previous_state.exists():
-                    copy_state_from(layout, layout.previous_state)
+                kept = rollback_state(layout)  # ours, or an older version's (issue 11)
+                if kept is not None:
+                    copy_state_from(layout, kept)
             except OSError as e:
                 raise dir_error(layout, e, "preparing the rollback", "roll back") from e
         tx.record("snapshot")

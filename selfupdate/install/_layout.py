@@ -11,8 +11,20 @@ For the installed file ``D/I`` and the app's state directory ``S/state``::
                               directory after it, so the trial extracts where I will)
     D/.I.previous/I           the build before the last update (for rollback), and its version
     D/.I.post-update.log      the last trial's output
-    S/.state.snapshot         the state before the running transaction
-    S/.state.previous         the state matching the previous build
+    S/state/.selfupdate/      the installer's own room in the state directory (0700; never
+                              part of a snapshot, never discarded by a restore):
+        snapshot/             the state before the running transaction (``state/`` holding
+                              a copy of every entry of S/state, or the marker ``ABSENT``)
+        previous/             the state matching the previous build (same format)
+        discard/              live entries moved aside while a snapshot is put back
+
+Everything the state side writes is inside the state directory itself (issue 11): a service
+whose state directory is its own but whose parent is root's (systemd's ``StateDirectory=``,
+``/var/lib`` 0755 root) updates and rolls back. The parent matters only when the state
+directory does not exist yet and has to be created. Older versions kept ``S/.state.snapshot``
+and ``S/.state.previous`` beside the state directory; those are still honoured
+(:attr:`Layout.legacy_snapshot`, :attr:`Layout.legacy_previous_state`): the first update to
+this version is made by the older one, and rolling back from it needs the state it kept.
 
 Trust (issue 9): the installer uses a directory only when it belongs to the effective user or
 root and no other user may write to it (:func:`untrusted_dir`): in a directory others can
@@ -37,6 +49,7 @@ from selfupdate.errors import InstallError, NoPreviousBuildError
 
 __all__ = [
     "STATE_EXCLUDE",
+    "STATE_RESERVED",
     "Layout",
     "UntrustedFile",
     "check_dirs",
@@ -51,6 +64,10 @@ __all__ = [
 
 #: Names in the state directory that are caches, not state: neither snapshotted nor restored.
 STATE_EXCLUDE = ("tuf-cache",)
+
+#: The one name in the state directory that belongs to the installer (its snapshots): an app
+#: must not use it; it is neither snapshotted nor restored nor discarded.
+STATE_RESERVED = ".selfupdate"
 
 
 @dataclass(frozen=True)
@@ -120,28 +137,52 @@ class Layout:
     def log(self) -> Path:
         return self._side("post-update.log")
 
-    def _state_side(self, suffix: str) -> Path:
+    def _state(self) -> Path:
         if self.state_dir is None:
             raise RuntimeError("this layout has no state directory")
-        return self.state_dir.parent / f".{self.state_dir.name}.{suffix}"
+        return self.state_dir
+
+    @property
+    def state_private(self) -> Path:
+        """The installer's own directory inside the state directory (:data:`STATE_RESERVED`)."""
+        return self._state() / STATE_RESERVED
 
     @property
     def snapshot(self) -> Path:
         """State as it was before the running transaction (format: ``state/`` or ``ABSENT``)."""
-        return self._state_side("snapshot")
+        return self.state_private / "snapshot"
 
     @property
     def snapshot_tmp(self) -> Path:
-        return self._state_side("snapshot.tmp")
+        return self.state_private / "snapshot.tmp"
 
     @property
     def previous_state(self) -> Path:
         """State matching the previous build (same format as :attr:`snapshot`)."""
-        return self._state_side("previous")
+        return self.state_private / "previous"
 
     @property
     def discard(self) -> Path:
-        return self._state_side("discard")
+        return self.state_private / "discard"
+
+    def _legacy(self, suffix: str) -> Path:
+        state = self._state()
+        return state.parent / f".{state.name}.{suffix}"
+
+    @property
+    def legacy_snapshot(self) -> Path:
+        """Where versions before issue 11 kept :attr:`snapshot`: beside the state directory."""
+        return self._legacy("snapshot")
+
+    @property
+    def legacy_previous_state(self) -> Path:
+        """Where versions before issue 11 kept :attr:`previous_state`."""
+        return self._legacy("previous")
+
+    @property
+    def legacy_leftovers(self) -> tuple[Path, ...]:
+        """What else versions before issue 11 could leave beside the state directory."""
+        return (self._legacy("snapshot.tmp"), self._legacy("discard"))
 
 
 def remove(path: Path) -> None:
@@ -214,23 +255,103 @@ def untrusted_dir(path: Path) -> str | None:
     return _foreign(st)
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why this user cannot create names in the directory ``path``, or None."""
+    if os.access(path, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system"
+    except OSError:
+        pass
+    return f"is not writable by this user (uid {os.geteuid()})"
+
+
 def check_dirs(layout: Layout, action: str = "update") -> None:
-    """Refuse, in one sentence, an install or state directory another user could write to.
+    """Refuse, in one sentence naming the path and the fix, a directory the transaction would
+    use that another user could write to, or a state directory it could not write: called
+    before anything is downloaded or written.
+
+    * the install directory ``D``: trusted (its writability is tested by the lock, the
+      transaction's first write, also before any download);
+    * the state directory ``S``, when it exists: a directory, trusted, writable by this user,
+      and its :data:`STATE_RESERVED` directory, if there, a real directory that is trusted;
+    * when ``S`` does not exist: the nearest existing directory above it, where it will be
+      created, trusted and writable. ``S.parent`` matters only then (issue 11).
 
     Raises:
-        InstallError: the directory (or the state directory, or its parent) is not trusted.
+        InstallError: one of those does not hold.
     """
-    dirs = [("its directory", layout.dir)]
-    if layout.state_dir is not None:
-        dirs += [("its state directory", layout.state_dir),
-                 ("the directory of its state", layout.state_dir.parent)]
-    for what, d in dirs:
-        why = untrusted_dir(d)
+    head = f"cannot {action} {layout.installed}:"
+    why = untrusted_dir(layout.dir)
+    if why is not None:
+        raise InstallError(
+            f"{head} its directory {layout.dir} {why}, who could plant the files kept beside "
+            "it; move it to a directory that only you or root can write"
+        )
+    if layout.state_dir is None:
+        return
+    state = layout.state_dir
+    try:
+        st: os.stat_result | None = os.stat(state)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise InstallError(
+            f"{head} its state directory {state} cannot be examined ({e.strerror}); run it as "
+            "the user the state directory belongs to"
+        ) from e
+    if st is None:
+        above = state.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        why = untrusted_dir(above)
         if why is not None:
             raise InstallError(
-                f"cannot {action} {layout.installed}: {what} {d} {why}, who could plant the "
-                "files kept beside it; move it to a directory that only you or root can write"
+                f"{head} its state directory {state} does not exist and would be created in "
+                f"{above}, which {why}; create {state} yourself (mode 0700)"
             )
+        why = _unwritable(above)
+        if why is not None:
+            raise InstallError(
+                f"{head} its state directory {state} does not exist and cannot be created, as "
+                f"{above} {why}; create {state} owned by the user who runs the update"
+            )
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise InstallError(
+            f"{head} its state directory {state} is {_kind(st.st_mode)}, not a directory; "
+            "remove it or point the app at a directory"
+        )
+    why = _foreign(st)
+    if why is not None:
+        raise InstallError(
+            f"{head} its state directory {state} {why}, who could plant the files kept in "
+            "it; make it a directory that only you or root can write"
+        )
+    why = _unwritable(state)
+    if why is not None:
+        raise InstallError(
+            f"{head} its state directory {state} {why}, and the update keeps a copy of the "
+            "state there; make it the service user's own (systemd: StateDirectory=) or run "
+            "the update as its owner"
+        )
+    private = layout.state_private
+    try:
+        pst = os.lstat(private)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise InstallError(
+            f"{head} {private} cannot be examined ({e.strerror}); run it as the user the "
+            "state directory belongs to"
+        ) from e
+    why = f"is {_kind(pst.st_mode)}" if not stat.S_ISDIR(pst.st_mode) else _foreign(pst)
+    if why is not None:
+        raise InstallError(
+            f"{head} the updater's directory {private} in its state {why}, so it is not used; "
+            "remove it if you did not make it"
+        )
 
 
 class UntrustedFile(Exception):

@@ -1,40 +1,89 @@
 """Snapshots of the app's state directory around a transaction, and putting one back.
 
-A snapshot directory holds either ``state/`` (a copy of the state directory) or the marker
-``ABSENT`` (there was no state directory). :func:`restore_steps` plans a restore purely from
-what is on disk; each step is a rename or a removal, so a kill between steps is repaired by
-planning again.
+Everything lives inside the state directory ``S`` (issue 11), in the installer's own directory
+``S/.selfupdate`` (:data:`~selfupdate.install._layout.STATE_RESERVED`), so that a service that
+owns its state directory but not the directory above it (systemd's ``StateDirectory=``) can
+update: a snapshot directory holds either ``state/`` (a copy of every entry of ``S`` but the
+reserved directory and the caches of :data:`STATE_EXCLUDE`) or the marker ``ABSENT`` (there
+was no state directory; the updater created it to hold the snapshot).
+
+Putting a snapshot back moves entries by ``rename`` within ``S`` (one filesystem), never ``S``
+itself. :func:`restore_steps` plans it purely from what is on disk, so a kill between any two
+steps is repaired by planning again: the live entries are moved aside, then the marker
+``restoring`` is written (``fsync``ed) in the snapshot, then the snapshot's entries are moved
+in; a marker means the live entries are the restored ones and are not discarded again. The
+snapshot is dropped by renaming it away first, so a half-removed snapshot is never taken for
+one to restore.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 
 from selfupdate._durable import fsync_dir, fsync_tree
-from selfupdate.install._layout import STATE_EXCLUDE, Layout, remove
+from selfupdate.install._layout import STATE_EXCLUDE, STATE_RESERVED, Layout, remove, untrusted_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
-__all__ = ["copy_state_from", "restore_state", "restore_steps", "snapshot_state"]
+__all__ = [
+    "copy_state_from",
+    "forget_states",
+    "keep_snapshot_as_previous",
+    "restore_state",
+    "restore_steps",
+    "rollback_state",
+    "snapshot_state",
+    "undo_state",
+]
+
+#: Written into a snapshot once the live entries are moved aside (see :func:`restore_steps`).
+RESTORING = "restoring"
+
+#: Top-level names of ``S`` that are not the app's state.
+_NOT_STATE = frozenset({STATE_RESERVED, *STATE_EXCLUDE})
 
 
-def restore_steps(snap_has_state: bool, snap_absent: bool, live_exists: bool) -> list[str]:
-    """Steps that put a snapshot back in place of the live state directory (idempotent).
+def restore_steps(
+    kind: str | None, restoring: bool, live: Iterable[str], saved: Iterable[str]
+) -> list[tuple[str, str]]:
+    """Steps that put a snapshot back in place of the live state (pure; idempotent: planning
+    again after a kill at any step gives the steps that remain).
+
+    Args:
+        kind: what the snapshot holds: ``"state"`` (a ``state/`` copy), ``"absent"`` (the
+            marker ``ABSENT``), or None (there is no complete snapshot).
+        restoring: the snapshot has the ``restoring`` marker: the live entries were moved
+            aside already, those there now were moved in from the snapshot.
+        live: the names of the live state's entries (without the reserved directory and the
+            caches).
+        saved: the names still in the snapshot's ``state/``.
 
     Returns:
-        A list of ``"discard-live"`` (rename the live state away), ``"restore"`` (rename
-        ``state/`` into place) and ``"drop"`` (remove the snapshot and the discarded state).
+        ``(step, name)`` pairs: ``("discard", NAME)`` (move the live entry aside), ``("mark",
+        "")`` (write the marker), ``("restore", NAME)`` (move the snapshot's entry in),
+        ``("drop", "")`` (remove the snapshot and what was moved aside) and, for ``"absent"``,
+        ``("remove-state-dir", "")`` (remove the state directory the updater created, if
+        nothing but caches is left in it).
     """
-    steps = []
-    if snap_has_state or snap_absent:
-        if live_exists:
-            steps.append("discard-live")
-        if snap_has_state:
-            steps.append("restore")
-    steps.append("drop")
+    steps: list[tuple[str, str]] = []
+    live = sorted(live)
+    if kind is not None:
+        if not restoring:
+            steps += [("discard", name) for name in live]
+            steps.append(("mark", ""))
+            live = []
+        for name in sorted(saved):
+            if name in live:  # moved in by hand meanwhile: the snapshot is the truth
+                steps.append(("discard", name))
+            steps.append(("restore", name))
+    steps.append(("drop", ""))
+    if kind == "absent":
+        steps.append(("remove-state-dir", ""))
     return steps
 
 
@@ -44,68 +93,280 @@ def _state(layout: Layout) -> Path:
     return layout.state_dir
 
 
-def snapshot_state(layout: Layout) -> None:
-    """Copy the state directory to :attr:`Layout.snapshot` (complete or not at all)."""
-    state = _state(layout)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    remove(layout.snapshot_tmp)
-    layout.snapshot_tmp.mkdir(mode=0o700)
-    if state.is_dir():
-        shutil.copytree(
-            state,
-            layout.snapshot_tmp / "state",
-            symlinks=True,
-            ignore=shutil.ignore_patterns(*STATE_EXCLUDE),
-        )
+def _entries(state: Path) -> list[str]:
+    """The names of the app's state in ``state`` (none if it is not a directory)."""
+    try:
+        return sorted(n for n in os.listdir(state) if n not in _NOT_STATE)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _kind(snap: Path) -> str | None:
+    if (snap / "state").is_dir():
+        return "state"
+    if (snap / "ABSENT").exists():
+        return "absent"
+    return None
+
+
+def _private(layout: Layout) -> Path:
+    """The reserved directory, created 0700 if missing."""
+    private = layout.state_private
+    try:
+        private.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    return private
+
+
+def _copy_entry(src: Path, dst: Path) -> None:
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(*STATE_EXCLUDE))
     else:
-        (layout.snapshot_tmp / "ABSENT").write_bytes(b"")
-    fsync_tree(layout.snapshot_tmp)
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _fsync_entry(path: Path) -> None:
+    if path.is_symlink():
+        return
+    if path.is_dir():
+        fsync_tree(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(layout: Layout, name: str) -> None:
+    """Move the live entry ``name`` aside (into :attr:`Layout.discard`, same filesystem)."""
+    discard = layout.discard
+    _private(layout)
+    try:
+        discard.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    remove(discard / name)  # left by an earlier, interrupted restore: garbage as well
+    os.replace(_state(layout) / name, discard / name)
+
+
+def _tidy(layout: Layout, state_dir_too: bool = False) -> None:
+    """Remove the reserved directory when it is empty (and, after putting back "there was no
+    state directory", the state directory when nothing but caches is left in it)."""
+    state = _state(layout)
+    try:
+        os.rmdir(layout.state_private)
+    except OSError:
+        return  # not empty (a previous state is kept), or gone
+    if state_dir_too:
+        for name in STATE_EXCLUDE:  # caches of a state that never existed: nothing to keep
+            remove(state / name)
+        try:
+            os.rmdir(state)
+        except OSError:
+            return  # not ours to remove, or not empty: an empty state directory is no state
+        fsync_dir(state.parent)
+    else:
+        fsync_dir(state)
+
+
+def snapshot_state(layout: Layout) -> None:
+    """Copy the state to :attr:`Layout.snapshot` (complete or not at all): every entry of the
+    state directory but the reserved one and the caches, or ``ABSENT`` when there is no state
+    directory (which is then created, 0700, to hold the snapshot).
+
+    Raises:
+        OSError: the copy cannot be made (nothing of the live state is changed).
+    """
+    state = _state(layout)
+    absent = not state.is_dir()
+    if absent:
+        state.mkdir(mode=0o700, parents=True)
+    private = _private(layout)
+    tmp = layout.snapshot_tmp
+    remove(tmp)
+    tmp.mkdir(mode=0o700)
+    if absent:
+        (tmp / "ABSENT").write_bytes(b"")
+    else:
+        (tmp / "state").mkdir(mode=0o700)
+        for name in _entries(state):
+            _copy_entry(state / name, tmp / "state" / name)
+    fsync_tree(tmp)
     remove(layout.snapshot)
-    os.replace(layout.snapshot_tmp, layout.snapshot)
-    fsync_dir(state.parent)
+    os.replace(tmp, layout.snapshot)
+    fsync_dir(private)
 
 
 def restore_state(layout: Layout, snap: Path) -> None:
-    """Put the snapshot ``snap`` back as the state directory (idempotent, kill-safe)."""
+    """Put the snapshot ``snap`` back as the live state (idempotent, kill-safe; see
+    :func:`restore_steps`). ``snap`` may also be one an older version left beside the state
+    directory (:attr:`Layout.legacy_snapshot`): the same steps apply.
+
+    Raises:
+        OSError: a step failed (planning again later finishes the job).
+    """
     state = _state(layout)
-    steps = restore_steps(
-        (snap / "state").is_dir(), (snap / "ABSENT").exists(), state.exists()
-    )
-    for step in steps:
-        if step == "discard-live":
-            remove(layout.discard)
-            os.replace(state, layout.discard)
+    kind = _kind(snap)
+    if kind == "state" and not state.is_dir():
+        state.mkdir(mode=0o700)  # an older version moved the whole directory away
+    saved = _entries(snap / "state") if kind == "state" else []
+    steps = restore_steps(kind, (snap / RESTORING).exists(), _entries(state), saved)
+    for step, name in steps:
+        if step == "discard":
+            _discard(layout, name)
+        elif step == "mark":
+            fd = os.open(snap / RESTORING, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if state.is_dir():
+                fsync_dir(state)
+            fsync_dir(snap)
         elif step == "restore":
-            os.replace(snap / "state", state)
-            fsync_dir(state.parent)
-        else:
-            _keep_caches(layout.discard, state)
-            remove(snap)
+            os.replace(snap / "state" / name, state / name)
+        elif step == "drop":
+            if state.is_dir():
+                fsync_dir(state)
+            if snap.exists():
+                # Renamed away in one step first: a snapshot half removed would be taken for
+                # one whose entries are still to be restored.
+                gone = snap.with_name(snap.name + ".dropped")
+                remove(gone)
+                os.replace(snap, gone)
+                fsync_dir(snap.parent)
+                remove(gone)
             remove(layout.discard)
-    if state.parent.exists():
-        fsync_dir(state.parent)
+        else:  # remove-state-dir
+            _tidy(layout, state_dir_too=True)
+    _tidy(layout)
 
 
 def copy_state_from(layout: Layout, snap: Path) -> None:
-    """Make the live state a copy of the snapshot ``snap`` (used by rollback's trial)."""
+    """Make the live state a copy of the snapshot ``snap`` (rollback's trial runs on it; the
+    snapshot of the state rolled back from was taken before, so a kill here is undone).
+
+    Raises:
+        OSError: a step failed.
+    """
     state = _state(layout)
-    if state.exists():
-        remove(layout.discard)
-        os.replace(state, layout.discard)
+    for name in _entries(state):
+        _discard(layout, name)
     if (snap / "state").is_dir():
-        shutil.copytree(snap / "state", state, symlinks=True)
-        fsync_tree(state)
-    _keep_caches(layout.discard, state)
+        for name in _entries(snap / "state"):
+            _copy_entry(snap / "state" / name, state / name)
+            _fsync_entry(state / name)
     remove(layout.discard)
-    fsync_dir(state.parent)
+    fsync_dir(state)
 
 
-def _keep_caches(old: Path, state: Path) -> None:
-    """Carry caches (:data:`STATE_EXCLUDE`, e.g. the verified TUF metadata, whose versions
-    protect against rollback attacks) over from the discarded state to the restored one."""
-    for name in STATE_EXCLUDE:
-        if (old / name).is_dir() and state.is_dir() and not (state / name).exists():
-            try:
-                os.replace(old / name, state / name)
-            except OSError:
-                pass  # a cache: losing it costs a fresh download, nothing else
+def _legacy_trusted(layout: Layout) -> bool:
+    """Whether what an older version left beside the state directory may be used: only from a
+    directory that only this user or root can write (as the older version required)."""
+    return untrusted_dir(_state(layout).parent) is None
+
+
+def _legacy(path: Path, layout: Layout) -> Path | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or not _legacy_trusted(layout):
+        return None
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        return None
+    return path
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        remove(path)
+    except OSError:
+        pass  # beside the state directory: an older version's, and not always ours to remove
+
+
+def rollback_state(layout: Layout) -> Path | None:
+    """The state a rollback puts back: :attr:`Layout.previous_state`, else the one an older
+    version kept beside the state directory (the update to this version was made by it), else
+    None (no state was kept: the previous build's trial runs on the live state)."""
+    if layout.previous_state.is_dir():
+        return layout.previous_state
+    return _legacy(layout.legacy_previous_state, layout)
+
+
+def undo_state(layout: Layout) -> None:
+    """Undo the state side of a transaction that did not reach its commit point: the snapshot
+    (or the one an older version's transaction left beside the state directory) is put back.
+
+    Raises:
+        OSError: a step failed (the journal stays; the next recovery plans again).
+    """
+    if layout.snapshot.exists():
+        restore_state(layout, layout.snapshot)
+    else:
+        legacy = _legacy(layout.legacy_snapshot, layout)
+        if legacy is not None:
+            restore_state(layout, legacy)
+            for leftover in layout.legacy_leftovers:
+                _remove_quietly(leftover)
+    remove(layout.snapshot_tmp)
+    if layout.state_dir is not None and layout.state_private.exists():
+        _tidy(layout)
+
+
+def keep_snapshot_as_previous(layout: Layout) -> None:
+    """After an update's commit point: the snapshot becomes the previous build's state, and a
+    previous state an older version kept beside the state directory is dropped (it belongs
+    to a build no longer kept).
+
+    Raises:
+        OSError: a step failed (the journal stays; the next recovery finishes).
+    """
+    if layout.snapshot.exists():
+        remove(layout.previous_state)
+        os.replace(layout.snapshot, layout.previous_state)
+        fsync_dir(layout.state_private)
+        if _legacy(layout.legacy_previous_state, layout) is not None:
+            _remove_quietly(layout.legacy_previous_state)
+        return
+    legacy = _legacy(layout.legacy_snapshot, layout)
+    if legacy is not None and _newer(legacy, layout.previous_state):
+        # An older version's update, killed after its commit point and finished by this one:
+        # its snapshot becomes the previous state where it keeps it, as it would have done.
+        remove(layout.legacy_previous_state)
+        os.replace(legacy, layout.legacy_previous_state)
+        fsync_dir(legacy.parent)
+        remove(layout.previous_state)  # older than the build now kept as previous
+        _tidy(layout)
+
+
+def _newer(path: Path, than: Path) -> bool:
+    """Whether ``path`` was written after ``than`` (or ``than`` does not exist): a snapshot an
+    older version's transaction left is finished only when it is not older than the previous
+    state this version kept (one that is would be a leftover, not this transaction's)."""
+    try:
+        return os.stat(path).st_mtime_ns >= os.stat(than).st_mtime_ns
+    except FileNotFoundError:
+        return True
+
+
+def forget_states(layout: Layout) -> None:
+    """After a rollback's commit point: nothing is previous any more; the snapshot and every
+    kept state (ours and an older version's) go. When the state put back was "there was no
+    state directory", the state directory the updater created goes too.
+
+    Raises:
+        OSError: a step failed (the journal stays; the next recovery finishes).
+    """
+    source = rollback_state(layout)
+    absent = source is not None and _kind(source) == "absent"
+    remove(layout.snapshot)
+    remove(layout.previous_state)
+    if _legacy(layout.legacy_previous_state, layout) is not None:
+        _remove_quietly(layout.legacy_previous_state)
+    if _legacy(layout.legacy_snapshot, layout) is not None:
+        _remove_quietly(layout.legacy_snapshot)
+    if layout.state_private.exists():
+        _tidy(layout, state_dir_too=absent and not _entries(_state(layout)))

@@ -27,7 +27,7 @@ from selfupdate.install._layout import (
     read_side,
     remove,
 )
-from selfupdate.install._state import restore_state
+from selfupdate.install._state import forget_states, keep_snapshot_as_previous, undo_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -477,9 +477,7 @@ class Transaction:
         """Put everything back as before the transaction (the commit point was not passed)."""
         layout = self.layout
         if layout.state_dir is not None:
-            if layout.snapshot.exists():
-                restore_state(layout, layout.snapshot)
-            remove(layout.snapshot_tmp)
+            undo_state(layout)
         remove(layout.previous_tmp)
         remove(layout.staging)
         self._clear()
@@ -493,10 +491,8 @@ class Transaction:
                 write_atomic(layout.previous_version, self.journal.old.encode(), mode=0o600)
                 os.replace(layout.previous_tmp, layout.previous)
                 fsync_dir(layout.previous_dir)
-            if layout.state_dir is not None and layout.snapshot.exists():
-                remove(layout.previous_state)
-                os.replace(layout.snapshot, layout.previous_state)
-                fsync_dir(layout.state_dir.parent)
+            if layout.state_dir is not None:
+                keep_snapshot_as_previous(layout)
         else:
             # Rollback: the build rolled back from is held (no verdict on it: the operator's
             # choice, undone by `update --force` or a newer release); nothing is previous.
@@ -504,8 +500,7 @@ class Transaction:
                 add_bad(layout, self.journal.old, "held", "rolled back from")
             remove(layout.previous_dir)
             if layout.state_dir is not None:
-                remove(layout.snapshot)
-                remove(layout.previous_state)
+                forget_states(layout)
         remove(layout.staging)
         fsync_dir(layout.dir)
         self._clear()
