@@ -257,7 +257,8 @@ def untrusted_dir(path: Path) -> str | None:
 
 def _unwritable(path: Path) -> str | None:
     """Why this user cannot create names in the directory ``path``, or None."""
-    if os.access(path, os.W_OK | os.X_OK):
+    # The effective user's access, as the writes will have (access(2) alone checks the real one).
+    if os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return None
     try:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
