@@ -392,3 +392,21 @@ def test_the_installed_name_always_names_a_whole_build(env: tuple[Path, Path]) -
     assert {"os.rename", "os.link", "os.remove"} <= events, events  # the hook saw the switch
     bad = [(e, None if c is None else c[:20]) for e, c in seen if c not in (v1, v2)]
     assert not bad, f"the installed name was absent or partial at: {bad}"
+
+
+def test_the_log_tail_quoted_in_a_message_keeps_what_went_wrong_not_traceback_frames(
+    tmp_path: Path,
+) -> None:
+    from selfupdate.install._trial import log_tail
+
+    log = tmp_path / "trial.log"
+    frames = "".join(f'  File "{tmp_path}/{"x" * 80}/m{i}.py", line {i}, in f\n    f()\n'
+                     for i in range(5))  # fmt: skip
+    log.write_text(
+        "# app post-update 1.0 2.0\npost-update 1.0 -> 2.0\nTraceback (most recent call last):\n"
+        f"{frames}RuntimeError: the state is from the future\n"
+    )
+    tail = log_tail(log)
+    assert tail == "post-update 1.0 -> 2.0 | RuntimeError: the state is from the future", tail
+    log.write_text("# header\n" + "".join(f"line {i} {'y' * 150}\n" for i in range(10)))
+    assert len(log_tail(log)) <= 200 and log_tail(log).endswith("y")

@@ -165,16 +165,23 @@ def _os_error_in(log: Path) -> str | None:
     return None
 
 
-def log_tail(log: Path, lines: int = 3, width: int = 240) -> str:
+def log_tail(log: Path, lines: int = 3, width: int = 200) -> str:
     """The last ``lines`` non-empty lines of the trial's log, joined by `` | `` and trimmed to
-    ``width`` characters (for a one-sentence message); ``""`` when there are none."""
+    ``width`` characters (for a one-sentence message); ``""`` when there are none.
+
+    A Python traceback gives only its last line (the exception): its frames (indented lines
+    and the ``Traceback`` header) are long paths that would crowd out what went wrong."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    kept = [" ".join(ln.split()) for ln in text.splitlines()[1:] if ln.strip()]
+    kept = [
+        " ".join(ln.split())
+        for ln in text.splitlines()[1:]
+        if ln.strip() and not ln[0].isspace() and not ln.startswith("Traceback (")
+    ]
     # the header line ("# PROGRAM post-update OLD NEW") is ours, not the build's
     kept = [ln for ln in kept if not ln.startswith("# ")][-lines:]
     out = " | ".join(kept)
