@@ -195,7 +195,8 @@ def _flags() -> list[str]:
 
 
 def isolation_flags() -> list[str]:
-    """The isolation options this interpreter runs with (``-I``, or ``-E``, ``-s``, ``-P``), to
+    """The isolation options this interpreter runs with (``-I``, with ``-S`` if it skipped
+    ``site``, or ``-E``, ``-s``, ``-P``), to
     start another program with: a program started with ``python -I`` must not have a child
     that reads ``PYTHONPATH`` (and runs the ``sitecustomize`` found there) or the user's site.
     """
