@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
 """Start-up cost of the framework, side by side in one run (medians of >= 30 runs).
 
-1. ``nsapp.pyz --version`` vs a hello-world shiv ``.pyz`` built the same way (same shiv flags,
-   same dependencies) vs ``python -I -S -c pass``. Goal: nsapp <= 1.10x the hello-world pyz.
-   A hello-world pyz without dependencies is shown too, for what the dependencies cost.
+1. ``./nsapp.pyz --version`` vs a stdlib ``zipapp`` hello-world (goal <= 1.3x) and vs
+   ``python3 -I -S -c pass`` (the floor; goal <= 2.5x), and vs a hello-world shiv ``.pyz``
+   built the same way (same shiv flags, same dependencies; the old goal <= 1.10x). Every
+   archive is started through its own ``#!`` line, as a user types it, with ``python3`` on
+   PATH the real interpreter (never a shim). A hello-world pyz without dependencies is shown
+   too, for what the dependencies cost.
 2. Round trip of ``reexec_core.command("reexec-true").run()`` from inside ``nsapp.pyz`` (an
    entry point that returns at once) vs spawning ``python -I -S -c pass`` from the same
    process. Goal: <= 1.5x.
 
-Everything runs through ``sys.executable`` (never a ``python3`` shim from PATH), with
+3. Cold first start after an update (a build whose extraction is not there yet: shiv's
+   extraction, the check, the fsyncs and the completion marker included) vs a warm start,
+   interleaved, ``--cold-runs`` of each (default 30).
+4. ``-X importtime`` of a warm ``--version``: every module the program's process imports.
+
+Everything runs through ``sys.executable``'s real interpreter (never a ``python3`` shim), with
 PYTHONDONTWRITEBYTECODE unset so that .pyc files are written and used as in real life, and
 after warm-up runs (shiv's one-time extraction is not what is measured).
 
 With ``--against DIR`` (another checkout, e.g. the tree before a change), that checkout's
 ``nsapp.pyz`` (built by its own ``build.sh``) is measured in the same interleaved run.
 
-Usage: python bench/bench_startup.py [--runs N] [--json] [--against DIR]
+Usage: python bench/bench_startup.py [--runs N] [--cold-runs N] [--json] [--against DIR]
 """
 
 from __future__ import annotations
@@ -33,14 +41,61 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GOAL_VERSION = 1.10
+GOAL_VERSION = 1.10  # vs the hello-world shiv pyz (the old goal)
+GOAL_ZIPAPP = 1.3  # vs a stdlib zipapp hello-world
+GOAL_FLOOR = 2.5  # vs python3 -I -S -c pass
 GOAL_ROUNDTRIP = 1.5
 
 
 def _env(shiv_root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["SHIV_ROOT"] = str(shiv_root)
+    # The archives' "#!/usr/bin/env python3" finds the real interpreter, not a shim.
+    env["PATH"] = f"{Path(os.path.realpath(sys.executable)).parent}{os.pathsep}{env['PATH']}"
     return env
+
+
+def build_zipapp(work: Path, name: str, interpreter: str) -> Path:
+    """A stdlib zipapp hello-world, started through its ``#!`` line."""
+    import zipapp
+
+    src = work / f"{name}-src"
+    src.mkdir()
+    (src / "__main__.py").write_text('print("hello 1.0.0")\n')
+    out = work / f"{name}.pyz"
+    zipapp.create_archive(src, out, interpreter=interpreter)
+    return out
+
+
+def cold_vs_warm(pyz: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+    """``pyz --version`` with its extraction removed first (cold: a first start after an
+    update) and with it in place (warm), interleaved."""
+    import zipfile
+
+    with zipfile.ZipFile(pyz) as zf:
+        build_id = json.loads(zf.read("environment.json"))["build_id"]
+    ext = Path(env["SHIV_ROOT"]) / f"{pyz.name}_{build_id}"
+    samples: dict[str, list[float]] = {"cold": [], "warm": []}
+    argv = [str(pyz), "--version"]
+    for _ in range(runs):
+        for key in random.sample(list(samples), 2):
+            if key == "cold":
+                shutil.rmtree(ext, ignore_errors=True)
+            else:
+                subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+            t0 = time.perf_counter()
+            subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+            samples[key].append(time.perf_counter() - t0)
+    return {k: median_ms(v) for k, v in samples.items()}
+
+
+def imports(pyz: Path, env: dict[str, str]) -> list[str]:
+    """The modules a warm ``pyz --version`` imports (its shebang's flags, -X importtime)."""
+    exe = os.path.realpath(sys.executable)
+    proc = subprocess.run([exe, "-I", "-S", "-X", "importtime", str(pyz), "--version"],
+                          env=env, capture_output=True, text=True, check=True)
+    return [ln.rpartition("|")[2].strip() for ln in proc.stderr.splitlines()
+            if ln.startswith("import time:") and "imported package" not in ln]
 
 
 def build_nsapp(work: Path) -> tuple[Path, Path]:
@@ -143,6 +198,7 @@ def inside_pyz() -> int:
     # Do not hand this bench's directory on to the children: measure what nsapp's child pays.
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p != here]
+    os.environ.pop("SHIV_PREPEND_PYTHONPATH", None)  # a child build starts as users start it
     runs = int(os.environ["BENCH_RUNS"])
     plain = [sys.executable, "-I", "-S", "-c", "pass"]
     for _ in range(3):
@@ -168,25 +224,33 @@ def inside_pyz() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per command (>= 30)")
+    parser.add_argument("--cold-runs", type=int, default=30,
+                        help="cold and warm first starts after an update (>= 30)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--against", type=Path, metavar="DIR",
                         help="another checkout whose nsapp.pyz is measured side by side")
     opts = parser.parse_args()
-    if opts.runs < 30:
-        parser.error("--runs must be at least 30 (medians of >= 30 runs)")
+    if opts.runs < 30 or opts.cold_runs < 30:
+        parser.error("--runs and --cold-runs must be at least 30 (medians of >= 30 runs)")
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     try:
         nsapp, deps = build_nsapp(work)
         hello = build_hello(work, "hello", deps)
         bare = build_hello(work, "hello-bare", None)
         minimal = build_hello(work, "minimal", deps, minimal=True)
+        zipapp_pyz = build_zipapp(work, "zipapp", "/usr/bin/env python3")
+        # The same with the shebang a build writes: what the archive format itself costs.
+        zipapp_iso = build_zipapp(work, "zipapp-isolated", "/usr/bin/env -S python3 -I -S")
+        (work / "shiv-root").mkdir(mode=0o700)
         env = _env(work / "shiv-root")
         exe = sys.executable
         cmds = {
-            "nsapp": [exe, str(nsapp), "--version"],
-            "hello": [exe, str(hello)],
-            "bare": [exe, str(bare)],
-            "pass": [exe, "-I", "-S", "-c", "pass"],
+            "nsapp": [str(nsapp), "--version"],
+            "zipapp": [str(zipapp_pyz)],
+            "zipapp_iso": [str(zipapp_iso)],
+            "hello": [str(hello)],
+            "bare": [str(bare)],
+            "pass": [os.path.realpath(exe), "-I", "-S", "-c", "pass"],
         }
         against = None
         if opts.against is not None:
@@ -197,21 +261,32 @@ def main() -> int:
                  str(against)],
                 env=dict(os.environ, PYTHON=exe), capture_output=True, check=True,
             )  # fmt: skip
-            cmds["against"] = [exe, str(against), "--version"]
+            cmds["against"] = [str(against), "--version"]
         startup = time_commands(cmds, env, opts.runs)
         rt = roundtrip(nsapp, env, opts.runs)
         rt_min = roundtrip(minimal, env, opts.runs)
         rt_against = roundtrip(against, env, opts.runs) if against is not None else None
+        cold = cold_vs_warm(nsapp, env, opts.cold_runs)
+        modules = imports(nsapp, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     r_version = startup["nsapp"] / startup["hello"]
     r_rt = rt["reexec"] / rt["plain"]
     r_min = rt_min["reexec"] / rt_min["plain"]
-    print(f"Python {sys.version.split()[0]} ({exe}), {opts.runs} runs each, medians, warm\n")
+    print(f"Python {sys.version.split()[0]} ({exe}), {opts.runs} runs each, medians, warm "
+          f"unless cold; every archive started through its #! line\n")
     print("| measurement | median ms | ratio |")
     print("| --- | ---: | ---: |")
-    print(f"| `nsapp.pyz --version` | {startup['nsapp']:.1f} | {r_version:.2f}x hello pyz |")
+    r_zipapp = startup["nsapp"] / startup["zipapp"]
+    r_floor = startup["nsapp"] / startup["pass"]
+    print(f"| `./nsapp.pyz --version` | {startup['nsapp']:.1f} | {r_zipapp:.2f}x zipapp "
+          f"hello-world, {r_floor:.2f}x `python3 -I -S -c pass`, {r_version:.2f}x hello pyz |")
+    print(f"| stdlib `zipapp` hello-world, `#!/usr/bin/env python3` | {startup['zipapp']:.1f} "
+          "| 1.00x |")
+    r_iso = startup["nsapp"] / startup["zipapp_iso"]
+    print(f"| the same hello-world, `#!/usr/bin/env -S python3 -I -S` | "
+          f"{startup['zipapp_iso']:.1f} | nsapp {r_iso:.2f}x it |")
     print(f"| hello-world pyz, same deps and flags | {startup['hello']:.1f} | 1.00x |")
     bare_ratio = startup["bare"] / startup["hello"]
     print(f"| hello-world pyz, no deps | {startup['bare']:.1f} | {bare_ratio:.2f}x hello pyz |")
@@ -235,7 +310,16 @@ def main() -> int:
         f'| `command("reexec-true", program=nsapp.pyz).run()` | {rt["program"]:.1f} '
         f"| {r_prog:.2f}x |"
     )
+    r_cold = cold["cold"] / cold["warm"]
+    print(f"| cold first start after an update (`--version`) | {cold['cold']:.1f} | "
+          f"{r_cold:.1f}x warm |")
+    print(f"| warm start, same run | {cold['warm']:.1f} | 1.00x |")
     print()
+    print(f"modules a warm --version imports ({len(modules)}): {' '.join(modules)}")
+    print()
+    print(f"--version vs zipapp hello-world: {r_zipapp:.2f}x (goal <= {GOAL_ZIPAPP}x: "
+          f"{'met' if r_zipapp <= GOAL_ZIPAPP else 'MISSED'}); vs python3 -I -S -c pass: "
+          f"{r_floor:.2f}x (goal <= {GOAL_FLOOR}x: {'met' if r_floor <= GOAL_FLOOR else 'MISSED'})")
     ok1, ok2 = r_version <= GOAL_VERSION, r_rt <= GOAL_ROUNDTRIP
     print(f"--version vs hello pyz: {r_version:.2f}x (goal <= {GOAL_VERSION}x: "
           f"{'met' if ok1 else 'MISSED'})")  # fmt: skip
@@ -245,7 +329,10 @@ def main() -> int:
     if opts.json:
         print(json.dumps({"startup_ms": startup, "roundtrip_ms": rt,
                           "roundtrip_minimal_ms": rt_min, "ratio_version": r_version,
-                          "ratio_roundtrip": r_rt, "ratio_roundtrip_minimal": r_min}))  # fmt: skip
+                          "ratio_roundtrip": r_rt, "ratio_roundtrip_minimal": r_min,
+                          "ratio_zipapp": r_zipapp, "ratio_zipapp_isolated": r_iso,
+                          "ratio_floor": r_floor, "cold_ms": cold,
+                          "imports": modules}))  # fmt: skip
     return 0
 
 

@@ -16,9 +16,11 @@ side effects (a ``.pth`` that imports something for its own sake) are not replay
 child, as in any ``-S`` start.
 
 Other build (``program=PATH``): ``[sys.executable, ISOLATION..., PATH, ARGS...]`` started
-normally (with this interpreter's ``-I``/``-E``/``-s``/``-P``, so a caller started isolated
-does not start a child that reads ``PYTHONPATH``), with the name in ``REEXEC_CORE_ENTRY``,
-which ``init()`` removes from the environment.
+normally (with this interpreter's ``-I``/``-E``/``-s``/``-P``, and ``-S`` with ``-I`` when this
+one skipped ``site``, as a built ``.pyz`` does: a caller started isolated does not start a
+child that reads ``PYTHONPATH``, and a built child does not have to start itself again to be
+isolated), with the name in ``REEXEC_CORE_ENTRY``, which ``init()`` removes from the
+environment.
 """
 
 from __future__ import annotations

@@ -142,12 +142,17 @@ def _module_start_dir(spec: object) -> str | None:
 
 
 def _detect_shiv(exe: str) -> Origin | None:
-    """Recognise a shiv ``.pyz``: its ``__main__`` imported ``_bootstrap`` from the archive."""
+    """Recognise a shiv ``.pyz``: its ``__main__`` imported ``_bootstrap`` from the archive, or
+    is the fast start of a ``selfupdate build`` archive."""
     import os
 
     boot = sys.modules.get("_bootstrap")
+    if not hasattr(boot, "bootstrap"):
+        # A selfupdate build's fast start (its __main__ carries a RECORD) skips _bootstrap.
+        boot = sys.modules.get("__main__")
+        boot = boot if getattr(boot, "RECORD", None) else None
     archive = getattr(getattr(boot, "__loader__", None), "archive", None)
-    if not isinstance(archive, str) or not hasattr(boot, "bootstrap"):
+    if not isinstance(archive, str):
         return None
     # The zip importer records the archive path as given on the command line, made absolute at
     # start-up: a relative path or a symlink stays valid after a chdir.
@@ -190,13 +195,16 @@ def _flags() -> list[str]:
 
 
 def isolation_flags() -> list[str]:
-    """The isolation options this interpreter runs with (``-I``, or ``-E``, ``-s``, ``-P``), to
+    """The isolation options this interpreter runs with (``-I``, with ``-S`` if it skipped
+    ``site``, or ``-E``, ``-s``, ``-P``), to
     start another program with: a program started with ``python -I`` must not have a child
     that reads ``PYTHONPATH`` (and runs the ``sitecustomize`` found there) or the user's site.
     """
     f = sys.flags
     if f.isolated:
-        return ["-I"]
+        # -S too when this one skipped site: a built .pyz insists on both (and would start
+        # itself again to get them).
+        return ["-I", "-S"] if f.no_site else ["-I"]
     flags = [opt for opt, on in (("-E", f.ignore_environment), ("-s", f.no_user_site)) if on]
     if getattr(f, "safe_path", False):  # 3.11+
         flags.append("-P")

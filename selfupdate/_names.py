@@ -15,6 +15,11 @@ FINISH_ENTRY = "update-finish"
 #: cleaning never removes the extraction of a build that still runs.
 INUSE_LOCK = ".in-use.lock"
 
+#: The completion marker of a shiv extraction (it holds the build id): written last, after
+#: every file was fsynced, by the archive's slow gate or the seeding; the fast start uses an
+#: extraction only when it is there (selfupdate._shiv._main).
+EXTRACTION_DONE = ".selfupdate-complete"
+
 
 #: Exit status of ``post-update`` when the build's own migration or health check failed: the
 #: one verdict that marks a release bad. Any other failure of the trial (it could not extract,

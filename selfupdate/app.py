@@ -330,7 +330,9 @@ def at_start() -> None:
     try:
         held = _shiv.hold_extraction()
     except _shiv.UntrustedDirectoryError as e:
-        # Too late to refuse (shiv has run it); say so once per start, lock nothing there.
+        # A build's own __main__ refuses such an extraction before anything runs from it
+        # (selfupdate._shiv._boot); this start came some other way (an archive not made by
+        # selfupdate build): too late to refuse, say so once per start, lock nothing there.
         _note(f"warning: {e}")
         held = True
     if not held:

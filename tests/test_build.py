@@ -110,7 +110,11 @@ def test_pyz_carries_no_build_tools(build_pyz) -> None:  # type: ignore[no-untyp
     # shiv's runtime bootstrap is there; its builder is not.
     assert "_bootstrap/__init__.py" in names and "__main__.py" in names
     with open(build_pyz("1.0.0"), "rb") as f:
-        assert f.readline() == b"#!/usr/bin/env python3\n"
+        # env -S splits the line: python3 starts isolated and without the host's site.
+        assert f.readline() == b"#!/usr/bin/env -S python3 -I -S\n"
+    # The fast start is the archive's __main__, first in it, beside the slow gate.
+    assert names[0] == "__main__.py"
+    assert {"_selfupdate_boot.py", "_selfupdate_trust.py"} <= set(names)
 
 
 def test_release_configuration_embedded_only_as_asked(build_pyz, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -78,11 +78,15 @@ def running_archive() -> Path | None:
     it does not run from a shiv archive (a source checkout, a registered fast child)."""
     global _archive
     if _archive is _UNKNOWN:
-        # shiv's bootstrap is imported from the archive as the module "_bootstrap"; its loader
+        # shiv's bootstrap is imported from the archive as the module "_bootstrap", or the
+        # fast start (._main, the archive's __main__) went past it; either's loader
         # (zipimport) knows the archive's path.
         boot = sys.modules.get("_bootstrap")
+        if not hasattr(boot, "bootstrap"):
+            boot = sys.modules.get("__main__")
+            boot = boot if getattr(boot, "RECORD", None) else None
         archive = getattr(getattr(boot, "__loader__", None), "archive", None)
-        if isinstance(archive, str) and hasattr(boot, "bootstrap"):
+        if isinstance(archive, str):
             from pathlib import Path
 
             _archive = Path(os.path.realpath(archive))

@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 
-from selfupdate._names import INUSE_LOCK
+from selfupdate._names import EXTRACTION_DONE, INUSE_LOCK
 from selfupdate._shiv import _environment, extraction_root, open_private_lock
 from selfupdate._shiv._trust import UntrustedDirectoryError, check_tree, private_dir
 
@@ -49,7 +49,8 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
     (a regular file of this user, writable by nobody else) is read and found to have exactly
     that CRC-32. Everything else, and every ``.pyc`` the old build wrote beside its sources,
     is extracted from the new archive (never carried: a ``.pyc`` says nothing about what it was
-    compiled from but the source's mtime and size). The result is renamed into place under
+    compiled from but the source's mtime and size). Every file is fsynced and the completion
+    marker written last (:func:`._boot.mark_complete`). The result is renamed into place under
     shiv's own extraction lock (private, :func:`selfupdate._shiv.open_private_lock`), so shiv
     finds it complete and skips extraction, or extracts itself.
 
@@ -107,6 +108,11 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
                 mode = ((info.external_attr >> 16) & 0o755) or 0o644
                 if not _copy_stored(new, info, dest, mode):
                     _extract(zn, info, dest, mode)
+            # Everything verified and on disk, the marker last: the trial, and every start
+            # after it, takes the same fast path (selfupdate._shiv._main).
+            from selfupdate._shiv._boot import mark_complete
+
+            mark_complete(str(tmp), EXTRACTION_DONE, new_id)
             # shiv's extraction lock (fcntl.flock, as in shiv's bootstrap/filelock.py): shiv
             # either sees our complete directory or extracts into its own .tmp first.
             rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -193,7 +199,7 @@ def _matches(target: Path, zn: Any) -> bool:
             rel = f if rel_dir == "." else f"{rel_dir}/{f}"
             info = want.get(rel)
             if info is None:
-                if rel == INUSE_LOCK or (
+                if rel in (INUSE_LOCK, EXTRACTION_DONE) or (
                     os.path.basename(dirpath) == "__pycache__" and f.endswith(".pyc")
                     and rel.startswith("site-packages/")
                 ):

@@ -19,7 +19,11 @@ The steps, in :class:`Build`:
    ``selfupdate.app`` finds it;
 5. pack it with ``shiv --reproducible`` (fixed modes and timestamps): no pip, setuptools or
    shiv inside, and two builds of the same source and version are byte-identical, from any
-   checkout path.
+   checkout path;
+6. put the fast start in front of shiv's bootstrap (:func:`_add_fast_start`): the archive's
+   ``__main__.py`` becomes :mod:`selfupdate._shiv._main` with this build's record, beside the
+   slow gate (:mod:`selfupdate._shiv._boot`) and the trust check it uses; the shebang starts
+   the interpreter isolated (``#!/usr/bin/env -S python3 -I -S``; coreutils >= 8.30).
 
 The path of the ``.pyz`` is printed last (default ``PROJECT_DIR/dist/NAME-VERSION.pyz``).
 shiv is needed only here (``pip install 'reexec-selfupdate[build]'``).
@@ -53,6 +57,10 @@ __all__ = ["Build", "BuildError", "BuildOptions", "run"]
 PROG = "selfupdate build"
 #: Where the dependency installs are kept (one directory per requirement list + interpreter).
 CACHE_ENV = "SELFUPDATE_BUILD_CACHE"
+#: The interpreter line: ``env -S`` splits it, so python3 starts isolated (-I: no PYTHON*
+#: variables, no user site, no script directory on sys.path) and without the host's ``site``
+#: (-S: no .pth file of the host runs).
+SHEBANG = "/usr/bin/env -S python3 -I -S"
 # What never goes into an archive from a project copy or the framework's installation.
 _SKIP_NAMES = {"__pycache__", ".git", ".venv", "build", "dist", ".pytest_cache",
                ".mypy_cache", ".ruff_cache", ".tox", ".nox"}
@@ -104,6 +112,7 @@ class Build:
                 _normalize_modes(stage)
                 packed = Path(tmp) / "out.pyz"
                 self._pack(entry, deps, stage, packed)
+                _add_fast_start(packed, entry)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 # Beside the target, then rename: a running copy is never half-written.
                 partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -192,7 +201,7 @@ class Build:
     def _pack(self, entry: str, deps: Path, stage: Path, out: Path) -> None:
         cmd = [
             sys.executable, "-m", "shiv", "--reproducible", "--compressed",
-            "--python", "/usr/bin/env python3",
+            "--python", SHEBANG,
             "--entry-point", entry,
             "--site-packages", str(deps),
             "--site-packages", str(stage),
@@ -201,6 +210,52 @@ class Build:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BuildError(f"shiv could not pack the archive: {_last_line(proc)}")
+
+
+def _add_fast_start(packed: Path, entry: str) -> None:
+    """Rewrite shiv's archive in place: ``__main__.py`` (first in the archive) becomes the fast
+    start (:mod:`selfupdate._shiv._main`) with this build's record, and the slow gate and the
+    trust check it imports go beside shiv's ``_bootstrap``. Every entry keeps shiv's fixed
+    timestamp and mode, so the result is as reproducible as shiv's."""
+    import json
+    import zipfile
+
+    from selfupdate._names import EXTRACTION_DONE
+    from selfupdate._shiv import _boot, _main, _trust
+
+    data = packed.read_bytes()
+    with zipfile.ZipFile(packed) as zf:
+        infos = zf.infolist()
+        contents = {i.filename: zf.read(i) for i in infos}
+    env = json.loads(contents["environment.json"])
+    # Only a plain entry point goes the fast way; shiv's other options go through its bootstrap.
+    plain = ":" in entry and not (env.get("preamble") or env.get("script")
+                                  or env.get("extend_pythonpath") or env.get("prepend_pythonpath")
+                                  or env.get("no_modify"))
+    record = (env["build_id"], entry if plain else None, env.get("root"), EXTRACTION_DONE)
+    source = Path(_main.__file__).read_text(encoding="utf-8")
+    marker = " = None  # the record"
+    if source.count(marker) != 1:
+        raise BuildError(f"{_main.__file__} has no single record line to fill in")
+    main = source.replace(marker, f" = {record!r}  # the record")
+    added = {
+        "__main__.py": main.encode(),
+        "_selfupdate_boot.py": Path(_boot.__file__).read_bytes(),
+        "_selfupdate_trust.py": Path(_trust.__file__).read_bytes(),
+    }
+    template = next(i for i in infos if i.filename == "__main__.py")
+    shebang = data[: data.index(b"\n") + 1] if data.startswith(b"#!") else b""
+    with open(packed, "wb") as f:
+        f.write(shebang)
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as out:
+            for name, body in added.items():
+                info = zipfile.ZipInfo(name, template.date_time)
+                info.external_attr = template.external_attr
+                info.compress_type = zipfile.ZIP_DEFLATED
+                out.writestr(info, body)
+            for info in infos:
+                if info.filename not in added:
+                    out.writestr(info, contents[info.filename])
 
 
 def _to_stderr(message: str) -> None:

@@ -149,7 +149,11 @@ def _kill_group(pid: int) -> None:
 
 def _os_error_in(log: Path) -> str | None:
     """The environment's fault, if the end of the trial's log names one (a full disk while
-    shiv extracts the build, a read-only or unwritable place): ``"No space left on device"``."""
+    shiv extracts the build, a read-only or unwritable place): ``"No space left on device"``.
+
+    Named either as Python does (``[Errno 28] No space left on device``, in a traceback) or as
+    the build's boot gate does (selfupdate._shiv._boot: ``...: No space left on device; what
+    to do``)."""
     import errno
 
     try:
@@ -160,7 +164,7 @@ def _os_error_in(log: Path) -> str | None:
         return None
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EMFILE):
         text = os.strerror(code)
-        if f"[Errno {code}] {text}" in tail:
+        if f"[Errno {code}] {text}" in tail or f": {text}; " in tail:
             return text
     return None
 
