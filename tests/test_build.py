@@ -244,3 +244,30 @@ def test_unprivileged_pass_runs_as_the_expected_user() -> None:
     assert os.getuid() == int(uid) and os.geteuid() == int(uid)
     assert os.path.dirname(os.__file__) == os.environ["NSAPP_EXPECT_STDLIB"]
     assert not os.__file__.startswith("/root/")
+
+
+@pytest.mark.parametrize("pth", [False, True])
+def test_a_site_packages_with_pth_files_starts_through_shivs_bootstrap(
+    tmp_path: Path, pth: bool
+) -> None:
+    """shiv's bootstrap runs site.addsitedir (and so the .pth files of the extraction); the
+    fast start only puts site-packages on sys.path, so such a build is not given one."""
+    import ast
+    import json
+
+    from selfupdate.build import _add_fast_start
+
+    packed = tmp_path / "app.pyz"
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("__main__.py", "import _bootstrap\n")
+        zf.writestr("environment.json", json.dumps({"build_id": "b1d", "root": None}))
+        zf.writestr("site-packages/app/__init__.py", "")
+        if pth:
+            zf.writestr("site-packages/nspkg.pth", "import os\n")
+    _add_fast_start(packed, "app:main")
+    with zipfile.ZipFile(packed) as zf:
+        main = zf.read("__main__.py").decode()
+    line = next(x for x in main.splitlines() if x.endswith("# the record"))
+    record = ast.literal_eval(line.split(" = ", 1)[1].rsplit("  #", 1)[0])
+    assert record[0] == "b1d"
+    assert record[1] == (None if pth else "app:main")

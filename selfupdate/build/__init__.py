@@ -228,8 +228,12 @@ def _add_fast_start(packed: Path, entry: str) -> None:
         infos = zf.infolist()
         contents = {i.filename: zf.read(i) for i in infos}
     env = json.loads(contents["environment.json"])
-    # Only a plain entry point goes the fast way; shiv's other options go through its bootstrap.
-    plain = ":" in entry and not (env.get("preamble") or env.get("script")
+    # Only a plain entry point goes the fast way; shiv's other options go through its bootstrap,
+    # and so does a site-packages with .pth files (shiv's site.addsitedir runs them; the fast
+    # path only puts the directory on sys.path).
+    pth = any(n.startswith("site-packages/") and n.endswith(".pth") and n.count("/") == 1
+              for n in contents)  # fmt: skip
+    plain = ":" in entry and not (pth or env.get("preamble") or env.get("script")
                                   or env.get("extend_pythonpath") or env.get("prepend_pythonpath")
                                   or env.get("no_modify"))
     record = (env["build_id"], entry if plain else None, env.get("root"), EXTRACTION_DONE)
