@@ -70,13 +70,15 @@ def extraction(pyz: Path, root: Path) -> Path:
 
 
 def start(pyz: Path, root: Path | None, *args: str, py: list[str] | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+          env: dict[str, str] | None = None,
+          umask: int | None = None) -> subprocess.CompletedProcess[str]:
     """Start the build as its shebang does (``python3 -I -S``), with ``-X importtime``."""
     e = dict(os.environ if env is None else env)
     if root is not None:
         e["SHIV_ROOT"] = str(root)
     cmd = [*(py or [PY, "-I", "-S"]), "-X", "importtime", str(pyz), *(args or ("--version",))]
-    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=120,
+                          umask=-1 if umask is None else umask)  # fmt: skip
 
 
 def program_imports(r: subprocess.CompletedProcess[str]) -> list[str]:
@@ -281,12 +283,60 @@ def test_a_file_of_another_user_inside_our_extraction_is_refused(
 
 
 def test_a_site_packages_others_may_write_is_never_run_from(pyz: Path, root: Path) -> None:
-    """The fast path checks every directory down to site-packages; the gate then refuses."""
+    """The fast path checks every directory down to site-packages; the gate then refuses
+    while the root lets others in (0755: they could have reached it)."""
     start(pyz, root)
     site = extraction(pyz, root) / "site-packages"
     site.chmod(0o777)
+    root.chmod(0o755)
     message = refused(start(pyz, root))
     assert "is writable by other users (mode 0777)" in message, message
+    assert root.stat().st_mode & 0o777 == 0o755  # refused: not closed over what is inside
+
+
+def test_a_root_others_may_enter_is_closed_once_what_is_inside_passed(
+    pyz: Path, root: Path
+) -> None:
+    """Plain shiv's ~/.shiv is 0755: the gate checks this build's extraction strictly, then
+    makes the root 0700, and from then on a loose mode below it (a __pycache__ made 0775 under
+    umask 002) reaches nobody: the start runs, never refused."""
+    root.chmod(0o755)
+    first = start(pyz, root)
+    assert first.returncode == 0, first.stderr
+    assert root.stat().st_mode & 0o777 == 0o700
+    (extraction(pyz, root) / "site-packages").chmod(0o775)
+    again = start(pyz, root)
+    assert again.returncode == 0 and again.stdout.strip() == "nsapp 1.0.0", again.stderr
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o000])
+def test_a_loose_umask_makes_a_private_extraction_and_every_start_runs(
+    pyz: Path, root: Path, umask: int
+) -> None:
+    """shiv extracts under the user's umask; the gate extracts under 077, so nothing in it is
+    another user's to change, and the second and third start do not refuse what the first
+    made (Ubuntu's umask 002)."""
+    for _ in range(3):
+        r = start(pyz, root, umask=umask)
+        assert r.returncode == 0 and r.stdout.strip() == "nsapp 1.0.0", r.stderr
+    assert root.stat().st_mode & 0o777 == 0o700
+    writable = [p for p in root.rglob("*") if p.name != "__pycache__"
+                and p.parent.name != "__pycache__" and not p.is_symlink()
+                and p.stat().st_mode & 0o022]  # fmt: skip
+    assert not writable, writable[:5]
+
+
+def test_an_inherited_isolation_guard_does_not_turn_isolation_off(
+    pyz: Path, root: Path, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "nsapp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise SystemExit('SHADOW from PYTHONPATH')\n")
+    env = dict(os.environ, SHIV_ROOT=str(root), PYTHONPATH=str(shadow.parent),
+               _SELFUPDATE_ISOLATED="1")  # fmt: skip
+    r = subprocess.run([PY, str(pyz), "--version"], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "nsapp 1.0.0", r.stderr
 
 
 def test_an_extraction_without_its_marker_is_checked_and_a_tampered_one_extracted_again(

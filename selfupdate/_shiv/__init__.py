@@ -28,7 +28,7 @@ import os
 import sys
 
 from selfupdate._names import INUSE_LOCK
-from selfupdate._shiv._trust import UntrustedDirectoryError, private_dir
+from selfupdate._shiv._trust import UntrustedDirectoryError, open_private_lock, private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,49 +129,6 @@ def build_id(pyz: Path) -> str | None:
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
     return value if isinstance(value, str) else None
-
-
-def open_private_lock(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> int:
-    """Open the lock file ``name`` in the directory ``dir_fd``, creating it 0600.
-
-    Only this user (and root) can open the file, so only they can hold its ``flock``: another
-    user cannot make a start or an update wait. A file there that another user could have
-    opened (a lock made 0644 by an older version, one owned by someone else, a symbolic link,
-    not a regular file) is first replaced by a fresh one (``rename`` over it): whoever holds the
-    old one then holds nothing anyone waits for. Never follows a symbolic link
-    (``O_NOFOLLOW``); ``O_NONBLOCK`` so that a FIFO cannot hang the open.
-
-    Raises:
-        OSError: it cannot be opened or replaced (read-only directory, say).
-    """
-    import errno
-    import stat
-
-    for _ in range(3):
-        try:
-            fd = os.open(
-                name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
-                dir_fd=dir_fd,
-            )
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-        else:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not (
-                st.st_mode & 0o077
-            ):
-                return fd
-            os.close(fd)
-        tmp = f".{name}.{os.getpid()}.new"
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    raise OSError(errno.EAGAIN, f"the lock file {name} keeps being replaced")
 
 
 def hold_extraction() -> bool:

@@ -38,6 +38,8 @@ try:
         ROOT_REMEDY,
         UntrustedDirectoryError,
         check_tree,
+        close_dir,
+        open_private_lock,
         private_dir,
     )
 except ImportError:  # in the archive, before any site-packages is on sys.path
@@ -45,6 +47,8 @@ except ImportError:  # in the archive, before any site-packages is on sys.path
         ROOT_REMEDY,
         UntrustedDirectoryError,
         check_tree,
+        close_dir,
+        open_private_lock,
         private_dir,
     )
 
@@ -113,33 +117,75 @@ def _prepare(record: tuple[str, str | None, str | None, str] | None) -> None:
         name = os.path.basename(os.path.realpath(archive_path))
         ext = os.path.join(root, f"{name}_{env.build_id}")
         marker = record[3]
+        # A root others may enter (plain shiv's 0755 ~/.shiv) is closed (0700) once what is
+        # there of this build passed the strict check: from then on nobody else reaches what
+        # a loose umask leaves writable in it (a later __pycache__ 0775), nor its locks.
+        was_closed = _closed(root)
         if os.path.lexists(ext):
             what = "the shiv extraction"
             risk = "what runs from it may be another user's code"
             try:
                 private_dir(ext, what, remedy=_REMEDY, risk=risk)
-                check_tree(ext, what, _REMEDY)
+                check_tree(ext, what, _REMEDY, modes=not was_closed)
             except UntrustedDirectoryError as e:
                 raise _Refused(str(e)) from None
             except OSError as e:
                 raise _Refused(f"{what} {ext} cannot be read: {e.strerror or e}; {_REMEDY}") \
                     from None
-            if env.force_extract or _marked(ext, marker, env.build_id):
+            close_dir(root)  # what is there passed the strict check: nothing to undo
+            if env.force_extract:
+                # shiv removes the extraction in place before extracting again: a kill
+                # half-way must not leave a marked, half-removed one behind.
+                _unmark(ext, marker)
+                return
+            if _marked(ext, marker, env.build_id):
                 return
             if not matches(ext, zf, marker):
-                _extract(zf, env, ext, force=True)
+                _extract(zf, env, root, ext, force=True)
         elif env.force_extract:
+            close_dir(root)
             return  # shiv extracts
         else:
-            _extract(zf, env, ext, force=False)
+            close_dir(root)
+            _extract(zf, env, root, ext, force=False)
         mark_complete(ext, marker, env.build_id)
 
 
-def _extract(zf: Any, env: Any, ext: str, *, force: bool) -> None:
+def _closed(path: str) -> bool:
+    try:
+        return not os.lstat(path).st_mode & 0o077
+    except OSError:
+        return False
+
+
+def _unmark(ext: str, marker: str) -> None:
+    try:
+        os.unlink(os.path.join(ext, marker))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _Refused(f"cannot re-extract {ext}: {e.strerror or e}; {_REMEDY}") from None
+    _fsync(ext, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _extract(zf: Any, env: Any, root: str, ext: str, *, force: bool) -> None:
     import threading
     from pathlib import Path
 
     import _bootstrap
+
+    # shiv's lock, private before shiv opens it: a lock another user could open is a lock
+    # they could hold, and shiv would wait for it forever.
+    try:
+        rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.close(open_private_lock(rootfd, f".{os.path.basename(ext)}_lock", os.O_RDWR))
+        finally:
+            os.close(rootfd)
+    except OSError as e:
+        raise _Refused(
+            f"cannot extract this program into {root}: {e.strerror or e}; {ROOT_REMEDY}"
+        ) from None
 
     # A large build on a slow disk: say what takes so long (on a terminal, after a second).
     note = threading.Timer(1.0, _say, [f"first start of this build: unpacking it into "
@@ -147,6 +193,9 @@ def _extract(zf: Any, env: Any, ext: str, *, force: bool) -> None:
     note.daemon = True
     if sys.stderr is not None and sys.stderr.isatty():
         note.start()
+    # Every file and directory of the extraction private (0600/0700) whatever the umask: a
+    # umask of 002 or 000 would otherwise leave them for others to change.
+    umask = os.umask(0o077)
     try:
         _bootstrap.extract_site_packages(zf, Path(ext), env.compile_pyc, env.compile_workers,
                                          force)
@@ -156,6 +205,7 @@ def _extract(zf: Any, env: Any, ext: str, *, force: bool) -> None:
             f"some space there or {ROOT_REMEDY}"
         ) from None
     finally:
+        os.umask(umask)
         note.cancel()
 
 

@@ -51,7 +51,9 @@ def _isolate() -> None:
         argv.append("-" + "O" * sys.flags.optimize)
     if sys.flags.dont_write_bytecode:
         argv.append("-B")
-    os.environ[_AGAIN] = "1"
+    # The guard names this process (exec keeps the PID): a value inherited from elsewhere
+    # does not turn the isolation off.
+    os.environ[_AGAIN] = str(os.getpid())
     try:
         os.execv(exe, [*argv, *sys.argv])
     except OSError:
@@ -78,9 +80,7 @@ def _site_packages(record: tuple[str, str | None, str | None, str]) -> str | Non
         root = environ.get(root[1:], root[1:])
     root = root or "~/.shiv"
     if root.startswith("~"):
-        if "HOME" not in environ:
-            return None  # expanduser would import pwd: not worth it here
-        root = os.path.expanduser(root)
+        root = os.path.expanduser(root)  # without HOME, from the password database
     if not root.startswith("/"):
         return None
     # shiv names the extraction after the archive's real file name (cache_path()).
@@ -93,8 +93,11 @@ def _site_packages(record: tuple[str, str | None, str | None, str]) -> str | Non
         for i, part in enumerate(parts[1:], 1):
             path = f"{path}/{part}"
             # ROOT and the extraction itself: closed to others even if sticky.
-            if not _trusted(os.lstat(path), _DIR, mine, i < len(parts) - 2):
+            st = os.lstat(path)
+            if not _trusted(st, _DIR, mine, i < len(parts) - 2):
                 return None
+            if i == len(parts) - 2 and st.st_mode & 0o077:
+                return None  # a ROOT others may enter: the slow gate checks, then closes it
         if not _trusted(os.lstat("/"), _DIR, mine, True):
             return None
         site = f"{ext}/site-packages"
@@ -115,7 +118,8 @@ def _site_packages(record: tuple[str, str | None, str | None, str]) -> str | Non
 
 
 def _start() -> None:
-    if os.environ.pop(_AGAIN, None) is None and not (sys.flags.isolated and sys.flags.no_site):
+    again = os.environ.pop(_AGAIN, None) == str(os.getpid())
+    if not again and not (sys.flags.isolated and sys.flags.no_site):
         _isolate()
     site = _site_packages(RECORD) if RECORD is not None else None
     if site is None or RECORD is None or RECORD[1] is None:

@@ -22,7 +22,13 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["UntrustedDirectoryError", "check_tree", "private_dir"]
+__all__ = [
+    "UntrustedDirectoryError",
+    "check_tree",
+    "close_dir",
+    "open_private_lock",
+    "private_dir",
+]
 
 #: What a message tells the user to do when ``SHIV_ROOT`` is not private.
 ROOT_REMEDY = "set SHIV_ROOT to a directory only you can write"
@@ -145,7 +151,10 @@ def private_dir(
         except FileNotFoundError:
             if not create:
                 raise
-            os.mkdir(step, 0o700)
+            try:
+                os.mkdir(step, 0o700)
+            except FileExistsError:
+                pass  # another start made it meanwhile: checked like any other below
             st = os.lstat(step)
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid not in _owners(final=False):
@@ -170,10 +179,13 @@ def private_dir(
     return current
 
 
-def check_tree(path: str, what: str, remedy: str) -> None:
+def check_tree(path: str, what: str, remedy: str, *, modes: bool = True) -> None:
     """Check everything under the directory ``path``: no symbolic link, nothing owned by
-    another user, nothing writable by group or others (what shiv or the seeding made never
-    is).
+    another user, and (``modes``) nothing writable by group or others.
+
+    ``modes=False`` is for a tree inside a root that is closed to others (:func:`close_dir`):
+    nobody else can reach its entries, whatever their modes (a ``__pycache__`` that Python made
+    0775 under a umask of 002, say).
 
     Raises:
         UntrustedDirectoryError: the first entry that fails, named in the message.
@@ -191,7 +203,7 @@ def check_tree(path: str, what: str, remedy: str) -> None:
                     reason = "is a symbolic link"
                 elif st.st_uid not in owners:
                     reason = f"belongs to another user (uid {st.st_uid})"
-                elif st.st_mode & 0o022:
+                elif modes and st.st_mode & 0o022:
                     reason = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
                 if reason:
                     raise UntrustedDirectoryError(
@@ -202,3 +214,77 @@ def check_tree(path: str, what: str, remedy: str) -> None:
                     )
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(entry.path)
+
+
+def close_dir(path: str) -> bool:
+    """Make the directory ``path`` (one that passed :func:`private_dir`) reachable by its owner
+    only: mode 0700 when it is this user's and allows group or others anything.
+
+    An extraction root that others may enter (``~/.shiv`` made 0755 by plain shiv, say) lets
+    them reach whatever in it a loose umask left writable, and open its lock files; closed,
+    nothing below it is theirs to reach. The caller checks what is already inside with
+    :func:`check_tree` (``modes=True``) *before* closing: closing does not undo what another
+    user may have done while it was open.
+
+    Returns:
+        True when nobody but the owner (and root) can reach into it now.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not st.st_mode & 0o077:
+            return True
+        if st.st_uid != os.geteuid():
+            return False  # root's, and we are not root: it stays as root made it
+        os.fchmod(fd, 0o700)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def open_private_lock(dir_fd: int, name: str, flags: int = os.O_RDONLY) -> int:
+    """Open the lock file ``name`` in the directory ``dir_fd``, creating it 0600.
+
+    Only this user (and root) can open the file, so only they can hold its ``flock``: another
+    user cannot make a start or an update wait. A file there that another user could have
+    opened (a lock made 0644 by an older version, one owned by someone else, a symbolic link,
+    not a regular file) is first replaced by a fresh one (``rename`` over it): whoever holds the
+    old one then holds nothing anyone waits for. Never follows a symbolic link
+    (``O_NOFOLLOW``); ``O_NONBLOCK`` so that a FIFO cannot hang the open.
+
+    Raises:
+        OSError: it cannot be opened or replaced (read-only directory, say).
+    """
+    import errno
+    import stat
+
+    for _ in range(3):
+        try:
+            fd = os.open(
+                name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600,
+                dir_fd=dir_fd,
+            )
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+        else:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not (
+                st.st_mode & 0o077
+            ):
+                return fd
+            os.close(fd)
+        tmp = f".{name}.{os.getpid()}.new"
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    raise OSError(errno.EAGAIN, f"the lock file {name} keeps being replaced")
