@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from importlib.util import MAGIC_NUMBER
@@ -358,7 +359,11 @@ def test_a_start_never_waits_for_a_lock_someone_holds(
     (lock,) = reachable.glob(f"*/{INUSE_LOCK}")
     cmd = [sys.executable, "-c", HOLD, str(lock)]
     if holder == "another user":
-        lock.chmod(0o644)  # as the versions before this fix made it
+        # As the versions before this fix left them: the lock 0644, in an extraction and a
+        # root others could enter (both private since, 0700).
+        lock.chmod(0o644)
+        lock.parent.chmod(0o755)
+        reachable.chmod(0o755)
         cmd = [*AS_NOBODY, NOBODY_PY, "-c", HOLD, str(lock)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
@@ -471,3 +476,37 @@ def test_a_bad_trial_timeout_in_the_environment_stops_no_start() -> None:
     proc = subprocess.run([sys.executable, "-m", "nsapp", "history"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and proc.returncode == 0, proc.stderr
+
+
+@second_user
+def test_another_users_command_line_does_not_keep_our_extraction_from_being_removed(
+    tmp_path: Path,
+) -> None:
+    """A command line is text its process chose: another user naming our old extraction in
+    theirs (`sleep PATH`) must not keep the cleaner from removing it; ours still does."""
+    from selfupdate._shiv._clean import remove_unused
+
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    for name in ("app.pyz_theirs", "app.pyz_ours"):
+        (root / name / "site-packages").mkdir(parents=True)
+    theirs = subprocess.Popen([*AS_NOBODY, NOBODY_PY, "-c", "import time; time.sleep(60)",
+                               str(root / "app.pyz_theirs")])  # fmt: skip
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             str(root / "app.pyz_ours")])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            os.stat(f"/proc/{theirs.pid}").st_uid == NOBODY  # past setpriv, as nobody
+            and all(str(root / n).encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes()
+                    for n, p in (("app.pyz_theirs", theirs), ("app.pyz_ours", ours)))
+        ):
+            time.sleep(0.05)
+        assert remove_unused(root, "app.pyz_theirs")
+        assert not (root / "app.pyz_theirs").exists()
+        assert not remove_unused(root, "app.pyz_ours")  # our own process names it: kept
+        assert (root / "app.pyz_ours").exists()
+    finally:
+        for p in (theirs, ours):
+            p.kill()
+            p.wait()

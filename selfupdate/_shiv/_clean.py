@@ -21,6 +21,7 @@ def _used_by_a_process(path: Path) -> bool:
     """True if any other process we can see maps, runs in, holds open or names ``path``."""
     prefix = str(path) + "/"
     me = os.getpid()
+    trusted = (os.geteuid(), 0)
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -30,10 +31,14 @@ def _used_by_a_process(path: Path) -> bool:
             continue
         base = f"/proc/{pid}"
         try:
-            with open(f"{base}/cmdline", "rb") as f:
-                # A reexec fast child carries the extraction directory in its sys.path literal.
-                if str(path).encode() in f.read():
-                    return True
+            # A command line is text its process chose: only ours (or root's) count, or any
+            # user could keep an old extraction from ever being removed by naming it. What
+            # the kernel says a process maps, runs in or holds open counts for everyone.
+            if os.stat(base).st_uid in trusted:
+                with open(f"{base}/cmdline", "rb") as f:
+                    # A reexec fast child carries the extraction in its sys.path literal.
+                    if str(path).encode() in f.read():
+                        return True
         except OSError:
             continue
         try:
