@@ -197,7 +197,9 @@ def migration(version: str) -> Callable[[Migration], Migration]:
 
     A migration for version V runs when updating from a version below V to V or above, in
     version order. It may print or return a line describing what it changed. If it raises,
-    the update fails and the state directory is restored.
+    the update fails and the state directory is restored. It must leave ``.selfupdate`` in the
+    state directory alone (never remove the whole directory): the snapshot the restore needs
+    is kept there.
 
     Raises:
         ValueError: a migration for ``version`` is already registered.
