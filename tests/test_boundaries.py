@@ -167,8 +167,10 @@ def test_ctrl_c_at_the_terminal_still_reaches_a_non_interactive_workload() -> No
     # The workload is in a session of its own, so the terminal signals the runner alone
     # (SI_KERNEL), which must pass it on.
     probe = (
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGINT, lambda *a: (print('GOT-INT', flush=True), sys.exit(3)))\n"
+        # The handler writes with os.write and leaves with os._exit: ^C may come while the
+        # print below is still flushing, and print inside print is a "reentrant call" error.
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *a: (os.write(1, b'GOT-INT\\n'), os._exit(3)))\n"
         "print('READY', flush=True)\n"
         "time.sleep(60)\n"
         "sys.exit(9)\n"
