@@ -197,9 +197,8 @@ def migration(version: str) -> Callable[[Migration], Migration]:
 
     A migration for version V runs when updating from a version below V to V or above, in
     version order. It may print or return a line describing what it changed. If it raises,
-    the update fails and the state directory is restored. It must leave ``.selfupdate`` in the
-    state directory alone (never remove the whole directory): the snapshot the restore needs
-    is kept there.
+    the update fails and the state directory is restored from a copy kept outside it (the
+    migration may change or remove anything in it, the directory itself included).
 
     Raises:
         ValueError: a migration for ``version`` is already registered.

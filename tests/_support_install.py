@@ -41,6 +41,14 @@ def post_update(old, new):
         return 0
     with open(os.path.join(state, "data"), "a") as f:
         f.write(f"migrated {{old}}->{{new}}\\n")
+    if BEHAVIOUR == "wipe":  # the whole state directory goes, then the migration fails
+        import shutil
+        shutil.rmtree(state)
+        return {refused}
+    if BEHAVIOUR == "steal":  # the updater's snapshot is removed behind its back
+        import shutil
+        shutil.rmtree(os.environ["TEST_SNAPSHOT"])
+        return {refused}
     if BEHAVIOUR == "raise":
         raise RuntimeError("migration failed on purpose")
     if BEHAVIOUR == "refuse":

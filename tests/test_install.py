@@ -29,6 +29,7 @@ def test_plan_recovery_before_commit_undoes() -> None:
     assert install.plan_recovery(None, 1) == "none"
     assert install.plan_recovery(J(phase="download"), 1) == "undo"
     assert install.plan_recovery(J(phase="trial", candidate_ino=1), 1) == "undo"
+    assert install.plan_recovery(J(phase="snapshot", candidate_ino=1), 1) == "undo"
     assert install.plan_recovery(J(phase="switch", candidate_ino=7), 1) == "undo"
     assert install.plan_recovery(J(phase="switch"), None) == "undo"
     assert install.plan_recovery(J(phase="unknown"), 1) == "undo"

@@ -1,7 +1,8 @@
 """Issue 11: a service layout that works.
 
-The state side of an update writes nothing but the install directory and the state directory
-itself (its snapshots live in ``S/.selfupdate``), so the documented systemd unit
+The state side of an update writes nothing but the install directory (the copies of the
+state live in ``D/.I.state``, out of the trial's reach) and the state directory itself (a
+restore renames entries in from ``S/.selfupdate``), so the documented systemd unit
 (``StateDirectory=nsapp``: ``/var/lib`` is root's, ``/var/lib/nsapp`` the service user's)
 updates and rolls back; a directory the update could not write is refused before any
 download, naming the path and the fix; what an older version kept beside the state directory
@@ -78,7 +79,9 @@ def test_update_and_rollback_need_no_write_access_above_the_state_directory(
     assert f"updated {V1} -> {V2}" in r.stdout
     assert inst.pyz.read_bytes() == world.v2.read_bytes()
     assert (state / "history.jsonl").exists() and not (state / "history.txt").exists()
-    assert (state / ".selfupdate" / "previous" / "state" / "history.txt").exists()
+    layout = install.Layout(inst.pyz, state)
+    assert (layout.previous_state / "state" / "history.txt").exists()
+    assert layout.previous_state.parent.parent == d
     r = _in_mount_ns(ro + f'"{PY}" "{inst.pyz}" rollback', inst.env)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert f"rolled back {V2} -> {V1}" in r.stdout
@@ -126,8 +129,8 @@ def test_a_state_directory_the_update_cannot_write_is_refused_before_the_downloa
 def test_a_missing_state_directory_is_created_and_absent_again_after_a_failed_trial(
     env: tuple[Path, Path],
 ) -> None:
-    """"There was no state directory" still works: the updater creates it for the snapshot
-    and removes it again when it puts that back."""
+    """"There was no state directory" still works: the updater does not create it (the
+    snapshot says ``ABSENT``), and removes the one the trial made when it puts that back."""
     app, state = env
     shutil.rmtree(state)
     with pytest.raises(install.TrialFailedError):
@@ -160,11 +163,13 @@ def test_the_installers_directory_in_the_state_is_never_snapshotted_nor_discarde
 def test_a_restore_killed_at_any_step_finishes_with_the_snapshot(
     env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Killed before each rename of the restore, then planned again from what is on disk."""
+    """Killed before each rename of the undo (the copy into S, moving the live entries aside,
+    moving the copy's in, dropping the copy, dropping the snapshot in D), then planned again
+    from what is on disk: the state is the snapshot's, nothing of the installer's is left."""
     app, state = env
     layout = install.Layout(app, state)
     real_replace = os.replace
-    for stop in range(6):  # before: discarding data, new; restoring data, sub; the drop; none
+    for stop in range(8):  # the 7 renames, then none
         shutil.rmtree(state)
         state.mkdir()
         (state / "data").write_text("v1 data\n")
@@ -186,14 +191,79 @@ def test_a_restore_killed_at_any_step_finishes_with_the_snapshot(
 
         monkeypatch.setattr(os, "replace", dying_replace)
         try:
-            install.restore_state(layout, layout.snapshot)
+            assert install.undo_state(layout, expected=True) == "restored"
+            assert stop == 7
         except KeyboardInterrupt:
-            pass
+            assert stop < 7
         monkeypatch.setattr(os, "replace", real_replace)
-        if layout.snapshot.exists():
-            install.restore_state(layout, layout.snapshot)  # the next recovery
+        again = install.undo_state(layout, expected=True)  # the next recovery
+        assert again == ("missing" if stop == 7 else "restored"), stop
         assert tree(state) == want, stop
         assert not layout.state_private.exists(), stop
+        assert not layout.saved_states.exists(), stop
+
+
+def test_a_migration_that_removes_the_whole_state_directory_and_fails_is_undone(
+    env: tuple[Path, Path],
+) -> None:
+    """The copy a failed trial is undone from is not in the directory the trial is handed
+    (fails on the first layout of issue 11, which kept it in S/.selfupdate)."""
+    app, state = env
+    (state / "sub").mkdir()
+    (state / "sub" / "f").write_text("kept")
+    before, app_bytes = tree(state), app.read_bytes()
+    with pytest.raises(install.TrialFailedError) as e:
+        install.update(app, FakeClient("2.0", script("2.0", "wipe")), "1.0", state)
+    assert "with its state restored" in str(e.value)
+    assert tree(state) == before and app.read_bytes() == app_bytes
+    layout = install.Layout(app, state)
+    assert not layout.state_private.exists() and not layout.saved_states.exists()
+    assert not layout.journal.exists()
+
+
+def test_a_snapshot_removed_behind_the_updaters_back_is_said_never_claimed_restored(
+    env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, state = env
+    layout = install.Layout(app, state)
+    monkeypatch.setenv("TEST_SNAPSHOT", str(layout.snapshot))
+    app_bytes = app.read_bytes()
+    with pytest.raises(install.TrialFailedError) as e:
+        install.update(app, FakeClient("2.0", script("2.0", "steal")), "1.0", state)
+    msg = str(e.value)
+    assert "restored" not in msg, msg
+    assert f"the copy of the state taken before the trial is gone ({layout.snapshot})" in msg
+    assert "the state directory is left as it was found" in msg
+    assert_sentence(msg)
+    assert app.read_bytes() == app_bytes  # nothing installed
+    assert (state / "data").read_text() == "v1 data\nmigrated 1.0->2.0\n"  # as left
+
+
+def test_a_kill_after_the_snapshot_went_missing_is_said_at_the_next_start(
+    env: tuple[Path, Path],
+) -> None:
+    app, state = env
+    layout = install.Layout(app, state)
+    install.snapshot_state(layout)
+    journal = install.Journal(phase="snapshot", kind="update", old="1.0", new="2.0",
+                              state_dir=str(state))
+    layout.journal.write_bytes(journal.to_bytes())
+    shutil.rmtree(layout.snapshot)
+    said: list[str] = []
+    install.recover_at_start(app, state, said.append)
+    assert any(f"interrupted update is gone ({layout.snapshot})" in line for line in said), said
+    assert not layout.journal.exists()
+
+
+def test_a_rollback_without_a_kept_state_says_so(env: tuple[Path, Path]) -> None:
+    app, state = env
+    install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    layout = install.Layout(app, state)
+    shutil.rmtree(layout.previous_state)
+    said: list[str] = []
+    assert install.rollback(app, "2.0", state, say=said.append) == "1.0"
+    assert any("no copy of the state from before the update to 2.0 is kept" in line
+               for line in said), said
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,44 +282,51 @@ def test_a_previous_state_an_older_version_kept_beside_the_state_is_rolled_back_
     legacy = layout.legacy_previous_state
     assert legacy == state.parent / ".state.previous"
     os.replace(layout.previous_state, legacy)  # where the older version put it
-    os.rmdir(layout.state_private)
+    os.rmdir(layout.saved_states)
     assert install.rollback(app, "2.0", state) == "1.0"
     assert tree(state) == s1
     assert not legacy.exists() and not layout.state_private.exists()
 
 
+@pytest.mark.parametrize("where", ["beside", "inside"])
 def test_an_older_versions_interrupted_update_is_undone_or_finished(
-    env: tuple[Path, Path],
+    env: tuple[Path, Path], where: str
 ) -> None:
+    """What an older version's update left (beside the state directory, before issue 11; in
+    S/.selfupdate, the first layout of issue 11): killed during the trial, it is undone; killed
+    after its commit point, its snapshot becomes its previous state, and rolling back from it
+    puts that back."""
     app, state = env
     layout = install.Layout(app, state)
     s1 = tree(state)
-    legacy = layout.legacy_snapshot
-    # Killed during the trial: the older version's snapshot (a copy of the whole directory)
-    shutil.copytree(state, legacy / "state")
+    if where == "beside":
+        snap, previous = layout.legacy_snapshot, layout.legacy_previous_state
+        assert snap == state.parent / ".state.snapshot"
+    else:
+        snap, previous = layout.inside_snapshot, layout.inside_previous_state
+        assert snap == state / ".selfupdate" / "snapshot"
+    shutil.copytree(state, snap / "state")
     journal = install.Journal(phase="trial", kind="update", old="1.0", new="2.0",
                               state_dir=str(state))
     layout.journal.write_bytes(journal.to_bytes())
     (state / "data").write_text("half-migrated")
     (state / "extra").write_text("made by the trial")
     install.recover_at_start(app, state)
-    assert tree(state) == s1 and not legacy.exists()
-    # Killed after its commit point: the snapshot becomes the previous state, and a rollback
-    # puts it back.
-    shutil.copytree(state, legacy / "state")
-    new = script("2.0")
-    app.write_bytes(new)
+    assert tree(state) == s1 and not snap.exists() and not layout.state_private.exists()
+    shutil.copytree(state, snap / "state")
+    app.write_bytes(script("2.0"))
     (state / "data").write_text("v2 data\n")
     journal.phase = "committed"
     layout.journal.write_bytes(journal.to_bytes())
     install.recover_at_start(app, state)
-    assert not layout.journal.exists() and not legacy.exists()
-    assert tree(layout.legacy_previous_state / "state") == s1
+    assert not layout.journal.exists() and not snap.exists()
+    assert tree(previous / "state") == s1
     layout.previous_dir.mkdir(mode=0o700)
     layout.previous.write_bytes(script("1.0"))
     layout.previous_version.write_text("1.0")
     assert install.rollback(app, "2.0", state) == "1.0"
-    assert tree(state) == s1 and not layout.legacy_previous_state.exists()
+    assert tree(state) == s1 and not previous.exists()
+    assert not layout.state_private.exists() and not layout.saved_states.exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,8 +417,9 @@ def test_the_documented_systemd_unit_updates_and_rolls_back_as_its_user(
     assert f"updated {V1} -> {V2}" in r.stdout
     assert pyz.read_bytes() == world.v2.read_bytes()
     assert _history(state).keys() == {"history.jsonl"}
-    kept = state / ".selfupdate"
+    kept = install.Layout(pyz, state).saved_states
     assert kept.stat().st_uid == NOBODY and (kept / "previous/state/history.txt").exists()
+    assert not (state / ".selfupdate").exists()
     assert _names(base / "var/lib") == ["nsapp"]  # nothing beside the state directory
 
     r = _service(base, url, "rollback")

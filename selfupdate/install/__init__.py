@@ -58,7 +58,7 @@ from selfupdate.install._flow import (
     write_channel,
 )
 from selfupdate.install._layout import STATE_EXCLUDE, STATE_RESERVED, Layout
-from selfupdate.install._state import restore_state, restore_steps, snapshot_state
+from selfupdate.install._state import restore_state, restore_steps, snapshot_state, undo_state
 from selfupdate.install._transaction import (
     FAILPOINT_ENV,
     FAILPOINTS,
@@ -99,6 +99,7 @@ __all__ = [
     "restore_steps",
     "rollback",
     "snapshot_state",
+    "undo_state",
     "update",
     "write_channel",
 ]

@@ -37,6 +37,7 @@ from selfupdate.install._transaction import (
     Verdict,
     add_bad,
     clear_bad,
+    missing_snapshot,
     read_bad,
     recover,
 )
@@ -190,7 +191,10 @@ def update(
             note(f"trying {new} (migrations and health check) ...")
             trial = _run_trial(tx, layout.staged, trial_timeout)
             if trial.failure is not None:
-                raise _trial_error(trial, layout, new, f"{current_version} stays", trial_timeout)
+                tx.abort()  # first, so that the error says what became of the state
+                raise _trial_error(
+                    trial, layout, new, f"{current_version} stays{_state_said(tx)}", trial_timeout
+                )
             try:
                 staged.wait()  # the staged file is on disk before it can be committed
             except OSError as e:
@@ -262,7 +266,7 @@ def _trial_error(
     when the build itself refused); the log's last lines are quoted."""
     failure = trial.failure
     log = layout.log
-    stays = f"so it was not installed and {stays}, with its state restored"
+    stays = f"so it was not installed and {stays}"
     if trial.timed_out:
         return TrialTimeoutError(
             f"the new build {new} {failure}, {stays}; a timeout is no verdict on the release, "
@@ -288,6 +292,24 @@ def _trial_error(
         new,
         log,
     )
+
+
+def _state_said(tx: Transaction) -> str:
+    """How the state ended after ``tx`` was aborted, as the end of a clause ("" without a
+    state directory)."""
+    layout = tx.layout
+    if layout.state_dir is None:
+        return ""
+    if tx.state_undo == "restored":
+        return ", with its state restored"
+    if tx.state_undo == "missing":
+        return f", but {missing_snapshot(layout, 'trial')}"
+    if tx.state_undo == "none":
+        return ", its state untouched"
+    e = tx.undo_error
+    why = (e.strerror or str(e)) if e is not None else "it was not undone"
+    return (f", but putting its state back failed ({why}); the next start or update puts it "
+            f"back from {layout.snapshot}")
 
 
 def read_channel(layout: Layout) -> str | None:
@@ -375,6 +397,9 @@ def rollback(
                     copy_state_from(layout, kept)
             except OSError as e:
                 raise dir_error(layout, e, "preparing the rollback", "roll back") from e
+            if kept is None:
+                note(f"no copy of the state from before the update to {current_version} is "
+                     f"kept ({layout.previous_state}), so {prev} runs on the state as it is")
         tx.record("snapshot")
         # The previous build runs from its shiv extraction too: only from one this user made
         # (refused otherwise, in one sentence), reseeded from the installed build's if gone.
@@ -389,9 +414,10 @@ def rollback(
             cls = TrialFailedError if trial.refused else TrialIncompleteError
             tail = log_tail(layout.log) if not trial.timed_out else ""
             said = f" (its log ends: {tail})" if tail else ""
+            tx.abort()  # first, so that the error says what became of the state
             raise cls(
                 f"the previous build {prev} {trial.failure}{said}, so it was not put back and "
-                f"{current_version} stays; see its log: {layout.log}",
+                f"{current_version} stays{_state_said(tx)}; see its log: {layout.log}",
                 prev,
                 layout.log,
             )

@@ -11,20 +11,27 @@ For the installed file ``D/I`` and the app's state directory ``S/state``::
                               directory after it, so the trial extracts where I will)
     D/.I.previous/I           the build before the last update (for rollback), and its version
     D/.I.post-update.log      the last trial's output
-    S/state/.selfupdate/      the installer's own room in the state directory (0700; never
-                              part of a snapshot, never discarded by a restore):
+    D/.I.state/               copies of the app's state (0700; out of the trial's reach):
         snapshot/             the state before the running transaction (``state/`` holding
                               a copy of every entry of S/state, or the marker ``ABSENT``)
         previous/             the state matching the previous build (same format)
+    S/state/.selfupdate/      the installer's room in the state directory, only while a
+                              snapshot is put back (0700; never part of a snapshot, never
+                              discarded by a restore):
+        incoming/             a copy of the snapshot, whose entries are renamed into place
         discard/              live entries moved aside while a snapshot is put back
 
-Everything the state side writes is inside the state directory itself (issue 11): a service
-whose state directory is its own but whose parent is root's (systemd's ``StateDirectory=``,
-``/var/lib`` 0755 root) updates and rolls back. The parent matters only when the state
-directory does not exist yet and has to be created. Older versions kept ``S/.state.snapshot``
-and ``S/.state.previous`` beside the state directory; those are still honoured
-(:attr:`Layout.legacy_snapshot`, :attr:`Layout.legacy_previous_state`): the first update to
-this version is made by the older one, and rolling back from it needs the state it kept.
+The copies live in the install directory, not in the state directory the trial hands to the
+migrations: a migration that removes the whole state directory and then fails cannot take
+the copy it is undone from with it (issue 11). Nothing else above the state directory is
+written: a service whose state directory is its own but whose parent is root's (systemd's
+``StateDirectory=``, ``/var/lib`` 0755 root) updates and rolls back; a state directory that
+does not exist is not created by the updater. Two older layouts are still honoured, since the
+first update to this version is made by the older one and rolling back from it needs the
+state it kept: ``S/.state.snapshot`` and ``S/.state.previous`` beside the state directory
+(:attr:`Layout.legacy_snapshot`, :attr:`Layout.legacy_previous_state`), and
+``S/state/.selfupdate/{snapshot,previous}`` (:attr:`Layout.inside_snapshot`,
+:attr:`Layout.inside_previous_state`).
 
 Trust (issue 9): the installer uses a directory only when it belongs to the effective user or
 root and no other user may write to it (:func:`untrusted_dir`): in a directory others can
@@ -143,27 +150,62 @@ class Layout:
         return self.state_dir
 
     @property
-    def state_private(self) -> Path:
-        """The installer's own directory inside the state directory (:data:`STATE_RESERVED`)."""
-        return self._state() / STATE_RESERVED
+    def saved_states(self) -> Path:
+        """Where the copies of the state are kept: in the install directory, beyond the
+        trial's reach (``D/.I.state``)."""
+        return self._side("state")
 
     @property
     def snapshot(self) -> Path:
         """State as it was before the running transaction (format: ``state/`` or ``ABSENT``)."""
-        return self.state_private / "snapshot"
+        return self.saved_states / "snapshot"
 
     @property
     def snapshot_tmp(self) -> Path:
-        return self.state_private / "snapshot.tmp"
+        return self.saved_states / "snapshot.tmp"
 
     @property
     def previous_state(self) -> Path:
         """State matching the previous build (same format as :attr:`snapshot`)."""
-        return self.state_private / "previous"
+        return self.saved_states / "previous"
+
+    @property
+    def state_private(self) -> Path:
+        """The installer's room inside the state directory (:data:`STATE_RESERVED`), used
+        while a snapshot is put back."""
+        return self._state() / STATE_RESERVED
+
+    @property
+    def incoming(self) -> Path:
+        """A complete copy of the snapshot being put back, inside the state directory (one
+        filesystem, so its entries are renamed into place)."""
+        return self.state_private / "incoming"
+
+    @property
+    def incoming_tmp(self) -> Path:
+        return self.state_private / "incoming.tmp"
 
     @property
     def discard(self) -> Path:
         return self.state_private / "discard"
+
+    @property
+    def inside_snapshot(self) -> Path:
+        """Where the first layout of issue 11 kept :attr:`snapshot`: in the state directory."""
+        return self.state_private / "snapshot"
+
+    @property
+    def inside_previous_state(self) -> Path:
+        """Where the first layout of issue 11 kept :attr:`previous_state`."""
+        return self.state_private / "previous"
+
+    @property
+    def leftovers(self) -> tuple[Path, ...]:
+        """What an interrupted restore (this layout's or the first one of issue 11) can leave
+        in the installer's room: garbage once no restore is under way."""
+        p = self.state_private
+        return (self.incoming_tmp, p / "incoming.dropped", p / "snapshot.tmp",
+                p / "snapshot.dropped", self.discard)
 
     def _legacy(self, suffix: str) -> Path:
         state = self._state()
@@ -275,10 +317,12 @@ def check_dirs(layout: Layout, action: str = "update") -> None:
 
     * the install directory ``D``: trusted (its writability is tested by the lock, the
       transaction's first write, also before any download);
+    * the copies of the state ``D/.I.state``, if there: a real directory that is trusted;
     * the state directory ``S``, when it exists: a directory, trusted, writable by this user,
       and its :data:`STATE_RESERVED` directory, if there, a real directory that is trusted;
-    * when ``S`` does not exist: the nearest existing directory above it, where it will be
-      created, trusted and writable. ``S.parent`` matters only then (issue 11).
+    * when ``S`` does not exist: the nearest existing directory above it, where the new
+      build's migrations will create it, trusted and writable. ``S.parent`` matters only
+      then (issue 11).
 
     Raises:
         InstallError: one of those does not hold.
@@ -292,6 +336,7 @@ def check_dirs(layout: Layout, action: str = "update") -> None:
         )
     if layout.state_dir is None:
         return
+    _check_own_dir(layout.saved_states, head, "beside it")
     state = layout.state_dir
     try:
         st: os.stat_result | None = os.stat(state)
@@ -333,24 +378,29 @@ def check_dirs(layout: Layout, action: str = "update") -> None:
     why = _unwritable(state)
     if why is not None:
         raise InstallError(
-            f"{head} its state directory {state} {why}, and the update keeps a copy of the "
-            "state there; make it the service user's own (systemd: StateDirectory=) or run "
-            "the update as its owner"
+            f"{head} its state directory {state} {why}, and the update puts the state back "
+            "there if a trial fails; make it the service user's own (systemd: "
+            "StateDirectory=) or run the update as its owner"
         )
-    private = layout.state_private
+    _check_own_dir(layout.state_private, head, "in its state")
+
+
+def _check_own_dir(path: Path, head: str, where: str) -> None:
+    """Refuse a directory of the updater's own that is not a real directory this user or
+    root owns and nobody else may write (absent is fine: it is created 0700)."""
     try:
-        pst = os.lstat(private)
+        st = os.lstat(path)
     except FileNotFoundError:
         return
     except OSError as e:
         raise InstallError(
-            f"{head} {private} cannot be examined ({e.strerror}); run it as the user the "
-            "state directory belongs to"
+            f"{head} {path} cannot be examined ({e.strerror}); run it as the user the "
+            "directory belongs to"
         ) from e
-    why = f"is {_kind(pst.st_mode)}" if not stat.S_ISDIR(pst.st_mode) else _foreign(pst)
+    why = f"is {_kind(st.st_mode)}" if not stat.S_ISDIR(st.st_mode) else _foreign(st)
     if why is not None:
         raise InstallError(
-            f"{head} the updater's directory {private} in its state {why}, so it is not used; "
+            f"{head} the updater's directory {path} {where} {why}, so it is not used; "
             "remove it if you did not make it"
         )
 

@@ -1,19 +1,22 @@
 """Snapshots of the app's state directory around a transaction, and putting one back.
 
-Everything lives inside the state directory ``S`` (issue 11), in the installer's own directory
-``S/.selfupdate`` (:data:`~selfupdate.install._layout.STATE_RESERVED`), so that a service that
-owns its state directory but not the directory above it (systemd's ``StateDirectory=``) can
-update: a snapshot directory holds either ``state/`` (a copy of every entry of ``S`` but the
-reserved directory and the caches of :data:`STATE_EXCLUDE`) or the marker ``ABSENT`` (there
-was no state directory; the updater created it to hold the snapshot).
+The copies are kept in the install directory, ``D/.I.state/{snapshot,previous}``
+(:attr:`~selfupdate.install._layout.Layout.saved_states`), out of reach of the trial, which
+is handed the state directory ``S`` and may remove all of it before failing (issue 11). A
+snapshot directory holds either ``state/`` (a copy of every entry of ``S`` but the reserved
+directory and the caches of :data:`STATE_EXCLUDE`) or the marker ``ABSENT`` (there was no
+state directory; the updater does not create one).
 
-Putting a snapshot back moves entries by ``rename`` within ``S`` (one filesystem), never ``S``
-itself. :func:`restore_steps` plans it purely from what is on disk, so a kill between any two
-steps is repaired by planning again: the live entries are moved aside, then the marker
-``restoring`` is written (``fsync``ed) in the snapshot, then the snapshot's entries are moved
-in; a marker means the live entries are the restored ones and are not discarded again. The
-snapshot is dropped by renaming it away first, so a half-removed snapshot is never taken for
-one to restore.
+Putting a ``state/`` snapshot back first copies it into ``S/.selfupdate/incoming`` (complete or
+not at all), then moves entries by ``rename`` within ``S`` (one filesystem), never ``S`` itself
+(a systemd ``StateDirectory=`` may be a mount point and its parent is root's).
+:func:`restore_steps` plans that purely from what is on disk, so a kill between any two steps
+is repaired by planning again: the live entries are moved aside, then the marker
+``restoring`` is written (``fsync``ed) in the copy, then its entries are moved in; a marker
+means the live entries are the restored ones and are not discarded again. The copy is dropped
+by renaming it away first, so a half-removed copy is never taken for one to restore; the
+snapshot in ``D`` is removed only once all of that is done, so until then a later recovery
+starts again from it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ import shutil
 import stat
 
 from selfupdate._durable import fsync_dir, fsync_tree
-from selfupdate.install._layout import STATE_EXCLUDE, STATE_RESERVED, Layout, remove, untrusted_dir
+from selfupdate.install._layout import (
+    STATE_EXCLUDE,
+    STATE_RESERVED,
+    Layout,
+    remove,
+    untrusted_dir,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,14 +118,13 @@ def _kind(snap: Path) -> str | None:
     return None
 
 
-def _private(layout: Layout) -> Path:
-    """The reserved directory, created 0700 if missing."""
-    private = layout.state_private
+def _made(path: Path) -> Path:
+    """``path``, a directory of the installer's own, created 0700 if missing."""
     try:
-        private.mkdir(mode=0o700)
+        path.mkdir(mode=0o700)
     except FileExistsError:
         pass
-    return private
+    return path
 
 
 def _copy_entry(src: Path, dst: Path) -> None:
@@ -141,12 +149,8 @@ def _fsync_entry(path: Path) -> None:
 
 def _discard(layout: Layout, name: str) -> None:
     """Move the live entry ``name`` aside (into :attr:`Layout.discard`, same filesystem)."""
-    discard = layout.discard
-    _private(layout)
-    try:
-        discard.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
+    _made(layout.state_private)
+    discard = _made(layout.discard)
     remove(discard / name)  # left by an earlier, interrupted restore: garbage as well
     os.replace(_state(layout) / name, discard / name)
 
@@ -157,37 +161,59 @@ def _tidy(layout: Layout, state_dir_too: bool = False) -> None:
     state = _state(layout)
     try:
         os.rmdir(layout.state_private)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return  # not empty (the first layout of issue 11 keeps a previous state there)
+    if not state_dir_too:
+        if state.is_dir():
+            fsync_dir(state)
+        return
+    if not state.is_dir() or _entries(state):
+        return
+    for name in STATE_EXCLUDE:  # caches of a state that never existed: nothing to keep
+        remove(state / name)
+    try:
+        os.rmdir(state)
+    except OSError:
+        return  # not ours to remove, or not empty: an empty state directory is no state
+    fsync_dir(state.parent)
+
+
+def _drop(path: Path) -> None:
+    """Remove the snapshot ``path``, renamed away in one step first: one half removed by a
+    kill would be taken for a whole one by the next recovery. What a kill left renamed goes
+    as well."""
+    gone = path.with_name(path.name + ".dropped")
+    if path.exists():
+        remove(gone)
+        os.replace(path, gone)
+        fsync_dir(path.parent)
+    remove(gone)
+
+
+def _tidy_saved(layout: Layout) -> None:
+    try:
+        os.rmdir(layout.saved_states)
     except OSError:
         return  # not empty (a previous state is kept), or gone
-    if state_dir_too:
-        for name in STATE_EXCLUDE:  # caches of a state that never existed: nothing to keep
-            remove(state / name)
-        try:
-            os.rmdir(state)
-        except OSError:
-            return  # not ours to remove, or not empty: an empty state directory is no state
-        fsync_dir(state.parent)
-    else:
-        fsync_dir(state)
+    fsync_dir(layout.dir)
 
 
 def snapshot_state(layout: Layout) -> None:
     """Copy the state to :attr:`Layout.snapshot` (complete or not at all): every entry of the
     state directory but the reserved one and the caches, or ``ABSENT`` when there is no state
-    directory (which is then created, 0700, to hold the snapshot).
+    directory (none is created).
 
     Raises:
         OSError: the copy cannot be made (nothing of the live state is changed).
     """
     state = _state(layout)
-    absent = not state.is_dir()
-    if absent:
-        state.mkdir(mode=0o700, parents=True)
-    private = _private(layout)
+    saved = _made(layout.saved_states)
     tmp = layout.snapshot_tmp
     remove(tmp)
     tmp.mkdir(mode=0o700)
-    if absent:
+    if not state.is_dir():
         (tmp / "ABSENT").write_bytes(b"")
     else:
         (tmp / "state").mkdir(mode=0o700)
@@ -196,13 +222,15 @@ def snapshot_state(layout: Layout) -> None:
     fsync_tree(tmp)
     remove(layout.snapshot)
     os.replace(tmp, layout.snapshot)
-    fsync_dir(private)
+    fsync_dir(saved)
 
 
 def restore_state(layout: Layout, snap: Path) -> None:
-    """Put the snapshot ``snap`` back as the live state (idempotent, kill-safe; see
-    :func:`restore_steps`). ``snap`` may also be one an older version left beside the state
-    directory (:attr:`Layout.legacy_snapshot`): the same steps apply.
+    """Put the snapshot ``snap``, a directory inside the state directory, back as the live
+    state by renames (idempotent, kill-safe; see :func:`restore_steps`): a copy of
+    :attr:`Layout.snapshot` in :attr:`Layout.incoming`, or one an older version left
+    (:attr:`Layout.inside_snapshot`, :attr:`Layout.legacy_snapshot`). ``snap`` is gone
+    afterwards.
 
     Raises:
         OSError: a step failed (planning again later finishes the job).
@@ -210,7 +238,7 @@ def restore_state(layout: Layout, snap: Path) -> None:
     state = _state(layout)
     kind = _kind(snap)
     if kind == "state" and not state.is_dir():
-        state.mkdir(mode=0o700)  # an older version moved the whole directory away
+        state.mkdir(mode=0o700)  # removed by the trial, or an older version moved it away
     saved = _entries(snap / "state") if kind == "state" else []
     steps = restore_steps(kind, (snap / RESTORING).exists(), _entries(state), saved)
     for step, name in steps:
@@ -230,18 +258,41 @@ def restore_state(layout: Layout, snap: Path) -> None:
         elif step == "drop":
             if state.is_dir():
                 fsync_dir(state)
-            if snap.exists():
-                # Renamed away in one step first: a snapshot half removed would be taken for
-                # one whose entries are still to be restored.
-                gone = snap.with_name(snap.name + ".dropped")
-                remove(gone)
-                os.replace(snap, gone)
-                fsync_dir(snap.parent)
-                remove(gone)
+            _drop(snap)
             remove(layout.discard)
         else:  # remove-state-dir
             _tidy(layout, state_dir_too=True)
     _tidy(layout)
+
+
+def _stage(layout: Layout, snap: Path) -> Path:
+    """Copy the ``state/`` snapshot ``snap`` (in ``D``) into :attr:`Layout.incoming`
+    (complete or not at all), so that it can be renamed into place; return that copy."""
+    state = _state(layout)
+    _made(state)  # the trial removed it
+    private = _made(layout.state_private)
+    tmp = layout.incoming_tmp
+    remove(tmp)
+    tmp.mkdir(mode=0o700)
+    (tmp / "state").mkdir(mode=0o700)
+    for name in _entries(snap / "state"):
+        _copy_entry(snap / "state" / name, tmp / "state" / name)
+    fsync_tree(tmp)
+    os.replace(tmp, layout.incoming)
+    fsync_dir(private)
+    return layout.incoming
+
+
+def _clear_state(layout: Layout) -> None:
+    """Put back "there was no state directory": what the trial made goes, and the state
+    directory too unless it cannot be removed (an empty one is no state either)."""
+    state = _state(layout)
+    if not state.is_dir():
+        return
+    for name in _entries(state):
+        _discard(layout, name)
+    remove(layout.discard)
+    _tidy(layout, state_dir_too=True)
 
 
 def copy_state_from(layout: Layout, snap: Path) -> None:
@@ -255,11 +306,13 @@ def copy_state_from(layout: Layout, snap: Path) -> None:
     for name in _entries(state):
         _discard(layout, name)
     if (snap / "state").is_dir():
+        _made(state)
         for name in _entries(snap / "state"):
             _copy_entry(snap / "state" / name, state / name)
             _fsync_entry(state / name)
     remove(layout.discard)
-    fsync_dir(state)
+    if state.is_dir():
+        fsync_dir(state)
 
 
 def _legacy_trusted(layout: Layout) -> bool:
@@ -288,38 +341,77 @@ def _remove_quietly(path: Path) -> None:
 
 
 def rollback_state(layout: Layout) -> Path | None:
-    """The state a rollback puts back: :attr:`Layout.previous_state`, else the one an older
-    version kept beside the state directory (the update to this version was made by it), else
-    None (no state was kept: the previous build's trial runs on the live state)."""
+    """The state a rollback puts back: :attr:`Layout.previous_state`, else one an older
+    version kept (the update to this version was made by it: in the state directory, else
+    beside it), else None (no state was kept: the previous build's trial runs on the live
+    state)."""
     if layout.previous_state.is_dir():
         return layout.previous_state
+    if layout.inside_previous_state.is_dir():
+        return layout.inside_previous_state
     return _legacy(layout.legacy_previous_state, layout)
 
 
-def undo_state(layout: Layout) -> None:
+def undo_state(layout: Layout, expected: bool = False) -> str:
     """Undo the state side of a transaction that did not reach its commit point: the snapshot
-    (or the one an older version's transaction left beside the state directory) is put back.
+    (or one an older version's transaction left) is put back.
+
+    Args:
+        layout: the installed file and state directory.
+        expected: the transaction had recorded its snapshot as taken (so finding none means
+            it was removed behind the updater's back).
+
+    Returns:
+        ``"restored"`` (a snapshot was put back), ``"none"`` (no snapshot had been taken: the
+        live state was not touched yet) or ``"missing"`` (one had been taken and is gone: the
+        live state is left as it was found).
 
     Raises:
-        OSError: a step failed (the journal stays; the next recovery plans again).
+        OSError: a step failed (the journal stays; the next recovery plans again from the
+            snapshot, which is removed last).
     """
-    if layout.snapshot.exists():
-        restore_state(layout, layout.snapshot)
-    else:
-        legacy = _legacy(layout.legacy_snapshot, layout)
-        if legacy is not None:
-            restore_state(layout, legacy)
-            for leftover in layout.legacy_leftovers:
-                _remove_quietly(leftover)
+    outcome = "none"
+    if layout.incoming.is_dir():
+        restore_state(layout, layout.incoming)  # a restore under way: finish it
+        outcome = "restored"
+    kind = _kind(layout.snapshot)
+    if kind == "absent":
+        _clear_state(layout)
+        outcome = "restored"
+    elif kind == "state" and outcome == "none":
+        restore_state(layout, _stage(layout, layout.snapshot))
+        outcome = "restored"
+    elif kind is None and outcome == "none":
+        outcome = _undo_older(layout)
+    _drop(layout.snapshot)
     remove(layout.snapshot_tmp)
-    if layout.state_dir is not None and layout.state_private.exists():
+    _tidy_saved(layout)
+    if layout.state_private.is_dir():
+        for leftover in layout.leftovers:
+            remove(leftover)
         _tidy(layout)
+    if outcome == "none" and expected:
+        return "missing"
+    return outcome
+
+
+def _undo_older(layout: Layout) -> str:
+    """Put back the snapshot an older version's interrupted transaction left, if any."""
+    if layout.inside_snapshot.is_dir():
+        restore_state(layout, layout.inside_snapshot)
+        return "restored"
+    legacy = _legacy(layout.legacy_snapshot, layout)
+    if legacy is None:
+        return "none"
+    restore_state(layout, legacy)
+    for leftover in layout.legacy_leftovers:
+        _remove_quietly(leftover)
+    return "restored"
 
 
 def keep_snapshot_as_previous(layout: Layout) -> None:
     """After an update's commit point: the snapshot becomes the previous build's state, and a
-    previous state an older version kept beside the state directory is dropped (it belongs
-    to a build no longer kept).
+    previous state an older version kept is dropped (it belongs to a build no longer kept).
 
     Raises:
         OSError: a step failed (the journal stays; the next recovery finishes).
@@ -327,25 +419,37 @@ def keep_snapshot_as_previous(layout: Layout) -> None:
     if layout.snapshot.exists():
         remove(layout.previous_state)
         os.replace(layout.snapshot, layout.previous_state)
-        fsync_dir(layout.state_private)
+        fsync_dir(layout.saved_states)
+        remove(layout.inside_previous_state)
         if _legacy(layout.legacy_previous_state, layout) is not None:
             _remove_quietly(layout.legacy_previous_state)
+        if layout.state_private.is_dir():
+            _tidy(layout)
+        return
+    # An older version's update, killed after its commit point and finished by this one: its
+    # snapshot becomes the previous state where it keeps it, as it would have done (unless it
+    # is older than the previous state this version kept: a leftover, not this transaction's).
+    if layout.inside_snapshot.is_dir() and _newer(layout.inside_snapshot, layout.previous_state):
+        remove(layout.inside_previous_state)
+        os.replace(layout.inside_snapshot, layout.inside_previous_state)
+        fsync_dir(layout.state_private)
+        remove(layout.previous_state)
+        _tidy_saved(layout)
         return
     legacy = _legacy(layout.legacy_snapshot, layout)
     if legacy is not None and _newer(legacy, layout.previous_state):
-        # An older version's update, killed after its commit point and finished by this one:
-        # its snapshot becomes the previous state where it keeps it, as it would have done.
         remove(layout.legacy_previous_state)
         os.replace(legacy, layout.legacy_previous_state)
         fsync_dir(legacy.parent)
-        remove(layout.previous_state)  # older than the build now kept as previous
-        _tidy(layout)
+        remove(layout.previous_state)
+        remove(layout.inside_previous_state)
+        _tidy_saved(layout)
+        if layout.state_private.is_dir():
+            _tidy(layout)
 
 
 def _newer(path: Path, than: Path) -> bool:
-    """Whether ``path`` was written after ``than`` (or ``than`` does not exist): a snapshot an
-    older version's transaction left is finished only when it is not older than the previous
-    state this version kept (one that is would be a leftover, not this transaction's)."""
+    """Whether ``path`` was written after ``than`` (or ``than`` does not exist)."""
     try:
         return os.stat(path).st_mtime_ns >= os.stat(than).st_mtime_ns
     except FileNotFoundError:
@@ -355,7 +459,7 @@ def _newer(path: Path, than: Path) -> bool:
 def forget_states(layout: Layout) -> None:
     """After a rollback's commit point: nothing is previous any more; the snapshot and every
     kept state (ours and an older version's) go. When the state put back was "there was no
-    state directory", the state directory the updater created goes too.
+    state directory", the state directory goes too if nothing but caches is left in it.
 
     Raises:
         OSError: a step failed (the journal stays; the next recovery finishes).
@@ -364,9 +468,14 @@ def forget_states(layout: Layout) -> None:
     absent = source is not None and _kind(source) == "absent"
     remove(layout.snapshot)
     remove(layout.previous_state)
+    _tidy_saved(layout)
+    if layout.state_private.is_dir():
+        remove(layout.inside_snapshot)
+        remove(layout.inside_previous_state)
+        for leftover in layout.leftovers:
+            remove(leftover)
     if _legacy(layout.legacy_previous_state, layout) is not None:
         _remove_quietly(layout.legacy_previous_state)
     if _legacy(layout.legacy_snapshot, layout) is not None:
         _remove_quietly(layout.legacy_snapshot)
-    if layout.state_private.exists():
-        _tidy(layout, state_dir_too=absent and not _entries(_state(layout)))
+    _tidy(layout, state_dir_too=absent)

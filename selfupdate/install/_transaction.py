@@ -47,6 +47,7 @@ __all__ = [
     "Verdict",
     "add_bad",
     "clear_bad",
+    "missing_snapshot",
     "parse_bad",
     "plan_recovery",
     "read_bad",
@@ -60,7 +61,8 @@ __all__ = [
 #:
 #: ``locked``: the lock is held, leftovers recovered. ``download``*: about to download.
 #: ``downloaded``: the staged file is complete. ``trial``*: about to snapshot the state and try
-#: the candidate. ``snapshot``: the state is snapshotted. ``trial-running``: the candidate runs
+#: the candidate. ``snapshot``*: the state is snapshotted (journaled, so that a snapshot gone
+#: missing is said, never taken for "nothing to restore"). ``trial-running``: the candidate runs
 #: as ``post-update``. ``trial-done``: it passed or failed. ``switch``*: about to switch.
 #: ``linked``: the installed build is hard-linked as the previous one. ``replaced``: the commit
 #: point is passed (``os.replace``). ``committed``*: the commit is recorded. ``done``: the
@@ -71,7 +73,10 @@ FAILPOINTS = (
 )
 
 #: The phases that rewrite the journal: each changes what :func:`plan_recovery` decides.
-JOURNALED = frozenset({"download", "trial", "switch", "committed"})
+JOURNALED = frozenset({"download", "trial", "snapshot", "switch", "committed"})
+
+#: The journaled phases at which the state's snapshot has been taken (before the commit).
+SNAPSHOT_TAKEN = frozenset({"snapshot", "switch"})
 
 #: With ``SELFUPDATE_TEST_STOP_AT=PHASE`` in the environment, the process stops itself
 #: (``SIGSTOP``) when it enters ``PHASE``, so that a test can ``SIGKILL`` it at exactly that
@@ -156,7 +161,7 @@ def plan_recovery(journal: Journal | None, installed_ino: int | None) -> str:
     """
     if journal is None:
         return "none"
-    if journal.phase in ("download", "trial"):
+    if journal.phase in ("download", "trial", "snapshot"):
         return "undo"
     if journal.phase == "switch":
         # os.replace keeps the inode: the candidate is installed iff the inode is the staged one.
@@ -395,6 +400,12 @@ class Transaction:
         self._step = -1
         self._lock = UpdateLock(layout, "update" if kind == "update" else "roll back")
         self.notes: list[str] = []  # one line each, for the user (an ignored side file, ...)
+        #: What undoing did to the state: "restored", "none" (nothing to put back), "missing"
+        #: (the snapshot taken is gone), or None (not undone, or undoing failed: see
+        #: :attr:`undo_error`; the journal stays and the next recovery tries again).
+        self.state_undo: str | None = None
+        self.undo_error: OSError | None = None
+        self._plan: str | None = None  # what abort() did, once it did
 
     @classmethod
     def resume(cls, layout: Layout, journal: Journal) -> Transaction:
@@ -461,23 +472,27 @@ class Transaction:
 
     def abort(self) -> str:
         """After a failure: what recovery would do with what was recorded (the journal as
-        written so far and the installed file's inode). Returns that plan."""
+        written so far and the installed file's inode). Returns that plan; a second call
+        does nothing more (the flow aborts before it says what happened to the state)."""
+        if self._plan is not None:
+            return self._plan
         journal = self.journal if self.journal.phase else None
         action = plan_recovery(journal, inode(self.layout.installed))
+        self._plan = action
         try:
             if action == "undo":
                 self.undo()
             elif action == "finish":
                 self.finish()
-        except OSError:
-            pass  # the journal stays: the next update or start finishes the job
+        except OSError as e:
+            self.undo_error = e  # the journal stays: the next update or start finishes the job
         return action
 
     def undo(self) -> None:
         """Put everything back as before the transaction (the commit point was not passed)."""
         layout = self.layout
         if layout.state_dir is not None:
-            undo_state(layout)
+            self.state_undo = undo_state(layout, self.journal.phase in SNAPSHOT_TAKEN)
         remove(layout.previous_tmp)
         remove(layout.staging)
         self._clear()
@@ -539,7 +554,18 @@ def recover(layout: Layout, note: Note | None = None) -> str:
     check_dirs(tx.layout, "recover")  # the state directory the journal names, too
     if action == "undo":
         tx.undo()
+        if note is not None and tx.state_undo == "missing":
+            note(missing_snapshot(tx.layout, "interrupted update"))
     else:
         tx.finish()
     return action
+
+
+def missing_snapshot(layout: Layout, what: str) -> str:
+    """The sentence for a snapshot that was taken and is gone when it is to be put back."""
+    return (
+        f"the copy of the state taken before the {what} is gone ({layout.snapshot}), so the "
+        "state directory is left as it was found: restore it from a backup if the new build "
+        "changed it"
+    )
 
