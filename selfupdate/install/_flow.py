@@ -116,7 +116,8 @@ def update(
         TrialFailedError: the new build's migration or health check failed, or it is not
             the build it was released as (another app or version, no update configuration);
             nothing was changed, the release is recorded as failed.
-        TrialIncompleteError: the trial could not finish (extraction, space, a kill;
+        TrialIncompleteError: the trial could not finish (the build's configuration could
+            not be read, extraction, space, a kill;
             ``TrialTimeoutError``: the time limit); nothing was changed, no verdict.
         InstallError: the directory is not writable or not trusted, the disk is full, ...
         SelfUpdateError: from the client (verification, network, ...).
@@ -160,7 +161,17 @@ def update(
         try:
             tx.record("downloaded")
             # The trial begins with what the build says about itself (read, not run).
-            why = build_refusal(layout.staged, installed, getattr(release, "app", None), new)
+            try:
+                why = build_refusal(layout.staged, installed, getattr(release, "app", None), new)
+            except OSError as e:  # the disk's or the system's fault: no verdict on the release
+                raise TrialIncompleteError(
+                    f"could not read the release configuration embedded in {e.filename} "
+                    f"({e.strerror or e}), so the new build {new} was not tried or installed and "
+                    f"{current_version} stays; that is no verdict on the release: fix the "
+                    "cause and update again",
+                    new,
+                    layout.log,
+                ) from e
             if why is not None:
                 _record(layout, new, "failed", why)
                 raise TrialFailedError(

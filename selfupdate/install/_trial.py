@@ -204,7 +204,12 @@ class BuildConfig:
 def read_build_config(path: Path) -> BuildConfig | None:
     """The release configuration embedded in the build at ``path``, read without running any
     of it (:mod:`ast`, literals only, capped); None when it carries none (not a zip archive,
-    or not made by ``selfupdate build``, or not plain literals)."""
+    or not made by ``selfupdate build``, or not plain literals).
+
+    Raises:
+        OSError: the file could not be read (EIO, EMFILE, ...): that says nothing about the
+            build, so it is no answer either way.
+    """
     import ast
     import zipfile
 
@@ -216,9 +221,13 @@ def read_build_config(path: Path) -> BuildConfig | None:
             with z.open(_CONFIG_PATH) as f:
                 source = f.read(_MAX_CONFIG_BYTES + 1)
             has_root_file = _ROOT_PATH in names and z.getinfo(_ROOT_PATH).file_size > 0
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
             ValueError):
-        return None
+        return None  # what is there is no archive of ours (a plain script build, say)
+    except OSError as e:
+        if e.filename is None:  # a read, not the open: say which file
+            e.filename = str(path)
+        raise
     if len(source) > _MAX_CONFIG_BYTES:
         return None
     values: dict[str, object] = {}
@@ -248,6 +257,9 @@ def build_refusal(
     forever, or replace the app with another), and carry what it needs to update again (an
     embedded trusted root and repository URL). A candidate with no embedded configuration at
     all is checked only when the installed build has one (a plain script "build" has none).
+
+    Raises:
+        OSError: either build could not be read (no verdict on the release).
     """
     cand = read_build_config(candidate)
     if cand is None:
