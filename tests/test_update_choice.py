@@ -302,6 +302,26 @@ def test_a_withdrawn_installed_version_is_reported(world: World, inst: Install) 
     assert r.returncode == 0 and "its publisher withdrew 1.0.0" in r.stdout, r.stdout
 
 
+def test_check_to_a_version_still_says_the_installed_one_was_withdrawn(
+    world: World, inst: Install
+) -> None:
+    from selfupdate.releases import publish
+
+    url, repo = world.repo("choice-withdrawn-to")
+    world.publish(repo, world.v1, V1)
+    world.publish(repo, world.v2, V2)
+    publish.yank(world.keys, repo, "nsapp", V1, reason="corrupts the history")
+    code, report = check_json(inst, url, "--to", V2)
+    assert code == 100 and report["available"] == V2, report
+    assert report["withdrawn"] == {"when": report["withdrawn"]["when"],  # type: ignore[index]
+                                   "reason": "corrupts the history"}, report
+    r = inst.run("update", "--check", "--to", V2, "--repo", url)
+    assert r.returncode == 100, r.stderr
+    assert f"the running {V1} was withdrawn by its publisher" in r.stdout, r.stdout
+    r = inst.run("update", "--check", "--repo", url)  # the newest: said there already
+    assert r.returncode == 100 and "was withdrawn by its publisher" in r.stdout, r.stdout
+
+
 def test_update_to_a_version_and_an_explicit_downgrade(world: World, inst: Install) -> None:
     url, repo = world.repo("choice-to")
     world.publish(repo, world.v2, V2)

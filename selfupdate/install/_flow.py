@@ -230,7 +230,13 @@ def _choose(client: ClientLike, current_version: str, to: str | None) -> Any:
             "this app's update client cannot install a chosen version (it has no find()): "
             "update without --to"
         )
-    return find(to)
+    import inspect
+
+    try:  # the installed version too, so the client can say whether it was withdrawn
+        takes_current = len(inspect.signature(find).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_current = False
+    return find(to, current_version) if takes_current else find(to)
 
 
 def refusal_for(verdict: Verdict, layout: Layout) -> KnownBadError:
