@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -370,6 +371,22 @@ def test_channel_switch_is_remembered_and_an_empty_channel_named(
     assert side.read_text().strip() == "beta" and stat.S_IMODE(side.stat().st_mode) == 0o600
     code, report = check_json(inst, url)  # no --channel: the remembered one
     assert code == 0 and report["channel"] == "beta" and report["status"] == "up-to-date"
+
+
+def test_nsapp_follows_the_channel_its_build_embeds(world: World, inst: Install) -> None:
+    url, repo = world.repo("choice-embedded-channel")
+    world.publish(repo, world.v2, V2)  # stable
+    publish_unchecked(world, repo, world.builds["2.0.1"], "2.0.1", channel="beta")
+    shutil.copy(with_config(world.v2, world.tmp / "beta-2.0.0.pyz", CHANNEL="beta"), inst.pyz)
+    code, report = check_json(inst, url)  # the build's channel: beta
+    assert (code, report["channel"], report["available"]) == (100, "beta", "2.0.1"), report
+    code, report = check_json(inst, url, "--channel", "stable")  # --channel overrides it
+    assert (code, report["channel"], report["status"]) == (0, "stable", "up-to-date"), report
+    side = inst.pyz.parent / ".nsapp.pyz.channel"
+    side.write_text("stable\n")  # and so does D/.I.channel (what `update --channel` keeps)
+    side.chmod(0o600)
+    code, report = check_json(inst, url)
+    assert (code, report["channel"], report["status"]) == (0, "stable", "up-to-date"), report
 
 
 @pytest.mark.parametrize("kind", ["version", "app", "no-root", "no-url"])

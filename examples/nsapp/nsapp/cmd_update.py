@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 PROG = "nsapp"
 
 
-def _client(repo_url: str | None) -> Any:
-    """An UpdateClient for this build's embedded trusted root and repository URL."""
+def _client(repo_url: str | None, channel: str | None = None) -> Any:
+    """An UpdateClient for this build's embedded trusted root, repository URL and channel
+    (``channel``, from ``update --channel`` or the one it remembered, instead when given)."""
     from selfupdate import build_info
     from selfupdate.errors import InstallError
 
@@ -36,7 +37,8 @@ def _client(repo_url: str | None) -> Any:
             "this build has no embedded trusted root, so it cannot verify updates; build it "
             "with selfupdate build --trusted-root ROOT.json --repo-url URL"
         )
-    url = repo_url or (info.repo_url if info is not None else None)
+    assert info is not None  # it had a root
+    url = repo_url or info.repo_url
     if not url:
         raise InstallError(
             "this build has no release repository URL; pass --repo URL or build it with "
@@ -44,7 +46,8 @@ def _client(repo_url: str | None) -> Any:
         )
     from selfupdate.releases.client import UpdateClient
 
-    return UpdateClient(PROG, url, root, cache_dir=state.state_dir() / "tuf-cache")
+    return UpdateClient(PROG, url, root, channel=channel or info.channel,
+                        cache_dir=state.state_dir() / "tuf-cache")
 
 
 su.configure(PROG, VERSION, state_dir=state.state_dir, client=_client)
