@@ -85,6 +85,7 @@ def update(
     to: str | None = None,
     channel: str | None = None,
     downgrade: bool = False,
+    before_trial: Callable[[Path], list[str]] | None = None,
 ) -> Outcome:
     """Update the installed file in place to the newest release; return after the commit.
 
@@ -104,6 +105,11 @@ def update(
             update (or the finding that there is none) succeeded.
         downgrade: ``to`` is older than ``current_version`` (said before the download; the
             caller knows PEP 440 order, this stdlib-only package does not).
+        before_trial: ``before_trial(log) -> lines``, run once the state is snapshotted and
+            before the candidate's trial, in this process (a downgrade's down-migrations, run
+            by the newer build, the one that knows them): it may write ``log`` (the update's
+            log) and returns lines the trial's log begins with. If it raises, the state is
+            restored, nothing is installed and nothing is recorded about the release.
 
     Returns:
         The outcome. After ``"updated"`` the new build is installed; the caller decides how
@@ -150,7 +156,11 @@ def update(
         verdict = read_bad(layout, note).get(new)
         if verdict is not None and not force:
             raise refusal_for(verdict, layout)
-        if downgrade:
+        if downgrade and before_trial is not None:
+            note(f"downgrading {current_version} -> {new} as asked: {current_version}'s "
+                 f"down-migrations run first (the state is restored if one fails), then "
+                 f"{new}'s health check decides")
+        elif downgrade:
             note(f"downgrading {current_version} -> {new} as asked: no migration runs (the "
                  f"state stays as {current_version} left it; {new}'s health check decides)")
         mode = os.stat(installed).st_mode & 0o7777
@@ -191,6 +201,7 @@ def update(
                         f"{state_dir} failed ({e.strerror or e}); nothing was changed"
                     ) from e
             tx.record("snapshot")
+            preface = before_trial(layout.log) if before_trial is not None else None
             try:
                 seed_extraction(installed, layout.staged)
             except UntrustedDirectoryError as e:
@@ -199,7 +210,7 @@ def update(
             except Exception:  # noqa: BLE001 - zipfile raises several kinds
                 pass  # only an optimisation: shiv extracts the build itself in the trial
             note(f"trying {new} (migrations and health check) ...")
-            trial = _run_trial(tx, layout.staged, trial_timeout)
+            trial = _run_trial(tx, layout.staged, trial_timeout, preface)
             if trial.failure is not None:
                 raise _trial_error(trial, layout, new, f"{current_version} stays", trial_timeout)
             try:
@@ -419,13 +430,15 @@ def rollback(
     return prev
 
 
-def _run_trial(tx: Transaction, program: Path, timeout: float) -> Trial:
+def _run_trial(
+    tx: Transaction, program: Path, timeout: float, preface: list[str] | None = None
+) -> Trial:
     """Run the trial of ``program`` through ``trial-running`` and ``trial-done``; return it
     (``.failure``: what failed, None if it passed; ``.refused``: the build's own verdict;
     ``.timed_out``; see :class:`Trial`)."""
     layout = tx.layout
     try:
-        trial = Trial(program, tx.journal.old, tx.journal.new, layout.log)
+        trial = Trial(program, tx.journal.old, tx.journal.new, layout.log, preface)
     except OSError as e:
         raise dir_error(layout, e, "writing the trial's log", tx.action) from e
     with trial:

@@ -13,8 +13,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
+    from typing import BinaryIO
 
-__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "read_build_config"]
+__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "open_log", "read_build_config"]
 
 # Where ``selfupdate build`` writes the release configuration inside the archive (the same
 # names as selfupdate._release and selfupdate.releases._archive, which the publisher reads).
@@ -39,9 +40,9 @@ class Trial:
         OSError: the log file cannot be written.
     """
 
-    def __init__(self, program: Path, old: str, new: str, log_path: Path) -> None:
-        import tempfile
-
+    def __init__(
+        self, program: Path, old: str, new: str, log_path: Path, preface: list[str] | None = None
+    ) -> None:
         import reexec_core
 
         self.failure: str | None = None
@@ -49,16 +50,11 @@ class Trial:
         self.timed_out = False
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
-        fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
-        try:
-            os.replace(tmp, log_path)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        self._log = os.fdopen(fd, "wb")
+        self._log = open_log(log_path)
         try:
             header = f"# {program} {TRIAL_ENTRY} {old} {new}\n"
+            # preface: what ran before the trial, for the log (a downgrade's down-migrations)
+            header += "".join(line + "\n" for line in preface or [])
             self._log.write(header.encode("utf-8", "surrogateescape"))  # odd bytes in paths
             self._log.flush()
             try:
@@ -121,6 +117,26 @@ class Trial:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def open_log(log_path: Path) -> BinaryIO:
+    """A new, empty log at ``log_path`` (0600, open for writing): created under a unique name
+    (``O_EXCL``) and renamed over ``log_path``, so whatever was there (a symlink, another file)
+    is replaced, never followed or truncated.
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
+    try:
+        os.replace(tmp, log_path)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:

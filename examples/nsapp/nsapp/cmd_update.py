@@ -53,6 +53,7 @@ def _client(repo_url: str | None, channel: str | None = None) -> Any:
 su.configure(PROG, VERSION, state_dir=state.state_dir, client=_client)
 su.migration("2.0.0")(state.migrate_to_2)
 su.migration("3.0.0")(state.migrate_to_3)
+su.down_migration("2.0.0")(state.downgrade_from_2)  # `update --to 1.x` from 2.x or later
 su.health_check(state.check)
 # The app-start hook (finish or undo an interrupted update; mark this build's extraction in
 # use). nsapp's main imports its command modules first thing, before reexec_core.init(); the
@@ -263,7 +264,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--force", action="store_true",
                    help="try a release you rolled back from, or that failed its trial, again")
     p.add_argument("--to", metavar="VERSION",
-                   help="install this published version, also an older one (no migration runs)")
+                   help="install this published version, also an older one (only this build's "
+                   "down-migrations run)")
     p.add_argument("--channel", metavar="NAME",
                    help="follow this release channel, from now on (remembered)")
     p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
