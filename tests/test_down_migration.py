@@ -12,8 +12,12 @@ and HTTP server (``test_update_e2e``'s fixtures).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _support_client import assert_sentence
+from _support_install import FakeClient, Rel, env_fixture, script  # noqa: F401
+from _support_install import tree as files
 from test_update_e2e import (  # noqa: F401 - the fixtures, by their names
     V1,
     V2,
@@ -53,6 +57,56 @@ def test_a_second_down_migration_for_a_version_is_refused() -> None:
         assert "99.0.0" not in su._cfg.migrations  # a down-migration is no migration
     finally:
         del su._cfg.down_migrations["99.0.0"]
+
+
+class FindingClient(FakeClient):
+    """FakeClient with ``find``: the one version it holds, also an older one."""
+
+    def find(self, version: str, current_version: str | None = None) -> Rel:
+        assert version == self.version
+        return Rel(self.version, len(self.payload))
+
+
+def test_the_hook_runs_on_the_snapshotted_state_before_the_trial(env: tuple[Path, Path]) -> None:
+    app, state = env  # script build 1.0, state/data
+    seen: list[Path] = []
+
+    def hook(log: Path) -> list[str]:
+        seen.append(log)
+        (state / "data").write_text("undone by 1.0\n")
+        return ["down-migration 1.0: undone"]
+
+    out = install.update(app, FindingClient("0.9", script("0.9")), "1.0", state, to="0.9",
+                         downgrade=True, before_trial=hook)
+    assert out.status == "updated" and seen == [install.Layout(app).log]
+    assert (state / "data").read_text() == "undone by 1.0\n"  # what the trial accepted
+    log = install.Layout(app).log.read_text().splitlines()
+    assert log[0].startswith("# ") and log[1] == "down-migration 1.0: undone", log
+
+
+@pytest.mark.parametrize("fault", [RuntimeError, KeyboardInterrupt])
+def test_a_hook_that_raises_restores_the_state_and_records_nothing(
+    env: tuple[Path, Path], fault: type[BaseException]
+) -> None:
+    app, state = env
+    (state / "more").write_text("kept\n")
+    before = (app.read_bytes(), files(state))
+
+    def hook(log: Path) -> list[str]:
+        (state / "data").write_text("half undone\n")
+        (state / "more").unlink()
+        raise fault("down-migration failed on purpose")
+
+    with pytest.raises(fault):
+        install.update(app, FindingClient("0.9", script("0.9")), "1.0", state, to="0.9",
+                       downgrade=True, before_trial=hook)
+    assert (app.read_bytes(), files(state)) == before
+    layout = install.Layout(app)
+    assert not layout.bad.exists() and not layout.journal.exists()
+    # and the lock is free: the same downgrade goes through without the fault
+    out = install.update(app, FindingClient("0.9", script("0.9")), "1.0", state, to="0.9",
+                         downgrade=True)
+    assert out.status == "updated"
 
 
 def _on_v2(world: World, inst: Install, name: str) -> str:
