@@ -442,8 +442,9 @@ def update(
             original arguments) or ``"none"`` (return; the new build runs from the next start).
         say: progress messages.
         force, to, channel: as for :func:`selfupdate.install.update` (try a held or failed
-            release again; install a chosen published version, also an older one, with no
-            migration; follow, and remember, another channel).
+            release again; install a chosen published version, also an older one, running
+            only this build's the down-migrations crossed; follow, and remember, another
+            channel).
 
     Returns:
         The outcome (``.status``: ``"up-to-date"``, ``"available"`` with ``check_only``, or

@@ -100,7 +100,7 @@ def update(
         force: try a release recorded as held or failed again (its record is cleared when
             it passes).
         to: install this published version instead of the newest (the client's ``find``;
-            also an older one: a downgrade crosses no migration).
+            also an older one: a downgrade crosses no migration, only ``before_trial``).
         channel: the channel the client follows, remembered in ``D/.I.channel`` once the
             update (or the finding that there is none) succeeded.
         downgrade: ``to`` is older than ``current_version`` (said before the download; the
