@@ -443,7 +443,7 @@ def update(
         say: progress messages.
         force, to, channel: as for :func:`selfupdate.install.update` (try a held or failed
             release again; install a chosen published version, also an older one, running
-            only this build's the down-migrations crossed; follow, and remember, another
+            only the down-migrations of this build it crosses; follow, and remember, another
             channel).
 
     Returns:
