@@ -11,6 +11,10 @@ An app declares, at import time of its command modules::
     def history_to_jsonl(state_dir: Path) -> str:
         ...                      # change the state; return a line saying what changed
 
+    @su.down_migration("2.0.0")  # optional: undoes it on `update --to` a version below 2.0.0
+    def history_to_text(state_dir: Path) -> str:
+        ...
+
     @su.health_check
     def state_is_readable(state_dir: Path) -> None:
         ...                      # raise if this build cannot work with the state
@@ -37,6 +41,7 @@ from __future__ import annotations
 import os
 import sys
 
+from selfupdate._migrations import migrations_between
 from selfupdate._names import FINISH_ENTRY, TRIAL_ENTRY, TRIAL_REFUSED
 
 TYPE_CHECKING = False
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "at_start",
     "configure",
+    "down_migration",
     "version",
     "health_check",
     "installed_path",
@@ -76,6 +82,7 @@ class _Config:
     trial_timeout: float = 60.0
     trial_timeout_set: bool = False
     migrations: dict[str, Migration] = {}
+    down_migrations: dict[str, Migration] = {}
     health_checks: list[HealthCheck] = []
 
 
@@ -219,21 +226,28 @@ def health_check(fn: HealthCheck) -> HealthCheck:
     return fn
 
 
-def migrations_between(old: str, new: str, versions: list[str]) -> list[str]:
-    """The registered versions an update from ``old`` to ``new`` crosses, in order (pure).
+def down_migration(version: str) -> Callable[[Migration], Migration]:
+    """Register ``fn(state_dir) -> str | None`` to undo what the migration of ``version`` did,
+    when ``update --to OLDER`` crosses ``version`` downward (``OLDER < version <= running``).
 
-    ``old < v <= new`` in PEP 440 order, local labels ignored (``2.0.0+x`` crosses ``2.0.0``).
-    A downgrade (rollback) crosses nothing: its state comes from a snapshot.
+    It is run by the running, newer build (the only one that knows it), in the updater's
+    process, newest version first, on the live state after its snapshot is taken and before
+    the older build's trial; its output goes to the update's log. If it raises, the state is
+    restored from the snapshot, nothing is installed and the older release is not blamed.
+    Like a migration, it must leave ``.selfupdate`` in the state directory alone. Not run by
+    ``rollback`` (that restores the state the previous build had).
+
+    Raises:
+        ValueError: a down-migration for ``version`` is already registered.
     """
-    from packaging.version import InvalidVersion, Version
 
-    try:
-        lo, hi = Version(old), Version(new)
-    except InvalidVersion:
-        return []
-    lo_p, hi_p = Version(lo.public), Version(hi.public)
-    crossed = [v for v in versions if lo_p < Version(v) <= hi_p]
-    return sorted(crossed, key=Version)
+    def deco(fn: Migration) -> Migration:
+        if version in _cfg.down_migrations:
+            raise ValueError(f"a down-migration for version {version} is already registered")
+        _cfg.down_migrations[version] = fn
+        return fn
+
+    return deco
 
 
 def installed_path() -> Path | None:
@@ -292,19 +306,21 @@ def _post_update(old: str, new: str) -> int:
 def _update_finish(old: str, new: str, log: str) -> int:
     """``update-finish OLD NEW LOG``: the new build, same PID, says what changed and tidies."""
     from selfupdate._clients import older
+    from selfupdate._migrations import DOWN_PREFIX
 
-    if older(new, old):  # update --to an older version: no migration ran
-        print(f"{_cfg.name} downgraded {old} -> {new} in place (pid {os.getpid()}, same "
-              "process); no migrations were run")
-    else:
-        print(f"{_cfg.name} updated {old} -> {new} in place (pid {os.getpid()}, same process)")
     try:
         with open(log, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("migration "):
-                    print("  " + line.rstrip())
+            ran = [ln.rstrip() for ln in f if ln.startswith(("migration ", DOWN_PREFIX))]
     except OSError:
-        pass
+        ran = []
+    if older(new, old):  # update --to an older version: only the newer build's down-migrations
+        done = f"{old}'s down-migrations were run" if ran else "no migrations were run"
+        print(f"{_cfg.name} downgraded {old} -> {new} in place (pid {os.getpid()}, same "
+              f"process); {done}")
+    else:
+        print(f"{_cfg.name} updated {old} -> {new} in place (pid {os.getpid()}, same process)")
+    for line in ran:
+        print("  " + line)
     sys.stdout.flush()
     _clean_shiv()
     return 0
@@ -425,8 +441,9 @@ def update(
             original arguments) or ``"none"`` (return; the new build runs from the next start).
         say: progress messages.
         force, to, channel: as for :func:`selfupdate.install.update` (try a held or failed
-            release again; install a chosen published version, also an older one, with no
-            migration; follow, and remember, another channel).
+            release again; install a chosen published version, also an older one, running
+            only the down-migrations of this build it crosses; follow, and remember, another
+            channel).
 
     Returns:
         The outcome (``.status``: ``"up-to-date"``, ``"available"`` with ``check_only``, or
@@ -450,13 +467,17 @@ def update(
     before = _inode(pyz)
     try:
         from selfupdate._clients import channel_name, client_for, older
+        from selfupdate._migrations import down_hook
 
         client = client_for(_cfg.client, repo_url, channel_name(channel), pyz)
+        downgrade = to is not None and older(to, _cfg.version)
         try:
             outcome = install.update(
                 pyz, client, _cfg.version, _state_dir(), check_only=check_only,
                 trial_timeout=_trial_timeout(), say=say, force=force, to=to, channel=channel,
-                downgrade=to is not None and older(to, _cfg.version),
+                downgrade=downgrade, before_trial=down_hook(
+                    _cfg.down_migrations, _cfg.version, to, _state_dir, say
+                ) if downgrade else None,
             )
         except install.TrialFailedError:
             _clean_shiv()  # the refused build's extraction

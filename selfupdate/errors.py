@@ -18,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "CacheError",
     "ConfigError",
+    "DownMigrationError",
     "ExpiredMetadataError",
     "InstallError",
     "FetchError",
@@ -416,6 +417,22 @@ class TrialFailedError(InstallError):
     Attributes:
         version: the build's version.
         log_path: the trial's output.
+    """
+
+    def __init__(self, message: str, version: str, log_path: Path) -> None:
+        super().__init__(message)
+        self.version = version
+        self.log_path = log_path
+
+
+class DownMigrationError(InstallError):
+    """A down-migration of the running build raised during ``update --to OLDER``: the state was
+    restored from its snapshot and nothing was installed. The older release is not to blame
+    (it was never tried), so nothing is recorded about it.
+
+    Attributes:
+        version: the version whose down-migration failed.
+        log_path: its output (the update's log).
     """
 
     def __init__(self, message: str, version: str, log_path: Path) -> None:

@@ -67,11 +67,28 @@ def test_quiet_and_verbose_are_global_options(
     assert (ns.quiet, ns.verbose) == (quiet, verbose)
 
 
-def test_quiet_and_verbose_exclude_each_other(tmp_path: Path) -> None:
-    proc = nsapp("-q", "-v", "history", state=tmp_path)
+@pytest.mark.parametrize(
+    "argv",
+    [["-q", "-v", "history"], ["history", "-q", "-v"], ["-q", "history", "-v"],
+     ["-v", "history", "--quiet"], ["-q", "update", "-v", "--check"]],
+)
+def test_quiet_and_verbose_exclude_each_other(argv: list[str], tmp_path: Path) -> None:
+    proc = nsapp(*argv, state=tmp_path / "state")
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "not allowed with argument" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "state").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("argv", [["-q", "-v", "status"], ["-q", "status", "-v"]])
+def test_the_publisher_refuses_quiet_and_verbose_together(
+    argv: list[str], tmp_path: Path
+) -> None:
+    proc = subprocess.run([sys.executable, "-m", "selfupdate", *argv, "--repo", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "not allowed with argument" in proc.stderr and proc.stdout == ""
 
 
 def test_quiet_history_add_prints_nothing(tmp_path: Path) -> None:

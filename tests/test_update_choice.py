@@ -13,9 +13,11 @@ real ``.pyz`` builds, a real signed repository and a real HTTP server of ``test_
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -123,6 +125,61 @@ def test_a_timeout_is_reported_as_one_and_never_recorded(env: tuple[Path, Path])
     assert "within 1 seconds" in str(ei.value) and "a timeout is no verdict" in str(ei.value)
     assert not install.Layout(app).bad.exists()
     assert (app.read_bytes(), tree(state)) == before
+
+
+def test_a_build_configuration_that_cannot_be_read_is_no_verdict(tmp_path: Path) -> None:
+    from selfupdate.install._trial import build_refusal, read_build_config
+
+    # A real OSError (EISDIR at the open): before, any OSError read as "no configuration".
+    with pytest.raises(IsADirectoryError) as ei:
+        read_build_config(tmp_path)
+    assert ei.value.filename == str(tmp_path)
+    with pytest.raises(OSError):
+        build_refusal(tmp_path, tmp_path, "nsapp", "2.0")
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EMFILE])
+def test_an_unreadable_candidate_fails_the_update_without_a_verdict(
+    env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    app, state = env
+    # The installed build carries a release configuration (a real zip archive), so before,
+    # a candidate whose configuration could not be read "carried none" and was recorded as
+    # failed for good.
+    with zipfile.ZipFile(app, "w") as z:
+        z.writestr("__main__.py", script("1.0"))
+        z.writestr("site-packages/selfupdate/_build_config.py",
+                   'APP = "app"\nVERSION = "1.0"\nREPO_URL = "http://x"\nTRUSTED_ROOT = True\n')
+        z.writestr("site-packages/selfupdate/_release_root.json", "{}")
+    layout = install.Layout(app)
+    real = zipfile.ZipFile
+
+    def zipfile_failing_on_the_candidate(file: object, *a: object, **kw: object) -> object:
+        # The kernel's answer to reading the downloaded file (a disk error, no descriptors
+        # left), which no file system here can be made to give on demand.
+        if str(file) == str(layout.staged):
+            raise OSError(code, os.strerror(code), str(file))
+        return real(file, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zipfile, "ZipFile", zipfile_failing_on_the_candidate)
+    before = (app.read_bytes(), tree(state), tree(app.parent))
+    with pytest.raises(install.TrialIncompleteError) as ei:
+        install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    msg = str(ei.value)
+    assert_sentence(msg)
+    assert f"could not read the release configuration embedded in {layout.staged}" in msg
+    assert f"({os.strerror(code)})" in msg and "no verdict" in msg, msg
+    assert not layout.bad.exists()  # nothing recorded
+    after = (app.read_bytes(), tree(state), tree(app.parent))
+    after[2].pop(".app.py.lock", None)  # the updater's lock file stays, as after any update
+    assert after == before
+    monkeypatch.setattr(zipfile, "ZipFile", real)
+    # the next update tries it again (and the real mismatch is still a verdict)
+    with pytest.raises(install.TrialFailedError) as again:
+        install.update(app, FakeClient("2.0", script("2.0")), "1.0", state)
+    assert not isinstance(again.value, install.TrialIncompleteError)
+    assert "carries no release configuration" in str(again.value)
+    assert install.read_bad(layout)["2.0"].reason == "failed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +303,26 @@ def test_a_withdrawn_installed_version_is_reported(world: World, inst: Install) 
     assert r.returncode == 0 and "its publisher withdrew 1.0.0" in r.stdout, r.stdout
 
 
+def test_check_to_a_version_still_says_the_installed_one_was_withdrawn(
+    world: World, inst: Install
+) -> None:
+    from selfupdate.releases import publish
+
+    url, repo = world.repo("choice-withdrawn-to")
+    world.publish(repo, world.v1, V1)
+    world.publish(repo, world.v2, V2)
+    publish.yank(world.keys, repo, "nsapp", V1, reason="corrupts the history")
+    code, report = check_json(inst, url, "--to", V2)
+    assert code == 100 and report["available"] == V2, report
+    assert report["withdrawn"] == {"when": report["withdrawn"]["when"],  # type: ignore[index]
+                                   "reason": "corrupts the history"}, report
+    r = inst.run("update", "--check", "--to", V2, "--repo", url)
+    assert r.returncode == 100, r.stderr
+    assert f"the running {V1} was withdrawn by its publisher" in r.stdout, r.stdout
+    r = inst.run("update", "--check", "--repo", url)  # the newest: said there already
+    assert r.returncode == 100 and "was withdrawn by its publisher" in r.stdout, r.stdout
+
+
 def test_update_to_a_version_and_an_explicit_downgrade(world: World, inst: Install) -> None:
     url, repo = world.repo("choice-to")
     world.publish(repo, world.v2, V2)
@@ -294,6 +371,22 @@ def test_channel_switch_is_remembered_and_an_empty_channel_named(
     assert side.read_text().strip() == "beta" and stat.S_IMODE(side.stat().st_mode) == 0o600
     code, report = check_json(inst, url)  # no --channel: the remembered one
     assert code == 0 and report["channel"] == "beta" and report["status"] == "up-to-date"
+
+
+def test_nsapp_follows_the_channel_its_build_embeds(world: World, inst: Install) -> None:
+    url, repo = world.repo("choice-embedded-channel")
+    world.publish(repo, world.v2, V2)  # stable
+    publish_unchecked(world, repo, world.builds["2.0.1"], "2.0.1", channel="beta")
+    shutil.copy(with_config(world.v2, world.tmp / "beta-2.0.0.pyz", CHANNEL="beta"), inst.pyz)
+    code, report = check_json(inst, url)  # the build's channel: beta
+    assert (code, report["channel"], report["available"]) == (100, "beta", "2.0.1"), report
+    code, report = check_json(inst, url, "--channel", "stable")  # --channel overrides it
+    assert (code, report["channel"], report["status"]) == (0, "stable", "up-to-date"), report
+    side = inst.pyz.parent / ".nsapp.pyz.channel"
+    side.write_text("stable\n")  # and so does D/.I.channel (what `update --channel` keeps)
+    side.chmod(0o600)
+    code, report = check_json(inst, url)
+    assert (code, report["channel"], report["status"]) == (0, "stable", "up-to-date"), report
 
 
 @pytest.mark.parametrize("kind", ["version", "app", "no-root", "no-url"])

@@ -9,6 +9,7 @@ from selfupdate._durable import fsync_dir
 from selfupdate._shiv._seed import seed_extraction
 from selfupdate._shiv._trust import UntrustedDirectoryError
 from selfupdate.errors import (
+    DownMigrationError,
     HeldReleaseError,
     InstallError,
     KnownBadError,
@@ -86,6 +87,7 @@ def update(
     to: str | None = None,
     channel: str | None = None,
     downgrade: bool = False,
+    before_trial: Callable[[Path], list[str]] | None = None,
 ) -> Outcome:
     """Update the installed file in place to the newest release; return after the commit.
 
@@ -100,11 +102,16 @@ def update(
         force: try a release recorded as held or failed again (its record is cleared when
             it passes).
         to: install this published version instead of the newest (the client's ``find``;
-            also an older one: a downgrade crosses no migration).
+            also an older one: a downgrade crosses no migration, only ``before_trial``).
         channel: the channel the client follows, remembered in ``D/.I.channel`` once the
             update (or the finding that there is none) succeeded.
         downgrade: ``to`` is older than ``current_version`` (said before the download; the
             caller knows PEP 440 order, this stdlib-only package does not).
+        before_trial: ``before_trial(log) -> lines``, run once the state is snapshotted and
+            before the candidate's trial, in this process (a downgrade's down-migrations, run
+            by the newer build, the one that knows them): it may write ``log`` (the update's
+            log) and returns lines the trial's log begins with. If it raises, the state is
+            restored, nothing is installed and nothing is recorded about the release.
 
     Returns:
         The outcome. After ``"updated"`` the new build is installed; the caller decides how
@@ -117,7 +124,8 @@ def update(
         TrialFailedError: the new build's migration or health check failed, or it is not
             the build it was released as (another app or version, no update configuration);
             nothing was changed, the release is recorded as failed.
-        TrialIncompleteError: the trial could not finish (extraction, space, a kill;
+        TrialIncompleteError: the trial could not finish (the build's configuration could
+            not be read, extraction, space, a kill;
             ``TrialTimeoutError``: the time limit); nothing was changed, no verdict.
         InstallError: the directory is not writable or not trusted, the disk is full, ...
         SelfUpdateError: from the client (verification, network, ...).
@@ -150,7 +158,11 @@ def update(
         verdict = read_bad(layout, note).get(new)
         if verdict is not None and not force:
             raise refusal_for(verdict, layout)
-        if downgrade:
+        if downgrade and before_trial is not None:
+            note(f"downgrading {current_version} -> {new} as asked: {current_version}'s "
+                 f"down-migrations run first (the state is restored if one fails), then "
+                 f"{new}'s health check decides")
+        elif downgrade:
             note(f"downgrading {current_version} -> {new} as asked: no migration runs (the "
                  f"state stays as {current_version} left it; {new}'s health check decides)")
         mode = os.stat(installed).st_mode & 0o7777
@@ -161,7 +173,17 @@ def update(
         try:
             tx.record("downloaded")
             # The trial begins with what the build says about itself (read, not run).
-            why = build_refusal(layout.staged, installed, getattr(release, "app", None), new)
+            try:
+                why = build_refusal(layout.staged, installed, getattr(release, "app", None), new)
+            except OSError as e:  # the disk's or the system's fault: no verdict on the release
+                raise TrialIncompleteError(
+                    f"could not read the release configuration embedded in {e.filename} "
+                    f"({e.strerror or e}), so the new build {new} was not tried or installed and "
+                    f"{current_version} stays; that is no verdict on the release: fix the "
+                    "cause and update again",
+                    new,
+                    layout.log,
+                ) from e
             if why is not None:
                 _record(layout, new, "failed", why)
                 raise TrialFailedError(
@@ -182,6 +204,16 @@ def update(
                     ) from e
             tx.record("snapshot")
             try:
+                preface = before_trial(layout.log) if before_trial is not None else None
+            except DownMigrationError as e:
+                tx.abort()  # first, so that the error says what became of the state
+                raise DownMigrationError(
+                    f"{e}, so {new} was not installed and {current_version} stays"
+                    f"{_state_said(tx)}; {new} is not to blame: see the log {e.log_path}",
+                    e.version,
+                    e.log_path,
+                ) from e.__cause__
+            try:
                 seed_extraction(installed, layout.staged)
             except UntrustedDirectoryError as e:
                 # Not the release's fault (not remembered as bad): where it would run is not ours.
@@ -189,7 +221,7 @@ def update(
             except Exception:  # noqa: BLE001 - zipfile raises several kinds
                 pass  # only an optimisation: shiv extracts the build itself in the trial
             note(f"trying {new} (migrations and health check) ...")
-            trial = _run_trial(tx, layout.staged, trial_timeout)
+            trial = _run_trial(tx, layout.staged, trial_timeout, preface)
             if trial.failure is not None:
                 tx.abort()  # first, so that the error says what became of the state
                 raise _trial_error(
@@ -223,7 +255,13 @@ def _choose(client: ClientLike, current_version: str, to: str | None) -> Any:
             "this app's update client cannot install a chosen version (it has no find()): "
             "update without --to"
         )
-    return find(to)
+    import inspect
+
+    try:  # the installed version too, so the client can say whether it was withdrawn
+        takes_current = len(inspect.signature(find).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_current = False
+    return find(to, current_version) if takes_current else find(to)
 
 
 def refusal_for(verdict: Verdict, layout: Layout) -> KnownBadError:
@@ -428,13 +466,15 @@ def rollback(
     return prev
 
 
-def _run_trial(tx: Transaction, program: Path, timeout: float) -> Trial:
+def _run_trial(
+    tx: Transaction, program: Path, timeout: float, preface: list[str] | None = None
+) -> Trial:
     """Run the trial of ``program`` through ``trial-running`` and ``trial-done``; return it
     (``.failure``: what failed, None if it passed; ``.refused``: the build's own verdict;
     ``.timed_out``; see :class:`Trial`)."""
     layout = tx.layout
     try:
-        trial = Trial(program, tx.journal.old, tx.journal.new, layout.log)
+        trial = Trial(program, tx.journal.old, tx.journal.new, layout.log, preface)
     except OSError as e:
         raise dir_error(layout, e, "writing the trial's log", tx.action) from e
     with trial:

@@ -13,8 +13,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
+    from typing import BinaryIO
 
-__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "read_build_config"]
+__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "open_log", "read_build_config"]
 
 # Where ``selfupdate build`` writes the release configuration inside the archive (the same
 # names as selfupdate._release and selfupdate.releases._archive, which the publisher reads).
@@ -39,9 +40,9 @@ class Trial:
         OSError: the log file cannot be written.
     """
 
-    def __init__(self, program: Path, old: str, new: str, log_path: Path) -> None:
-        import tempfile
-
+    def __init__(
+        self, program: Path, old: str, new: str, log_path: Path, preface: list[str] | None = None
+    ) -> None:
         import reexec_core
 
         self.failure: str | None = None
@@ -49,16 +50,11 @@ class Trial:
         self.timed_out = False
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
-        fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
-        try:
-            os.replace(tmp, log_path)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        self._log = os.fdopen(fd, "wb")
+        self._log = open_log(log_path)
         try:
             header = f"# {program} {TRIAL_ENTRY} {old} {new}\n"
+            # preface: what ran before the trial, for the log (a downgrade's down-migrations)
+            header += "".join(line + "\n" for line in preface or [])
             self._log.write(header.encode("utf-8", "surrogateescape"))  # odd bytes in paths
             self._log.flush()
             try:
@@ -121,6 +117,26 @@ class Trial:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def open_log(log_path: Path) -> BinaryIO:
+    """A new, empty log at ``log_path`` (0600, open for writing): created under a unique name
+    (``O_EXCL``) and renamed over ``log_path``, so whatever was there (a symlink, another file)
+    is replaced, never followed or truncated.
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
+    try:
+        os.replace(tmp, log_path)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return os.fdopen(fd, "wb")
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -204,7 +220,12 @@ class BuildConfig:
 def read_build_config(path: Path) -> BuildConfig | None:
     """The release configuration embedded in the build at ``path``, read without running any
     of it (:mod:`ast`, literals only, capped); None when it carries none (not a zip archive,
-    or not made by ``selfupdate build``, or not plain literals)."""
+    or not made by ``selfupdate build``, or not plain literals).
+
+    Raises:
+        OSError: the file could not be read (EIO, EMFILE, ...): that says nothing about the
+            build, so it is no answer either way.
+    """
     import ast
     import zipfile
 
@@ -216,9 +237,13 @@ def read_build_config(path: Path) -> BuildConfig | None:
             with z.open(_CONFIG_PATH) as f:
                 source = f.read(_MAX_CONFIG_BYTES + 1)
             has_root_file = _ROOT_PATH in names and z.getinfo(_ROOT_PATH).file_size > 0
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
             ValueError):
-        return None
+        return None  # what is there is no archive of ours (a plain script build, say)
+    except OSError as e:
+        if e.filename is None:  # a read, not the open: say which file
+            e.filename = str(path)
+        raise
     if len(source) > _MAX_CONFIG_BYTES:
         return None
     values: dict[str, object] = {}
@@ -248,6 +273,9 @@ def build_refusal(
     forever, or replace the app with another), and carry what it needs to update again (an
     embedded trusted root and repository URL). A candidate with no embedded configuration at
     all is checked only when the installed build has one (a plain script "build" has none).
+
+    Raises:
+        OSError: either build could not be read (no verdict on the release).
     """
     cand = read_build_config(candidate)
     if cand is None:

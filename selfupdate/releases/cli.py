@@ -464,7 +464,11 @@ def _older(version: str, newest: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``selfupdate`` console script. Returns the exit status."""
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if getattr(ns, "quiet", False) and getattr(ns, "verbose", False):
+        # The exclusive group sees one half of the line; `-q status -v` is both halves.
+        parser.error("argument -v/--verbose: not allowed with argument -q/--quiet")
     from selfupdate.errors import SelfUpdateError, VersionNotNewerError
     from selfupdate.releases._archive import RefusedError
 

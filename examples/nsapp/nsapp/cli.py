@@ -221,6 +221,10 @@ def _run_command(modules: list[object], args: list[str]) -> int:
     parser = build_parser(modules)
     ns = parser.parse_args(args)
     QUIET, VERBOSE = bool(getattr(ns, "quiet", False)), bool(getattr(ns, "verbose", False))
+    if QUIET and VERBOSE:
+        # argparse's exclusive group sees one half of the line (`-q -v update`, `update -q
+        # -v`); `-q update -v` sets one before the command name and the other after it.
+        parser.error("argument -v/--verbose: not allowed with argument -q/--quiet")
     func = getattr(ns, "func", None)
     if func is None:
         parser.print_help()

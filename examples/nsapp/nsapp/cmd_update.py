@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 PROG = "nsapp"
 
 
-def _client(repo_url: str | None) -> Any:
-    """An UpdateClient for this build's embedded trusted root and repository URL."""
+def _client(repo_url: str | None, channel: str | None = None) -> Any:
+    """An UpdateClient for this build's embedded trusted root, repository URL and channel
+    (``channel``, from ``update --channel`` or the one it remembered, instead when given)."""
     from selfupdate import build_info
     from selfupdate.errors import InstallError
 
@@ -36,7 +37,8 @@ def _client(repo_url: str | None) -> Any:
             "this build has no embedded trusted root, so it cannot verify updates; build it "
             "with selfupdate build --trusted-root ROOT.json --repo-url URL"
         )
-    url = repo_url or (info.repo_url if info is not None else None)
+    assert info is not None  # it had a root
+    url = repo_url or info.repo_url
     if not url:
         raise InstallError(
             "this build has no release repository URL; pass --repo URL or build it with "
@@ -44,12 +46,14 @@ def _client(repo_url: str | None) -> Any:
         )
     from selfupdate.releases.client import UpdateClient
 
-    return UpdateClient(PROG, url, root, cache_dir=state.state_dir() / "tuf-cache")
+    return UpdateClient(PROG, url, root, channel=channel or info.channel,
+                        cache_dir=state.state_dir() / "tuf-cache")
 
 
 su.configure(PROG, VERSION, state_dir=state.state_dir, client=_client)
 su.migration("2.0.0")(state.migrate_to_2)
 su.migration("3.0.0")(state.migrate_to_3)
+su.down_migration("2.0.0")(state.downgrade_from_2)  # `update --to 1.x` from 2.x or later
 su.health_check(state.check)
 # The app-start hook (finish or undo an interrupted update; mark this build's extraction in
 # use). nsapp's main imports its command modules first thing, before reexec_core.init(); the
@@ -260,7 +264,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--force", action="store_true",
                    help="try a release you rolled back from, or that failed its trial, again")
     p.add_argument("--to", metavar="VERSION",
-                   help="install this published version, also an older one (no migration runs)")
+                   help="install this published version, also an older one (only this build's "
+                   "down-migrations run)")
     p.add_argument("--channel", metavar="NAME",
                    help="follow this release channel, from now on (remembered)")
     p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")

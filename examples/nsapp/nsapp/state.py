@@ -12,13 +12,16 @@ version   file                         one line per event
 ========  ===========================  ==========================================
 
 Migrations ``2.0.0`` and ``3.0.0`` convert between them; the health check refuses a state that
-is not in this build's format.
+is not in this build's format. The down-migration ``2.0.0`` undoes the first one (``history.jsonl``
+back to ``history.txt``): run by a 2.x or later build on ``nsapp update --to 1.x``, it lets the
+1.x build's health check accept the state.
 
 Failing a migration on purpose (for the demo and the tests): a build whose version has the
 local label ``failmigration`` (``./build.sh --version 3.0.0+failmigration``) does half of each
 migration it runs and then raises, so its trial fails, the update is refused and the state is
-restored. ``NSAPP_FAIL_MIGRATION=1`` in the environment of ``nsapp update`` does the same for any
-build. A build with the label ``failhealth`` (``./build.sh --version 3.0.0+failhealth``) migrates
+restored; a down-migration does the same. ``NSAPP_FAIL_MIGRATION=1`` in the environment of
+``nsapp update`` does the same for any build (the down-migration runs in ``nsapp update``
+itself). A build with the label ``failhealth`` (``./build.sh --version 3.0.0+failhealth``) migrates
 the state correctly and then fails its health check: the same refusal, after migrations that
 passed.
 """
@@ -155,6 +158,24 @@ def migrate_to_3(directory: Path) -> str:
     _fail_halfway("3.0.0")
     os.replace(tmp, path)
     return f"history.jsonl: numbered {len(entries)} entries (seq)"
+
+
+def downgrade_from_2(directory: Path) -> str:
+    """Down-migration 2.0.0: ``history.jsonl`` -> ``history.txt`` (plain lines; ``seq`` is
+    dropped), undoing :func:`migrate_to_2` for a downgrade to 1.x."""
+    src, dst = directory / JSONL, directory / TEXT
+    if not src.exists():
+        _fail_halfway("down 2.0.0")
+        return "no history yet"
+    entries = read(directory)
+    with open(dst, "w", encoding="utf-8") as f:
+        for i, e in enumerate(entries):
+            f.write(f"{e.get('time', '')} {e.get('event', '')}\n")
+            if i == len(entries) // 2:
+                f.flush()
+                _fail_halfway("down 2.0.0")  # half of history.txt written, jsonl still there
+    src.unlink()
+    return f"history.jsonl ({len(entries)} entries) -> history.txt"
 
 
 def check(directory: Path) -> None:
