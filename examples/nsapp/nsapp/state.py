@@ -116,9 +116,9 @@ def read(directory: Path | None = None) -> list[dict[str, object]]:
 
 def _fail_halfway(name: str) -> None:
     if failing_on_purpose():
-        raise RuntimeError(
-            f"migration {name} failed on purpose (build {VERSION} is marked failmigration)"
-        )
+        why = (f"build {VERSION} is marked failmigration" if _labelled(VERSION, "failmigration")
+               else "NSAPP_FAIL_MIGRATION=1 is set")
+        raise RuntimeError(f"migration {name} failed on purpose ({why})")
 
 
 def migrate_to_2(directory: Path) -> str:
