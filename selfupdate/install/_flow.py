@@ -42,7 +42,7 @@ from selfupdate.install._transaction import (
     read_bad,
     recover,
 )
-from selfupdate.install._trial import Trial, _same_version, build_refusal, log_tail
+from selfupdate.install._trial import Trial, build_refusal, log_tail, same_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def update(
         release = _choose(client, current_version, to)
         extra: dict[str, Any] = {"withdrawn": getattr(client, "installed_withdrawn", None),
                                  "channel": getattr(client, "channel", None)}
-        if release is None or (to is not None and _same_version(release.version, current_version)):
+        if release is None or (to is not None and same_version(release.version, current_version)):
             return Outcome("up-to-date", current_version, extra=extra)
         verdict = read_bad(layout, note).get(str(release.version))
         extra.update(bad=verdict is not None, verdict=verdict,
@@ -152,7 +152,7 @@ def update(
             _remember(layout, channel, note)
             return Outcome("up-to-date", current_version, extra=withdrawn)
         new = str(release.version)
-        if to is not None and _same_version(new, current_version):
+        if to is not None and same_version(new, current_version):
             _remember(layout, channel, note)
             return Outcome("up-to-date", current_version, extra=withdrawn)
         verdict = read_bad(layout, note).get(new)

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import BinaryIO
 
-__all__ = ["BuildConfig", "Trial", "build_refusal", "log_tail", "open_log", "read_build_config"]
+__all__ = [
+    "BuildConfig",
+    "Trial",
+    "build_refusal",
+    "log_tail",
+    "open_log",
+    "read_build_config",
+    "same_version",
+]
 
 # Where ``selfupdate build`` writes the release configuration inside the archive (the same
 # names as selfupdate._release and selfupdate.releases._archive, which the publisher reads).
@@ -285,7 +293,7 @@ def build_refusal(
                 "it could never update again")
     if app is not None and cand.app != app:
         return f"is a build of {cand.app!r}, not of {app!r}"
-    if not _same_version(cand.version, version):
+    if not same_version(cand.version, version):
         return (f"calls itself version {cand.version}, not {version} as released, so it would "
                 "be offered again at every update")
     if not cand.has_root:
@@ -295,7 +303,7 @@ def build_refusal(
     return None
 
 
-def _same_version(a: str, b: str) -> bool:
+def same_version(a: str, b: str) -> bool:
     """PEP 440 equality for the usual spellings, without ``packaging`` (stdlib only here):
     case, a leading ``v`` and trailing ``.0`` release segments do not count (1.0 == 1.0.0)."""
     import re
