@@ -36,8 +36,8 @@ PY = sys.executable
 HEADER = "import time: self [us] | cumulative | imported package"
 
 
-@pytest.fixture
-def pyz(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+@pytest.fixture(name="pyz")
+def pyz_fixture(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     """Our own copy of the 1.0.0 build, in a directory every user may read."""
     d = Path(tempfile.mkdtemp(prefix="fast-start-", dir="/tmp"))
     d.chmod(0o755)
@@ -48,8 +48,8 @@ def pyz(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
+@pytest.fixture(name="root")
+def root_fixture() -> Iterator[Path]:
     """A fresh private SHIV_ROOT (0700, this user's) under /tmp."""
     d = Path(tempfile.mkdtemp(prefix="fast-root-", dir="/tmp"))
     yield d
