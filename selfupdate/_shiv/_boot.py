@@ -344,7 +344,9 @@ def _syncfs(since: int, ext: str) -> bool:
         statfs, syncfs = libc.fstatfs, libc.syncfs
     except (OSError, ImportError, AttributeError):
         return False
-    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first field (a long)
+    # struct statfs: f_type is its first field, a long (where it is not, as on s390x, what
+    # is read is no known type: each file is fsynced).
+    buf = ctypes.create_string_buffer(256)
     if statfs(since, buf) != 0:
         return False
     if ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF not in _SYNCFS_FILESYSTEMS:
