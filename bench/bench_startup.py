@@ -25,7 +25,11 @@ after warm-up runs (shiv's one-time extraction is not what is measured).
 With ``--against DIR`` (another checkout, e.g. the tree before a change), that checkout's
 ``nsapp.pyz`` (built by its own ``build.sh``) is measured in the same interleaved run.
 
+With ``--cold-only`` only 3. is measured; ``--against-pyz FILE`` (an archive built before a
+change) is then measured cold and warm in the same interleaved run.
+
 Usage: python bench/bench_startup.py [--runs N] [--cold-runs N] [--json] [--against DIR]
+                                     [--cold-only [--against-pyz FILE]]
 """
 
 from __future__ import annotations
@@ -70,26 +74,61 @@ def build_zipapp(work: Path, name: str, interpreter: str) -> Path:
     return out
 
 
-def cold_vs_warm(pyz: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+def cold_vs_warm(pyzs: dict[str, Path], env: dict[str, str], runs: int) -> dict[str, float]:
     """``pyz --version`` with its extraction removed first (cold: a first start after an
-    update) and with it in place (warm), interleaved."""
+    update) and with it in place (warm), for each archive, all interleaved in a fresh random
+    order each round. Keys ``"NAME cold"`` and ``"NAME warm"``."""
     import zipfile
 
-    with zipfile.ZipFile(pyz) as zf:
-        build_id = json.loads(zf.read("environment.json"))["build_id"]
-    ext = Path(env["SHIV_ROOT"]) / f"{pyz.name}_{build_id}"
-    samples: dict[str, list[float]] = {"cold": [], "warm": []}
-    argv = [str(pyz), "--version"]
+    exts = {}
+    for name, pyz in pyzs.items():
+        with zipfile.ZipFile(pyz) as zf:
+            build_id = json.loads(zf.read("environment.json"))["build_id"]
+        exts[name] = Path(env["SHIV_ROOT"]) / f"{pyz.name}_{build_id}"
+    samples: dict[str, list[float]] = {f"{n} {k}": [] for n in pyzs for k in ("cold", "warm")}
     for _ in range(runs):
-        for key in random.sample(list(samples), 2):
-            if key == "cold":
-                shutil.rmtree(ext, ignore_errors=True)
+        for key in random.sample(list(samples), len(samples)):
+            name, kind = key.split(" ")
+            argv = [str(pyzs[name]), "--version"]
+            if kind == "cold":
+                shutil.rmtree(exts[name], ignore_errors=True)
             else:
                 subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
             t0 = time.perf_counter()
             subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
             samples[key].append(time.perf_counter() - t0)
     return {k: median_ms(v) for k, v in samples.items()}
+
+
+def cold_only(opts: argparse.Namespace) -> int:
+    """``--cold-only``: the cold first start and a warm start of this tree's build, and of the
+    ``--against-pyz`` archive (built before a change) in the same interleaved run."""
+    work = Path(tempfile.mkdtemp(prefix="bench-cold-"))
+    try:
+        pyzs = {"nsapp": build_nsapp(work)[0]}
+        if opts.against_pyz is not None:
+            (work / "against").mkdir()
+            pyzs["against"] = work / "against" / "nsapp-against.pyz"
+            shutil.copyfile(opts.against_pyz, pyzs["against"])
+            pyzs["against"].chmod(0o755)
+        (work / "shiv-root").mkdir(mode=0o700)
+        cold = cold_vs_warm(pyzs, _env(work / "shiv-root"), opts.cold_runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"Python {sys.version.split()[0]}, {opts.cold_runs} runs each, medians, interleaved; "
+          f"load average before: {os.getloadavg()[0]:.2f}\n")
+    print("| archive | cold first start ms | warm ms | cold / warm |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in pyzs:
+        c, w = cold[f"{name} cold"], cold[f"{name} warm"]
+        label = "this tree" if name == "nsapp" else f"`{opts.against_pyz}`"
+        print(f"| {label} | {c:.1f} | {w:.1f} | {c / w:.1f}x |")
+    if "against" in pyzs:
+        print(f"\ncold first start, this tree / against: "
+              f"{cold['nsapp cold'] / cold['against cold']:.2f}x")
+    if opts.json:
+        print(json.dumps({"cold_ms": cold}))
+    return 0
 
 
 def imports(pyz: Path, env: dict[str, str]) -> list[str]:
@@ -232,9 +271,18 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--against", type=Path, metavar="DIR",
                         help="another checkout whose nsapp.pyz is measured side by side")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="measure only the cold first start against a warm one (3.)")
+    parser.add_argument("--against-pyz", type=Path, metavar="FILE",
+                        help="with --cold-only: a .pyz built before a change, measured in the "
+                        "same interleaved run")
     opts = parser.parse_args()
     if opts.runs < 30 or opts.cold_runs < 30:
         parser.error("--runs and --cold-runs must be at least 30 (medians of >= 30 runs)")
+    if opts.against_pyz is not None and not opts.cold_only:
+        parser.error("--against-pyz goes with --cold-only (use --against DIR otherwise)")
+    if opts.cold_only:
+        return cold_only(opts)
     work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     try:
         nsapp, deps = build_nsapp(work)
@@ -281,7 +329,8 @@ def main() -> int:
         rt = roundtrip(nsapp, env, opts.runs)
         rt_min = roundtrip(minimal, env, opts.runs)
         rt_against = roundtrip(against, env, opts.runs) if against is not None else None
-        cold = cold_vs_warm(nsapp, env, opts.cold_runs)
+        both = cold_vs_warm({"nsapp": nsapp}, env, opts.cold_runs)
+        cold = {"cold": both["nsapp cold"], "warm": both["nsapp warm"]}
         modules = imports(nsapp, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -36,8 +36,8 @@ PY = sys.executable
 HEADER = "import time: self [us] | cumulative | imported package"
 
 
-@pytest.fixture
-def pyz(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+@pytest.fixture(name="pyz")
+def pyz_fixture(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     """Our own copy of the 1.0.0 build, in a directory every user may read."""
     d = Path(tempfile.mkdtemp(prefix="fast-start-", dir="/tmp"))
     d.chmod(0o755)
@@ -48,8 +48,8 @@ def pyz(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
+@pytest.fixture(name="root")
+def root_fixture() -> Iterator[Path]:
     """A fresh private SHIV_ROOT (0700, this user's) under /tmp."""
     d = Path(tempfile.mkdtemp(prefix="fast-root-", dir="/tmp"))
     yield d
@@ -140,8 +140,35 @@ def test_a_warm_start_takes_the_fast_path(pyz: Path, root: Path) -> None:
     assert warm.stdout == "nsapp 1.0.0\n", warm.stderr
     assert fast(warm), "a warm start went through shiv's bootstrap"
     imported = program_imports(warm)
-    for heavy in ("zipfile", "pathlib", "shutil", "compileall", "tempfile", "site"):
+    # zlib: __main__.py and its bytecode are stored uncompressed, the rest comes from the
+    # extraction.
+    for heavy in ("zipfile", "pathlib", "shutil", "compileall", "tempfile", "site", "zlib"):
         assert heavy not in imported, f"a warm start imported {heavy}"
+
+
+def test_main_comes_with_its_checked_bytecode(pyz: Path, root: Path, tmp_path: Path) -> None:
+    """zipimport takes __main__.pyc before __main__.py: it is checked against the source's
+    hash at each start, and one of another Python version (another magic number) is passed
+    over for the source."""
+    import importlib.util
+
+    with zipfile.ZipFile(pyz) as zf:
+        source, pyc = zf.read("__main__.py"), zf.read("__main__.pyc")
+        infos = {i.filename: i for i in zf.infolist()}
+    assert infos["__main__.py"].compress_type == infos["__main__.pyc"].compress_type == 0
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b11  # hash-based, checked
+    assert pyc[8:16] == importlib.util.source_hash(source)
+    other = tmp_path / pyz.name  # the same build otherwise: it shares the extraction
+    with zipfile.ZipFile(pyz) as zf, zipfile.ZipFile(other, "w") as out:
+        for info in zf.infolist():
+            body = zf.read(info)
+            out.writestr(info, b"\0\0\r\n" + body[4:] if info.filename == "__main__.pyc"
+                         else body)  # fmt: skip
+    start(pyz, root)
+    r = start(other, root, py=[PY, "-I", "-S", "-v"])
+    assert r.stdout == "nsapp 1.0.0\n" and "bad magic number in '__main__'" in r.stderr
+    assert fast(r)
 
 
 def test_the_shebang_start_is_the_fast_one(pyz: Path, root: Path) -> None:

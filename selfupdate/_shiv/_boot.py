@@ -19,9 +19,10 @@ extraction can run:
    ``extract_site_packages``, under shiv's lock, ``force``);
 4. a missing extraction is made by shiv's ``extract_site_packages`` (into ``NAME.tmp``, moved
    into place under its lock: a start killed half-way leaves only the ``.tmp``);
-5. the marker is written last: every file and directory of the extraction fsynced, then the
-   marker (the build id) written to a private temporary file, fsynced, renamed into place and
-   the directory fsynced (:func:`mark_complete`);
+5. the marker is written last: everything in the extraction on disk first (one ``syncfs(2)``
+   of a fresh extraction's filesystem where that is as durable, else every file and directory
+   fsynced), then the marker (the build id) written to a private temporary file, fsynced,
+   renamed into place and the directory fsynced (:func:`mark_complete`);
 
 then shiv's bootstrap runs as shiv wrote it (it finds the extraction and skips extracting).
 With ``SHIV_FORCE_EXTRACT`` set, steps 3-5 are left to shiv (and the marker it removes is
@@ -140,15 +141,23 @@ def _prepare(record: tuple[str, str | None, str | None, str] | None) -> None:
                 return
             if _marked(ext, marker, env.build_id):
                 return
-            if not matches(ext, zf, marker):
-                _extract(zf, env, root, ext, force=True)
+            if matches(ext, zf):
+                mark_complete(ext, marker, env.build_id)  # written by an earlier start
+                return
+            force = True
         elif env.force_extract:
             close_dir(root)
             return  # shiv extracts
         else:
             close_dir(root)
-            _extract(zf, env, root, ext, force=False)
-        mark_complete(ext, marker, env.build_id)
+            force = False
+        since = sync_point(root)
+        try:
+            _extract(zf, env, root, ext, force=force)
+            mark_complete(ext, marker, env.build_id, since)
+        finally:
+            if since is not None:
+                os.close(since)
 
 
 def _closed(path: str) -> bool:
@@ -221,10 +230,14 @@ def _marked(ext: str, marker: str, build_id: str) -> bool:
         os.close(fd)
 
 
-def matches(ext: str, zf: Any, marker: str) -> bool:
+def matches(ext: str, zf: Any) -> bool:
     """``ext/site-packages`` holds exactly the archive's ``site-packages`` files (size and
-    CRC-32 of each, read in full), and ``ext`` nothing else but locks, the marker and the
-    bytecode Python writes beside sources it imported from there."""
+    CRC-32 of each, read in full), and ``ext`` nothing else but files whose names start with a
+    dot at its top (locks, the marker, a killed start's temporary marker: nothing there is on
+    ``sys.path``) and the bytecode Python writes beside sources it imported from there.
+
+    Run only on a tree that passed :func:`._trust.check_tree` (no link, nothing of another
+    user's), as the gate and the seeding do."""
     import zlib
 
     want = {i.filename: i for i in zf.infolist()
@@ -244,28 +257,38 @@ def matches(ext: str, zf: Any, marker: str) -> bool:
                 return False
             try:
                 with open(os.path.join(dirpath, f), "rb") as fh:
-                    crc = 0
+                    crc = size = 0
                     while chunk := fh.read(1 << 20):
                         crc = zlib.crc32(chunk, crc)
+                        size += len(chunk)
             except OSError:
                 return False
-            if crc != info.CRC:
+            if crc != info.CRC or size != info.file_size:
                 return False
             seen += 1
     return seen == len(want)
 
 
-def mark_complete(ext: str, marker: str, build_id: str) -> None:
-    """Write ``ext/marker`` (the build id) once everything in ``ext`` is on disk: each file and
-    directory fsynced first, the marker through a private temporary file, fsynced, renamed
-    into place, and ``ext`` fsynced again. Best effort: a marker that cannot be written only
-    means the next start takes this slow gate again.
+def mark_complete(ext: str, marker: str, build_id: str, since: int | None = None) -> None:
+    """Write ``ext/marker`` (the build id) once everything in ``ext`` is on disk, then the
+    marker through a private temporary file, fsynced, renamed into place, and ``ext`` fsynced
+    again. Best effort: a marker that cannot be written only means the next start takes this
+    slow gate again.
+
+    What "on disk" costs: with ``since`` (a directory descriptor on ``ext``'s filesystem,
+    opened *before* any of ``ext`` was written: :func:`sync_point`) and a filesystem whose
+    ``syncfs(2)`` is known to write and wait for every file and directory (:func:`_syncfs`),
+    one ``syncfs``: a writeback error anywhere on it since ``since`` was opened is reported
+    (Linux >= 5.8), so nothing that failed to reach the disk is marked. Otherwise (no
+    ``since``: files written by an earlier, killed start; another filesystem; no ``ctypes``)
+    each file and directory is fsynced, which reports any error not yet seen on that file.
     """
     try:
-        for dirpath, _dirs, files in os.walk(ext):
-            for f in files:
-                _fsync(os.path.join(dirpath, f), os.O_RDONLY)
-            _fsync(dirpath, os.O_RDONLY | os.O_DIRECTORY)
+        if since is None or not _syncfs(since, ext):
+            for dirpath, _dirs, files in os.walk(ext):
+                for f in files:
+                    _fsync(os.path.join(dirpath, f), os.O_RDONLY)
+                _fsync(dirpath, os.O_RDONLY | os.O_DIRECTORY)
         tmp = os.path.join(ext, f".{marker}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
@@ -278,6 +301,62 @@ def mark_complete(ext: str, marker: str, build_id: str) -> None:
         _fsync(ext, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         pass
+
+
+def sync_point(directory: str) -> int | None:
+    """A descriptor on ``directory`` for :func:`mark_complete`'s ``since``, taken before the
+    extraction below it is written (None: it cannot be opened; each file is fsynced then).
+    The caller closes it."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+# statfs(2) f_type of the filesystems whose syncfs(2) writes back and waits for all of their
+# dirty data and metadata and reports errors: ext2/3/4, XFS, Btrfs, F2FS, overlayfs (its upper
+# layer), tmpfs (nothing to write). Not here: FUSE (a no-op before FUSE_SYNCFS), NFS and other
+# network filesystems, anything unknown: their files are fsynced one by one.
+_SYNCFS_FILESYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x794C7630,
+                                 0x01021994})
+
+
+def _syncfs(since: int, ext: str) -> bool:
+    """``syncfs(2)`` of the filesystem of ``since``, if it holds ``ext`` and is one of
+    :data:`_SYNCFS_FILESYSTEMS`, on Linux >= 5.8 (before, syncfs did not report writeback
+    errors). True: done; False: not possible here (the caller fsyncs each file).
+
+    Raises:
+        OSError: the filesystem reported a writeback error (nothing may be marked).
+    """
+    import errno
+
+    kernel = tuple(int(n) for n in os.uname().release.split("-")[0].split(".")[:2]
+                   if n.isdigit())
+    if sys.platform != "linux" or kernel < (5, 8):
+        return False
+    try:
+        if os.fstat(since).st_dev != os.lstat(ext).st_dev:
+            return False
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        statfs, syncfs = libc.fstatfs, libc.syncfs
+    except (OSError, ImportError, AttributeError):
+        return False
+    # struct statfs: f_type is its first field, a long (where it is not, as on s390x, what
+    # is read is no known type: each file is fsynced).
+    buf = ctypes.create_string_buffer(256)
+    if statfs(since, buf) != 0:
+        return False
+    if ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF not in _SYNCFS_FILESYSTEMS:
+        return False
+    if syncfs(since) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+        return False  # refused (a seccomp filter, say): fsync each file instead
+    raise OSError(err, os.strerror(err), ext)
 
 
 def _fsync(path: str, flags: int) -> None:

@@ -6,7 +6,7 @@ import errno
 import os
 import stat
 
-from selfupdate._names import EXTRACTION_DONE, INUSE_LOCK
+from selfupdate._names import EXTRACTION_DONE
 from selfupdate._shiv import _environment, extraction_root, open_private_lock
 from selfupdate._shiv._trust import UntrustedDirectoryError, check_tree, private_dir
 
@@ -49,8 +49,8 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
     (a regular file of this user, writable by nobody else) is read and found to have exactly
     that CRC-32. Everything else, and every ``.pyc`` the old build wrote beside its sources,
     is extracted from the new archive (never carried: a ``.pyc`` says nothing about what it was
-    compiled from but the source's mtime and size). Every file is fsynced and the completion
-    marker written last (:func:`._boot.mark_complete`). The result is renamed into place under
+    compiled from but the source's mtime and size). Everything is on disk before the completion
+    marker is written, last (:func:`._boot.mark_complete`). The result is renamed into place under
     shiv's own extraction lock (private, :func:`selfupdate._shiv.open_private_lock`), so shiv
     finds it complete and skips extraction, or extracts itself.
 
@@ -87,8 +87,11 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
         with zipfile.ZipFile(old) as zo:
             before = {i.filename: i for i in zo.infolist()
                       if i.filename.startswith("site-packages/")}
+        from selfupdate._shiv._boot import mark_complete, sync_point
+
         tmp = root / f".{name}.seed-{os.getpid()}"
         _remove(tmp)
+        since = sync_point(str(root))  # before anything of tmp is written: mark_complete
         os.mkdir(tmp, 0o700)
         made = {tmp}
         try:
@@ -110,9 +113,7 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
                     _extract(zn, info, dest, mode)
             # Everything verified and on disk, the marker last: the trial, and every start
             # after it, takes the same fast path (selfupdate._shiv._main).
-            from selfupdate._shiv._boot import mark_complete
-
-            mark_complete(str(tmp), EXTRACTION_DONE, new_id)
+            mark_complete(str(tmp), EXTRACTION_DONE, new_id, since)
             # shiv's extraction lock (fcntl.flock, as in shiv's bootstrap/filelock.py): shiv
             # either sees our complete directory or extracts into its own .tmp first.
             rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -131,6 +132,8 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
             finally:
                 os.close(fd)
         finally:
+            if since is not None:
+                os.close(since)
             if tmp.exists():
                 _remove(tmp)
     return target
@@ -138,7 +141,7 @@ def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | No
 
 def _target_free(root: Path, name: str, zn: Any) -> bool:
     """True: no extraction ``root/name`` is there (now); False: one of this user's is there and
-    holds exactly the archive ``zn``'s files (:func:`_matches`): shiv may use it as it is.
+    holds exactly the archive ``zn``'s files (:func:`._boot.matches`): shiv may use it as it is.
 
     One of this user's that holds anything else (a leftover changed since, a file the release
     does not have) is removed if nothing uses it.
@@ -173,7 +176,13 @@ def _target_free(root: Path, name: str, zn: Any) -> bool:
         )
     # Inside a root closed to others (the boot gate closes it) a loose mode reaches nobody.
     check_tree(path, what, _PLANTED, modes=bool(os.lstat(root).st_mode & 0o077))
-    if _matches(root / name, zn):
+    # The gate's own check: it ignores every dot-file at the top of the extraction, a superset
+    # of what this user's starts leave there (INUSE_LOCK, EXTRACTION_DONE, a killed start's
+    # temporary marker), and nothing at the top is on sys.path. Bytecode beside the sources is
+    # ignored too: only this user could have written it (check_tree), and it is never carried.
+    from selfupdate._shiv._boot import matches
+
+    if matches(path, zn):
         return False
     if remove_unused(root, name):
         return True
@@ -182,41 +191,6 @@ def _target_free(root: Path, name: str, zn: Any) -> bool:
         "trial could run them; stop what runs from it and try again",
         path, "differs from the release and is in use",
     )
-
-
-def _matches(target: Path, zn: Any) -> bool:
-    """``target`` holds exactly the archive's ``site-packages`` (each file's size and CRC-32
-    read in full), plus nothing but the in-use lock and the bytecode Python wrote beside
-    sources it imported from there (which only this user could write: see the docstring of
-    :func:`seed_extraction` for why such bytecode is never *carried* to another extraction)."""
-    import zlib
-
-    want = {i.filename: i for i in zn.infolist()
-            if i.filename.startswith("site-packages/") and not i.is_dir()}
-    seen = 0
-    for dirpath, _dirs, files in os.walk(target):
-        rel_dir = os.path.relpath(dirpath, target)
-        for f in files:
-            rel = f if rel_dir == "." else f"{rel_dir}/{f}"
-            info = want.get(rel)
-            if info is None:
-                if rel in (INUSE_LOCK, EXTRACTION_DONE) or (
-                    os.path.basename(dirpath) == "__pycache__" and f.endswith(".pyc")
-                    and rel.startswith("site-packages/")
-                ):
-                    continue
-                return False
-            try:
-                with open(os.path.join(dirpath, f), "rb") as fh:
-                    crc = 0
-                    while chunk := fh.read(1 << 20):
-                        crc = zlib.crc32(chunk, crc)
-            except OSError:
-                return False
-            if crc != info.CRC:
-                return False
-            seen += 1
-    return seen == len(want)
 
 
 def _old_extraction(old: Path, root: Path, new_id: str) -> Path | None:

@@ -21,9 +21,10 @@ The steps, in :class:`Build`:
    shiv inside, and two builds of the same source and version are byte-identical, from any
    checkout path;
 6. put the fast start in front of shiv's bootstrap (:func:`_add_fast_start`): the archive's
-   ``__main__.py`` becomes :mod:`selfupdate._shiv._main` with this build's record, beside the
-   slow gate (:mod:`selfupdate._shiv._boot`) and the trust check it uses; the shebang starts
-   the interpreter isolated (``#!/usr/bin/env -S python3 -I -S``; coreutils >= 8.30).
+   ``__main__.py`` becomes :mod:`selfupdate._shiv._main` with this build's record (and its
+   bytecode), beside the slow gate (:mod:`selfupdate._shiv._boot`) and the trust check it
+   uses; the shebang starts the interpreter isolated (``#!/usr/bin/env -S python3 -I -S``;
+   coreutils >= 8.30).
 
 The path of the ``.pyz`` is printed last (default ``PROJECT_DIR/dist/NAME-VERSION.pyz``).
 shiv is needed only here (``pip install 'reexec-selfupdate[build]'``).
@@ -241,25 +242,51 @@ def _add_fast_start(packed: Path, entry: str) -> None:
     marker = " = None  # the record"
     if source.count(marker) != 1:
         raise BuildError(f"{_main.__file__} has no single record line to fill in")
-    main = source.replace(marker, f" = {record!r}  # the record")
+    main = source.replace(marker, f" = {record!r}  # the record").encode()
+    # Every start runs __main__: its bytecode beside it, and neither compressed, so a start
+    # neither compiles it nor imports zlib (~2 ms of a warm start together).
     added = {
-        "__main__.py": main.encode(),
-        "_selfupdate_boot.py": Path(_boot.__file__).read_bytes(),
-        "_selfupdate_trust.py": Path(_trust.__file__).read_bytes(),
+        "__main__.py": (main, zipfile.ZIP_STORED),
+        "__main__.pyc": (_main_bytecode(main, packed.parent), zipfile.ZIP_STORED),
+        "_selfupdate_boot.py": (Path(_boot.__file__).read_bytes(), zipfile.ZIP_DEFLATED),
+        "_selfupdate_trust.py": (Path(_trust.__file__).read_bytes(), zipfile.ZIP_DEFLATED),
     }
     template = next(i for i in infos if i.filename == "__main__.py")
     shebang = data[: data.index(b"\n") + 1] if data.startswith(b"#!") else b""
     with open(packed, "wb") as f:
         f.write(shebang)
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as out:
-            for name, body in added.items():
+            for name, (body, compression) in added.items():
                 info = zipfile.ZipInfo(name, template.date_time)
                 info.external_attr = template.external_attr
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = compression
                 out.writestr(info, body)
             for info in infos:
                 if info.filename not in added:
                     out.writestr(info, contents[info.filename])
+
+
+# Run in a fresh interpreter: marshal's output depends on the reference counts of what it
+# writes, which this build process's own imports would change (and with them the bytes).
+_COMPILE = (
+    "import py_compile, sys; py_compile.compile(sys.argv[1], sys.argv[2], dfile='__main__.py', "
+    "doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)"
+)
+
+
+def _main_bytecode(source: bytes, tmp: Path) -> bytes:
+    """``__main__.py``'s bytecode for the archive: what zipimport takes before the source.
+
+    A *checked* hash-based pyc: zipimport compares it with the source's hash at each start, so
+    what runs is always the ``__main__.py`` beside it. Written by this build's interpreter:
+    another Python version finds a different magic number in it and compiles the source."""
+    src, pyc = tmp / "__main__.py", tmp / "__main__.pyc"
+    src.write_bytes(source)
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _COMPILE, str(src), str(pyc)],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildError(f"cannot compile the archive's __main__.py: {_last_line(proc)}")
+    return pyc.read_bytes()
 
 
 def _to_stderr(message: str) -> None:
