@@ -341,7 +341,9 @@ def at_start() -> None:
         return  # a registered child (the trial, say): nothing to mark or recover, no imports
     from selfupdate import _shiv
 
-    pyz = _shiv.running_archive()
+    # A string, not a Path: importing pathlib (and what it pulls in) costs every start ~5 ms,
+    # and only the rare recovery below needs it.
+    pyz = _shiv.running_archive_path()
     if pyz is None:
         return
     try:
@@ -359,11 +361,13 @@ def at_start() -> None:
     journal = os.path.join(os.path.dirname(pyz), f".{os.path.basename(pyz)}.journal")
     if not os.path.lexists(journal):
         return
+    from pathlib import Path
+
     from selfupdate.install import recover_at_start
 
     # Whatever keeps the bookkeeping from finishing (a full disk, a journal that is not ours,
     # a lock someone holds) is one line on stderr; the installed build runs as it is.
-    if recover_at_start(pyz, _state_dir() if _cfg.state_dir else None, say=_note):
+    if recover_at_start(Path(pyz), _state_dir() if _cfg.state_dir else None, say=_note):
         _reexec_self()
 
 
