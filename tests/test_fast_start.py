@@ -21,17 +21,11 @@ from pathlib import Path
 
 import pytest
 from _support_client import assert_sentence
+from _support_users import AS_NOBODY, NOBODY, NOBODY_PY, ROOT, as_nobody, second_user, tmp_dir
 
 from selfupdate import _shiv
 from selfupdate._names import EXTRACTION_DONE
 
-NOBODY = 65534
-ROOT = os.geteuid() == 0
-second_user = pytest.mark.skipif(
-    not ROOT or shutil.which("setpriv") is None, reason="needs root to act as a second user"
-)
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-NOBODY_PY = "/usr/bin/python3"  # pyenv's interpreters under /root are unusable by nobody
 PY = sys.executable
 HEADER = "import time: self [us] | cumulative | imported package"
 
@@ -39,30 +33,25 @@ HEADER = "import time: self [us] | cumulative | imported package"
 @pytest.fixture(name="pyz")
 def pyz_fixture(build_pyz, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     """Our own copy of the 1.0.0 build, in a directory every user may read."""
-    d = Path(tempfile.mkdtemp(prefix="fast-start-", dir="/tmp"))
-    d.chmod(0o755)
-    out = d / "nsapp.pyz"
-    shutil.copyfile(build_pyz("1.0.0"), out)
-    out.chmod(0o755)
-    yield out
-    shutil.rmtree(d, ignore_errors=True)
+    with tmp_dir("fast-start-", 0o755) as d:
+        out = d / "nsapp.pyz"
+        shutil.copyfile(build_pyz("1.0.0"), out)
+        out.chmod(0o755)
+        yield out
 
 
 @pytest.fixture(name="root")
 def root_fixture() -> Iterator[Path]:
     """A fresh private SHIV_ROOT (0700, this user's) under /tmp."""
-    d = Path(tempfile.mkdtemp(prefix="fast-root-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with tmp_dir("fast-root-") as d:
+        yield d
 
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory under /tmp every user may write (0777)."""
-    d = Path(tempfile.mkdtemp(prefix="fast-shared-", dir="/tmp"))
-    d.chmod(0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with tmp_dir("fast-shared-", 0o777) as d:
+        yield d
 
 
 def extraction(pyz: Path, root: Path) -> Path:
@@ -108,10 +97,6 @@ def refused(r: subprocess.CompletedProcess[str]) -> str:
     assert_sentence(message)
     assert "Traceback" not in r.stderr
     return message
-
-
-def as_nobody(*cmd: str) -> None:
-    subprocess.run([*AS_NOBODY, *cmd], check=True, timeout=60, capture_output=True)
 
 
 def plant(ext: Path, ran: Path, build_id: str) -> None:

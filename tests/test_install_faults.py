@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from _support_client import assert_sentence
 from _support_install import FakeClient, env_fixture, run_app, script, tree  # noqa: F401
-from test_install_trust import NOBODY, as_nobody, second_user
+from _support_users import AS_NOBODY, as_nobody, second_user
 from test_update_e2e import (  # noqa: F401 - *_fixture: the fixtures, by name
     PY,
     V1,
@@ -204,9 +204,8 @@ def test_rollback_by_another_user_who_cannot_read_the_previous_build_is_a_senten
     app, state = _updated(env)
     for d in (app.parent, app.parent.parent, state.parent):
         d.chmod(0o755)  # the other user may look, not write
-    user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
     as_nobody("true")
-    r = _rollback_as(user, app, state)
+    r = _rollback_as(AS_NOBODY, app, state)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert_sentence(r.stderr.strip())
     assert run_app(app) == "2.0"

@@ -15,44 +15,21 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _support_client import assert_sentence
 from _support_install import FakeClient, env_fixture, run_app, script, tree  # noqa: F401
+from _support_users import AS_NOBODY, NOBODY, as_nobody, second_user, tmp_dir
 
 from selfupdate import install
-
-NOBODY = 65534
-second_user = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root to act as a second user",
-)
-
-
-def as_nobody(*cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` as the second user (root pass only)."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *cmd],
-        capture_output=True, text=True, timeout=60, check=True, **kw,  # type: ignore[arg-type]
-    )
-
-
-def shared_dir(mode: int) -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="su-shared-", dir="/tmp"))
-    d.chmod(mode)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
 def sticky(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """Root's install of a script build in a sticky world-writable directory (mode 1777)."""
-    for d in shared_dir(0o1777):
+    with tmp_dir("su-shared-", 0o1777) as d:
         app = d / "app.py"
         app.write_bytes(script("1.0"))
         app.chmod(0o755)
@@ -246,7 +223,7 @@ def test_the_lock_file_is_0600_even_if_an_older_version_made_it_0644(
 @second_user
 def test_another_user_cannot_hold_the_update_lock(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    for d in shared_dir(0o755):
+    with tmp_dir("su-shared-", 0o755) as d:
         app = d / "app.py"
         app.write_bytes(script("1.0"))
         app.chmod(0o755)
@@ -255,8 +232,7 @@ def test_another_user_cannot_hold_the_update_lock(tmp_path: Path,
         install.update(app, FakeClient("1.1", script("1.1")), "1.0", state)  # makes the lock
         lock = install.Layout(app).lock
         holder = subprocess.Popen(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-             "flock", "-x", "-n", str(lock), "-c", "echo locked; exec sleep 600"],
+            [*AS_NOBODY, "flock", "-x", "-n", str(lock), "-c", "echo locked; exec sleep 600"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         try:

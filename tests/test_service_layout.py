@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _support_client import assert_sentence
 from _support_install import FakeClient, env_fixture, script, tree  # noqa: F401
+from _support_users import NOBODY, NOBODY_PY, tmp_dir
 from test_update_e2e import (  # noqa: F401 - *_fixture: the fixtures, by name
     PY,
     V1,
@@ -40,9 +40,6 @@ from test_update_e2e import (  # noqa: F401 - *_fixture: the fixtures, by name
 )
 
 from selfupdate import install
-
-NOBODY = 65534
-SYSTEM_PY = "/usr/bin/python3"
 
 
 def _names(d: Path) -> list[str]:
@@ -342,12 +339,8 @@ def _systemd_unit() -> str:
 @pytest.fixture
 def service_root() -> Iterator[Path]:
     """A directory every user may traverse (the tests' own tmp_path is root's, mode 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="su-service-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
+    with tmp_dir("su-service-", 0o755) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _service(base: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -366,7 +359,7 @@ def _service(base: Path, url: str, *args: str) -> subprocess.CompletedProcess[st
            f"SHIV_ROOT={base}/var/cache/nsapp/shiv SELFUPDATE_TRIAL_TIMEOUT=60")
     quoted = " ".join(f"'{a}'" for a in args)
     script_ += (f"exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- "
-                f"env -i {env} {SYSTEM_PY} {base}/opt/nsapp/nsapp.pyz {quoted}")
+                f"env -i {env} {NOBODY_PY} {base}/opt/nsapp/nsapp.pyz {quoted}")
     return subprocess.run(["unshare", "--mount", "sh", "-euc", script_], capture_output=True,
                           text=True, timeout=300)
 
@@ -375,7 +368,7 @@ def _service(base: Path, url: str, *args: str) -> subprocess.CompletedProcess[st
                     "/var/lib) and User= needs root; this pass already runs as one user")
 @pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("unshare") is None,
                     reason="needs setpriv and unshare (util-linux)")
-@pytest.mark.skipif(not os.access(SYSTEM_PY, os.X_OK), reason=f"needs {SYSTEM_PY}")
+@pytest.mark.skipif(not os.access(NOBODY_PY, os.X_OK), reason=f"needs {NOBODY_PY}")
 def test_the_documented_systemd_unit_updates_and_rolls_back_as_its_user(
     world: World, service_root: Path
 ) -> None:
@@ -387,10 +380,10 @@ def test_the_documented_systemd_unit_updates_and_rolls_back_as_its_user(
                  "SHIV_ROOT=/var/cache/nsapp/shiv",
                  "ExecStart=/usr/bin/python3 /opt/nsapp/nsapp.pyz serve --auto-update 3600"):
         assert line in unit.splitlines(), line
-    r = subprocess.run([SYSTEM_PY, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+    r = subprocess.run([NOBODY_PY, "-c", "import sys; print(sys.version_info >= (3, 11))"],
                        capture_output=True, text=True)
     if r.stdout.strip() != "True":
-        pytest.skip(f"{SYSTEM_PY} is older than the builds' Python (3.11)")
+        pytest.skip(f"{NOBODY_PY} is older than the builds' Python (3.11)")
     base = service_root
     url, repo = world.repo("systemd")
     world.publish(repo, world.v2, V2)

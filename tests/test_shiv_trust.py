@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 import test_update_e2e as e2e
 from _support_client import assert_sentence
+from _support_users import AS_NOBODY, NOBODY, NOBODY_PY, ROOT, second_user, tmp_dir
 
 # The end-to-end fixtures "server", "world", "inst": a signed repository served on 127.0.0.1,
 # v1 installed with some state.
@@ -37,15 +37,6 @@ from selfupdate._names import INUSE_LOCK
 from selfupdate._shiv._clean import clean_shiv_dirs
 from selfupdate._shiv._seed import seed_extraction
 from selfupdate._shiv._trust import UntrustedDirectoryError, private_dir
-
-NOBODY = 65534
-ROOT = os.geteuid() == 0
-second_user = pytest.mark.skipif(
-    not ROOT or shutil.which("setpriv") is None, reason="needs root to act as a second user"
-)
-AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-# A Python the second user can run (the test's may live under /root, mode 0700).
-NOBODY_PY = "/usr/bin/python3"
 
 
 def as_second_user(*cmd: str) -> None:
@@ -58,23 +49,15 @@ def as_second_user(*cmd: str) -> None:
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A directory under /tmp that every user may write (mode 0777), made by this user."""
-    d = Path(tempfile.mkdtemp(prefix="shiv-shared-", dir="/tmp"))
-    d.chmod(0o777)
-    try:
+    with tmp_dir("shiv-shared-", 0o777) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
 def reachable() -> Iterator[Path]:
     """A directory of this user under /tmp, mode 0755: private, but others can look in."""
-    d = Path(tempfile.mkdtemp(prefix="shiv-root-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
+    with tmp_dir("shiv-root-", 0o755) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def plant(extraction: Path, marker: Path) -> None:
