@@ -169,6 +169,26 @@ def test_a_planted_extraction_in_a_shared_root_never_runs(
     assert not (inst.pyz.parent / ".nsapp.pyz.bad").exists(), "the release was blamed"
 
 
+def test_the_extraction_root_is_checked_before_any_download(
+    world: e2e.World, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service's root opened to others after it started (its own start checked it then):
+    the update refuses before it downloads anything; a private or missing root passes."""
+    from selfupdate._shiv._seed import check_extraction_root
+
+    monkeypatch.setenv("SHIV_ROOT", str(shared))
+    with pytest.raises(UntrustedDirectoryError) as e:
+        check_extraction_root(world.v1)
+    assert f"SHIV_ROOT {shared} is writable by other users (mode 0777)" in str(e.value)
+    private = tmp_path / "shiv"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("SHIV_ROOT", str(private))
+    check_extraction_root(world.v1)
+    monkeypatch.setenv("SHIV_ROOT", str(tmp_path / "not-yet"))
+    check_extraction_root(world.v1)
+    assert not (tmp_path / "not-yet").exists()  # made when the trial needs it, not here
+
+
 @second_user
 def test_an_extraction_another_user_planted_is_refused_in_a_root_now_private(
     world: e2e.World, inst: e2e.Install, shared: Path, tmp_path: Path

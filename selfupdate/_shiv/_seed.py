@@ -29,6 +29,34 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def check_extraction_root(installed: Path) -> None:
+    """Before an update downloads anything: the root the installed build extracts into (the
+    new build will most likely use the same; :func:`seed_extraction` checks its own again)
+    must be one only this user or root can change. A root that does not exist yet is fine
+    (it is made 0700 when the trial needs it); an archive that is not shiv's has none.
+
+    Raises:
+        UntrustedDirectoryError: the root could be another user's (one sentence).
+    """
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(installed):
+            return
+        with zipfile.ZipFile(installed) as z:
+            env = _environment(z)
+    except (OSError, zipfile.BadZipFile):
+        return  # what cannot be read here is reported where the update needs it
+    if not isinstance(env.get("build_id"), str):
+        return
+    try:
+        private_dir(extraction_root(env))
+    except UntrustedDirectoryError:
+        raise
+    except OSError:
+        return  # missing (FileNotFoundError) or not examinable: the seeding says which
+
+
 def seed_extraction(old: Path, new: Path, root: Path | None = None) -> Path | None:
     """Make sure the build ``new`` runs only from an extraction this user made, and prepare
     that extraction from the old build's.

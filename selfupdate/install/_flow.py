@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from selfupdate._durable import fsync_dir
-from selfupdate._shiv._seed import seed_extraction
+from selfupdate._shiv._seed import check_extraction_root, seed_extraction
 from selfupdate._shiv._trust import UntrustedDirectoryError
 from selfupdate.errors import (
     DownMigrationError,
@@ -143,6 +143,10 @@ def update(
                      notes=getattr(release, "notes", None))
         return Outcome("available", current_version, release.version, extra=extra)
     check_dirs(layout, "update")
+    try:
+        check_extraction_root(installed)  # where the trial will run: before any download
+    except UntrustedDirectoryError as e:
+        raise InstallError(f"cannot update {installed}: {e}") from e
     with Transaction(layout, "update", current_version) as tx:
         for line in tx.notes:
             note(line)
