@@ -63,7 +63,7 @@ import reexec_core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
     from reexec_core.namespaces._runner import StdIO
@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         NamespacePermissionError,
         NamespaceSetupError,
         NamespaceUnsupportedError,
+        SandboxError,
         ThreadedCallerError,
     )
 
@@ -91,6 +92,7 @@ _ERRORS = frozenset(
         "NamespacePermissionError",
         "NamespaceSetupError",
         "NamespaceUnsupportedError",
+        "SandboxError",
         "ThreadedCallerError",
     }
 )
@@ -116,6 +118,7 @@ __all__ = [
     "NamespacePermissionError",
     "NamespaceSetupError",
     "NamespaceUnsupportedError",
+    "SandboxError",
     "ThreadedCallerError",
     "available",
     "join",
@@ -139,6 +142,7 @@ def run(
     stdout: StdIO = None,
     stderr: StdIO = None,
     forward_signals: bool = True,
+    report: Callable[[str], object] | None = None,
     **options: Any,
 ) -> int:
     """Run the command ``argv`` in new namespaces and return its exit status.
@@ -172,7 +176,7 @@ def run(
     if isinstance(argv, (str, bytes)):
         raise TypeError("argv must be a sequence of arguments, not a string")
     spec = _spec.make_spec(argv=list(argv), **options)
-    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals, report)
 
 
 def run_entry(
@@ -182,6 +186,7 @@ def run_entry(
     stdout: StdIO = None,
     stderr: StdIO = None,
     forward_signals: bool = True,
+    report: Callable[[str], object] | None = None,
     **options: Any,
 ) -> int:
     """Run the registered entry point ``name`` with ``args`` in new namespaces.
@@ -208,7 +213,7 @@ def run_entry(
     # Fail here, in the caller, if this program cannot be started again under a name (no
     # init() called, python -c): PID 1 makes the real Command inside the namespaces.
     reexec_core.command(name, *args)
-    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals, report)
 
 
 def join(

@@ -1,0 +1,375 @@
+"""The sandbox options of the namespace runner, with the real kernel features (issue 16).
+
+Resource limits (rlimits everywhere; cgroups v1 as root, v2 where delegated), capabilities,
+no_new_privs, Landlock and the strict preset, through ``nsapp run`` (``python -m nsapp``) and
+the API. Root and nobody both run every test; what this kernel or user cannot have is either
+tested as its one-sentence refusal or skipped with the reason.
+
+Whether a cgroup or Landlock can be had is asked of the kernel here (the files, the syscall),
+not of the code under test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _support_users import NOBODY, ROOT, second_user
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def nsapp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nsapp", "run", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def api(code: str) -> subprocess.CompletedProcess[str]:
+    """Run a script (a file: run_entry starts it again) on the namespaces API."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(textwrap.dedent(code))
+    try:
+        return subprocess.run(
+            [sys.executable, f.name],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        os.unlink(f.name)
+
+
+def _status(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^(\w+):\s*(\S+)$", text, re.M))
+
+
+# --------------------------------------------------------------------------------------------
+# What this kernel and user can have, asked of the kernel
+
+
+def _own_cgroup(controller: str) -> str | None:
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, names, path = line.rstrip("\n").split(":", 2)
+            if controller in names.split(",") or (not names and controller == ""):
+                return path
+    return None
+
+
+def _v2_usable(controllers: tuple[str, ...]) -> str | None:
+    """Why cgroup v2 with ``controllers`` is not usable by this user here (None: it is)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if " - cgroup2 " in line]
+    own = _own_cgroup("")
+    if not points or own is None:
+        return "no cgroup v2 hierarchy"
+    base = os.path.join(points[0], own.lstrip("/"))
+    have = Path(base, "cgroup.controllers").read_text().split()
+    missing = [c for c in controllers if c not in have]
+    if missing:
+        return f"cgroup v2 has no {', '.join(missing)} controller for this cgroup ({base})"
+    if not os.access(base, os.W_OK):
+        return f"{base} is not delegated to this user"
+    return None
+
+
+def _v1_usable(controllers: tuple[str, ...]) -> str | None:
+    if not ROOT:
+        return "cgroup v1 needs root"
+    for c in controllers:
+        if not Path("/sys/fs/cgroup", c).is_dir() or _own_cgroup(c) is None:
+            return f"no cgroup v1 {c} hierarchy at /sys/fs/cgroup/{c}"
+    return None
+
+
+def cgroup_refusal(*controllers: str) -> str | None:
+    """None when the workload can get a cgroup with ``controllers``; else why not."""
+    v2 = _v2_usable(controllers)
+    v1 = _v1_usable(controllers)
+    return None if v2 is None or v1 is None else f"{v2}; {v1}"
+
+
+def landlock_abi() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return max(0, int(libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))))
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A directory this user (root or nobody) may write, outside every implicit Landlock path."""
+    d = Path(tempfile.mkdtemp(prefix="sandbox-"))
+    try:
+        yield d
+    finally:
+        subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+FORKS = """
+import os, time
+n = 0
+try:
+    while n < 200:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("stopped", n, e.errno)
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Resource limits
+
+
+def test_ulimit_nofile_is_seen_inside() -> None:
+    done = nsapp("--ulimit", "nofile=16", "--", "sh", "-c", "ulimit -n; ulimit -Hn")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["16", "16"]
+
+
+def test_cpu_rlimit_kill_is_reported() -> None:
+    done = nsapp("--ulimit", "cpu=1", "--", "sh", "-c", "while :; do :; done")
+    assert done.returncode == 128 + 24, done.stderr  # SIGXCPU, status unchanged
+    assert "killed: CPU time limit 1 s reached (RLIMIT_CPU)" in done.stderr
+
+
+def test_fork_bomb_is_contained_by_pids_limit(user_dir: Path) -> None:
+    (user_dir / "forks.py").write_text(FORKS)
+    done = nsapp("--pids-limit", "32", "--", "python3", str(user_dir / "forks.py"))
+    refusal = cgroup_refusal("pids")
+    if refusal is None:
+        assert done.returncode == 0, done.stderr
+        stopped = int(done.stdout.split()[1])
+        assert done.stdout.split()[2] == "11"  # EAGAIN: the fork was refused
+        assert stopped < 32  # the python itself counts
+        assert "nsapp run: pids limit 32 reached: " in done.stderr
+    else:
+        # Unprivileged without delegation: one sentence saying so and how to get it.
+        assert done.returncode == 125
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert "systemd-run --user --scope -p Delegate=yes" in done.stderr
+        assert "--limits-best-effort" in done.stderr
+
+
+def test_fork_bomb_best_effort_is_rlimit_nproc(user_dir: Path) -> None:
+    if cgroup_refusal("pids") is None:
+        pytest.skip("a cgroup can be had here: best effort uses it, not RLIMIT_NPROC")
+    if ROOT:
+        pytest.skip("RLIMIT_NPROC does not hold root back (fork(2)): run as another user")
+    (user_dir / "forks.py").write_text(FORKS)
+    done = nsapp(
+        "--pids-limit", "32", "--limits-best-effort", "--", "python3", str(user_dir / "forks.py")
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[1]) < 32
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "best effort, --pids-limit 32 is RLIMIT_NPROC" in lines[0]
+
+
+def test_memory_hog_is_killed_and_reported() -> None:
+    refusal = cgroup_refusal("memory")
+    if refusal is not None:
+        pytest.skip(f"no memory cgroup for this user: {refusal}")
+    done = nsapp("--memory", "64m", "--", "python3", "-c", "bytearray(512 << 20)")
+    assert done.returncode == 137
+    assert done.stderr.strip().endswith("nsapp run: killed: memory limit 64 MiB reached")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_workload_runs_in_its_own_cgroup_removed_after_a_kill(version: int) -> None:
+    refusal = (_v1_usable if version == 1 else _v2_usable)(("pids",))
+    if refusal is not None:
+        pytest.skip(f"cgroup v{version}: {refusal}")
+    if version == 1 and _v2_usable(("pids",)) is None:
+        pytest.skip("cgroup v2 is usable here, and preferred")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsapp", "run", "--pids-limit", "64", "--", "sh", "-c",
+         "cat /proc/self/cgroup; kill -9 $$"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 137, err
+    line = next(x for x in out.splitlines() if (":pids:" in x if version == 1 else x[:3] == "0::"))
+    path = line.split(":", 2)[2]
+    assert Path(path).name.startswith(f"reexec-{proc.pid}-")
+    mount = "/sys/fs/cgroup/pids" if version == 1 else _v2_mount()
+    assert not Path(mount + path).exists()  # removed, though the workload was killed
+
+
+def _v2_mount() -> str:
+    with open("/proc/self/mountinfo") as f:
+        return next(line.split()[4] for line in f if " - cgroup2 " in line)
+
+
+# --------------------------------------------------------------------------------------------
+# Capabilities, no_new_privs
+
+
+def test_cap_drop_all_leaves_nothing_and_no_new_privs() -> None:
+    grep = ["--", "grep", "-E", "^(Cap|NoNewPrivs)", "/proc/self/status"]
+    before = _status(nsapp(*grep).stdout)
+    assert int(before["CapEff"], 16) != 0  # root inside its namespace holds them otherwise
+    done = nsapp("--cap-drop", "ALL", *grep)
+    assert done.returncode == 0, done.stderr
+    after = _status(done.stdout)
+    for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(after[name], 16) == 0, (name, after)
+    assert after["NoNewPrivs"] == "1"
+
+
+def test_cap_add_is_kept_across_exec_by_a_non_root_uid() -> None:
+    done = nsapp(
+        "--map-current", "--cap-drop", "ALL", "--cap-add", "NET_RAW", "--cap-add", "chown",
+        "--", "grep", "-E", "^Cap", "/proc/self/status",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    caps = _status(done.stdout)
+    want = (1 << 13) | (1 << 0)  # CAP_NET_RAW, CAP_CHOWN
+    for name in ("CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"):
+        assert int(caps[name], 16) == want, (name, caps)
+
+
+@second_user
+def test_setuid_binary_gains_nothing_under_no_new_privileges(user_dir: Path) -> None:
+    # A setuid copy of id owned by nobody, run by root inside (every id mapped: --subids):
+    # without no_new_privs its euid becomes nobody's, with it the exec changes nothing.
+    user_dir.chmod(0o755)
+    setuid_id = user_dir / "id"
+    setuid_id.write_bytes(Path("/usr/bin/id").read_bytes())
+    os.chown(setuid_id, NOBODY, NOBODY)
+    setuid_id.chmod(0o4755)
+    plain = nsapp("--subids", "--", str(setuid_id), "-u")
+    assert plain.stdout.strip() == str(NOBODY), plain.stderr  # the setuid bit works here
+    guarded = nsapp("--subids", "--no-new-privileges", "--", str(setuid_id), "-u")
+    assert guarded.returncode == 0, guarded.stderr
+    assert guarded.stdout.strip() == "0"
+
+
+def test_run_entry_and_threaded_caller_get_the_sandbox() -> None:
+    done = api(
+        """
+        import sys, threading, time
+        import reexec_core
+        from reexec_core import namespaces
+
+        def status() -> int:
+            for line in open("/proc/self/status"):
+                if line.startswith(("CapEff", "NoNewPrivs")):
+                    print(line.strip())
+            return 0
+
+        reexec_core.register("sandbox-status", status)
+        if reexec_core.init():
+            sys.exit(0)
+        namespaces.run_entry("sandbox-status", cap_drop="ALL")
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        namespaces.run(["sh", "-c", "ulimit -n"], ulimits={"nofile": 16})
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1", "16"]
+
+
+# --------------------------------------------------------------------------------------------
+# Landlock
+
+
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_landlock_denies_writes_outside_rw(user_dir: Path) -> None:
+    inside, outside = user_dir / "in", user_dir / "out"
+    inside.mkdir()
+    outside.mkdir()
+    done = nsapp(
+        "--landlock-rw", str(inside), "--landlock-ro", str(outside), "--", "sh", "-c",
+        f"echo a > {inside}/f && echo wrote; cat {inside}/f; echo b > {outside}/f",
+    )  # fmt: skip
+    assert done.stdout.split() == ["wrote", "a"], done.stderr
+    assert done.returncode != 0 and "Permission denied" in done.stderr
+    assert (inside / "f").read_text() == "a\n" and not (outside / "f").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The strict preset, misuse, and what a run without sandbox options does not pay
+
+
+def test_strict_preset_runs_sh_without_capabilities(user_dir: Path) -> None:
+    done = nsapp(
+        "--sandbox", "strict", "--", "sh", "-c",
+        f"echo ok; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; touch {user_dir}/x",
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ok", done.stderr
+    assert _status(done.stdout) == {"CapEff": "0000000000000000", "NoNewPrivs": "1"}
+    if landlock_abi():
+        assert "Permission denied" in done.stderr and not (user_dir / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--memory", "12q"], "--memory must be a size"),
+        (["--ulimit", "foo=1"], "unknown limit 'foo'"),
+        (["--ulimit", "nofile=9:3"], "soft limit is above the hard limit"),
+        (["--cap-drop", "CAP_NOPE"], "unknown capability 'CAP_NOPE'"),
+        (["--pids-limit", "x"], "--pids-limit"),
+        (["--cpus", "1000"], "--cpus must be between"),
+        (["--sandbox", "loose"], "--sandbox must be 'strict'"),
+    ],
+)
+def test_bad_values_are_one_sentence(flags: list[str], words: str) -> None:
+    done = nsapp(*flags, "--", "true")
+    assert done.returncode == 2
+    assert words in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 or done.stderr.startswith("usage:")
+
+
+def test_misuse_of_the_api_raises() -> None:
+    done = api(
+        """
+        from reexec_core import namespaces
+        for kw in ({"cap_drop": 5}, {"memory": True}, {"ulimits": "nofile=1"}, {"cpus": "1"}):
+            try:
+                namespaces.run(["true"], **kw)
+            except TypeError as e:
+                print("TypeError")
+        """
+    )
+    assert done.stdout.split() == ["TypeError"] * 4, done.stderr
+
+
+def test_a_run_without_sandbox_options_imports_none_of_it() -> None:
+    done = api(
+        """
+        import sys
+        from reexec_core import namespaces
+        assert namespaces.run(["true"]) == 0
+        print(sorted(m for m in sys.modules if m.split(".")[-1] in
+              ("_sandbox", "_caps", "_cgroup", "_landlock", "resource")))
+        """
+    )
+    assert done.stdout.strip() == "[]", done.stderr
