@@ -201,7 +201,7 @@ def test_memory_hog_is_killed_and_reported() -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_workload_runs_in_its_own_cgroup_removed_after_a_kill(version: int) -> None:
+def test_workload_runs_in_its_own_cgroup_hidden_and_removed_after_a_kill(version: int) -> None:
     refusal = (_v1_usable if version == 1 else _v2_usable)(("pids",))
     if refusal is not None:
         pytest.skip(f"cgroup v{version}: {refusal}")
@@ -209,13 +209,14 @@ def test_workload_runs_in_its_own_cgroup_removed_after_a_kill(version: int) -> N
         pytest.skip("cgroup v2 is usable here, and preferred")
     proc = subprocess.Popen(
         [sys.executable, "-m", "nsapp", "run", "--pids-limit", "64", "--", "sh", "-c",
-         "cat /proc/self/cgroup; kill -9 $$"],
+         "cat /proc/self/cgroup; echo hidden=$(ls -A /sys/fs/cgroup | wc -l); kill -9 $$"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )  # fmt: skip
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 137, err
     line = next(x for x in out.splitlines() if (":pids:" in x if version == 1 else x[:3] == "0::"))
     path = line.split(":", 2)[2]
+    assert "hidden=0" in out  # the cgroup files it could move itself out with are out of sight
     assert Path(path).name.startswith(f"reexec-{proc.pid}-")
     mount = "/sys/fs/cgroup/pids" if version == 1 else _v2_mount()
     assert not Path(mount + path).exists()  # removed, though the workload was killed

@@ -308,6 +308,12 @@ def make_spec(
 
         root_inside = umap[0][0] == 0 if user else uid == 0
         spec.sandbox = _sandbox.make(root_inside, spec.entry is not None, **boxed)
+        if spec.sandbox and spec.sandbox["cgroup"] and mnt and spec.root is None:
+            # The workload may own the cgroup files it sees (root mapped onto root, or the
+            # delegate's uid): an empty tmpfs over them keeps it from moving itself out of
+            # its limits (one it cannot unmount without CAP_SYS_ADMIN: --cap-drop).
+            if os.path.isdir("/sys/fs/cgroup"):
+                spec.mounts.append(("tmpfs", "", "/sys/fs/cgroup"))
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:
