@@ -123,6 +123,8 @@ ATTACKS: dict[str, tuple[list[object], int, int]] = {
                           errno.EPERM),
     "open_by_handle_at": ([NR.get("open_by_handle_at"), U64, 0, 0], errno.EFAULT, errno.EPERM),
     "getppid (allowed)": ([NR.get("getppid")], 0, 0),
+    # -1 is how a tracer skips a call: no x32 call, so the default action, not a kill
+    "syscall(-1)": ([-1], errno.ENOSYS, errno.ENOSYS),
 }
 
 

@@ -9,7 +9,7 @@ The program's shape (seccomp(2), linux/seccomp.h ``struct seccomp_data``):
 1. ``seccomp_data.arch`` first: a syscall number means nothing without its ABI. Only the native
    architecture is compiled; any other arch value (i386 by ``int 0x80`` on x86_64, arm on
    aarch64) gets the policy's bad-arch action. On x86_64 the x32 ABI shares the arch value and
-   sets bit 30 of the number: numbers >= 0x40000000 get the bad-arch action too.
+   sets bit 30 of the number: numbers >= 0x40000000 (but -1) get the bad-arch action too.
 2. A binary search over the syscall number, as ranges that share one decision: ~9 compares
    for any syscall, instead of one compare per rule as a straight list would cost.
 3. One block per distinct rule list: each rule's argument compares (64-bit arguments compared
@@ -324,8 +324,11 @@ def compile_policy(policy: Policy) -> bytes:
     asm.place(native)
     asm.load(_OFF_NR)
     if policy.reject_x32:
+        # -1 is no x32 call: it is what a tracer sets to skip a call, and the kernel runs the
+        # filter again on it (since 4.8); it goes on to the default action, as libseccomp has it.
         x86_64 = _Label()
         asm.jump(_JGE, _X32_SYSCALL_BIT, None, x86_64)
+        asm.jump(_JEQ, 0xFFFFFFFF, x86_64, None)
         asm.ret(policy.bad_arch)
         asm.place(x86_64)
 
