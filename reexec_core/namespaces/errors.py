@@ -270,3 +270,7 @@ def error_for(
         return JoinError(f"cannot join {detail}: {reason}", errno, operation)
     text = " ".join(x for x in (f"cannot {operation}", detail) if x)
     return NamespaceSetupError(f"{text}: {reason}" if reason else text, errno, operation)
+
+
+class SeccompProfileError(NamespaceError):
+    """A seccomp profile cannot be used: unreadable, malformed, or asking what we cannot do."""
