@@ -12,6 +12,7 @@ not of the code under test.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import subprocess
@@ -321,11 +322,13 @@ def test_landlock_denies_writes_outside_rw(user_dir: Path) -> None:
 def test_strict_preset_runs_sh_without_capabilities(user_dir: Path) -> None:
     done = nsapp(
         "--sandbox", "strict", "--", "sh", "-c",
-        f"echo ok; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; touch {user_dir}/x",
+        f"echo ok; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; touch {user_dir}/x; "
+        "unshare -U true || echo unshare-refused",
     )  # fmt: skip
     lines = done.stdout.splitlines()
-    assert lines[0] == "ok", done.stderr
-    assert _status(done.stdout) == {"CapEff": "0000000000000000", "NoNewPrivs": "1"}
+    assert lines[0] == "ok" and lines[-1] == "unshare-refused", done.stderr
+    assert "unshare failed: Operation not permitted" in done.stderr  # seccomp: EPERM
+    assert _status("\n".join(lines[1:3])) == {"CapEff": "0000000000000000", "NoNewPrivs": "1"}
     if landlock_abi():
         assert "Permission denied" in done.stderr and not (user_dir / "x").exists()
 
@@ -374,3 +377,58 @@ def test_a_run_without_sandbox_options_imports_none_of_it() -> None:
         """
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# seccomp, inside a real run
+
+#: keyctl, bpf, unshare, mount by number (no libc wrapper for keyctl and bpf).
+SYSCALLS = {
+    "x86_64": {"keyctl": 250, "bpf": 321, "unshare": 272, "mount": 165},
+    "aarch64": {"keyctl": 219, "bpf": 280, "unshare": 97, "mount": 40},
+}
+PROBE = """
+import ctypes, errno, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr in %s.items():
+    args = [0x10000000] if name == "unshare" else [0, 0, 0, 0, 0]  # CLONE_NEWUSER
+    rc = libc.syscall(nr, *args)
+    print(name, errno.errorcode.get(ctypes.get_errno(), "0") if rc == -1 else "allowed")
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in SYSCALLS, reason="syscall numbers for x86_64/arm64")
+def test_seccomp_default_denies_kernel_attack_syscalls_while_programs_run() -> None:
+    probe = PROBE % (json.dumps(SYSCALLS[os.uname().machine]),)
+    script = f"python3 -c '{probe}'; echo sh; tar -cf - /etc/hostname 2>/dev/null | tar -tf -"
+    plain = nsapp("--", "sh", "-c", script)
+    assert "unshare allowed" in plain.stdout, plain.stderr  # the probe works unfiltered
+    done = nsapp("--seccomp", "default", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == ["keyctl EPERM", "bpf EPERM", "unshare EPERM", "mount EPERM"]
+    assert lines[4:] == ["sh", "etc/hostname"]
+
+
+def test_docker_format_profile_sees_the_capabilities_the_workload_keeps(user_dir: Path) -> None:
+    # mkdir is refused only to a workload without CAP_SYS_ADMIN (Docker's "excludes" caps).
+    profile = user_dir / "profile.json"
+    rule = {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+            "excludes": {"caps": ["CAP_SYS_ADMIN"]}}  # fmt: skip
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}))
+    target = user_dir / "d"
+    held = nsapp("--seccomp", str(profile), "--", "mkdir", str(target))
+    assert held.returncode == 0 and target.is_dir(), held.stderr
+    target.rmdir()
+    dropped = nsapp("--seccomp", str(profile), "--cap-drop", "ALL", "--", "mkdir", str(target))
+    assert dropped.returncode == 1 and "Operation not permitted" in dropped.stderr
+    assert not target.exists()
+
+
+def test_malformed_seccomp_profile_is_one_sentence(user_dir: Path) -> None:
+    profile = user_dir / "bad.json"
+    profile.write_text('{"defaultAction": ')
+    done = nsapp("--seccomp", str(profile), "--", "true")
+    assert done.returncode == 125
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"the seccomp profile {profile} is not valid JSON" in done.stderr

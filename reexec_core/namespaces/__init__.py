@@ -47,6 +47,30 @@ Options (keywords; a CLI would name its flags alike):
     effective in a single-threaded caller; a threaded one passes on a KeyboardInterrupt of
     its main thread as SIGINT).
 
+The sandbox (what the workload may do and consume; ``docs/namespaces.md``, "Sandbox"):
+
+``memory`` / ``pids_limit`` / ``cpus``
+    Limits of a cgroup of the workload's own (``"64m"``, ``32``, ``0.5``): cgroup v2 where
+    delegated or as root, v1 as root; ``limits_best_effort=True`` turns pids and memory into
+    RLIMIT_NPROC / RLIMIT_AS where no cgroup can be had.
+``ulimits``
+    ``["nofile=16", "cpu=1:2"]`` or ``{"nofile": 16}``: resource limits (nofile, nproc, as,
+    cpu, fsize, core).
+``seccomp``
+    ``"default"``, ``"unconfined"`` or the path of a Docker/OCI profile.
+``cap_drop`` / ``cap_add``
+    ``"ALL"`` or capability names: what the workload keeps of the capabilities it would hold.
+``no_new_privileges``
+    Default True when any sandbox option is given.
+``landlock_ro`` / ``landlock_rw``
+    Paths the workload may read / read and write (Landlock); the rest is denied.
+``sandbox``
+    ``"strict"``: the preset for untrusted code (caps dropped, no_new_privs, the default
+    seccomp filter, Landlock, no core dumps).
+``report``
+    A callable given each one-sentence note of the run (``"killed: memory limit 64 MiB
+    reached"``); the library prints nothing itself.
+
 Every kernel refusal raises a :class:`NamespaceError` leaf whose message names the cause and
 the knob (see ``docs/namespaces.md``). Misuse raises ``ValueError``/``TypeError``.
 
@@ -78,6 +102,7 @@ if TYPE_CHECKING:
         NamespaceSetupError,
         NamespaceUnsupportedError,
         SandboxError,
+        SeccompProfileError,
         ThreadedCallerError,
     )
 
@@ -93,6 +118,7 @@ _ERRORS = frozenset(
         "NamespaceSetupError",
         "NamespaceUnsupportedError",
         "SandboxError",
+        "SeccompProfileError",
         "ThreadedCallerError",
     }
 )
@@ -119,6 +145,7 @@ __all__ = [
     "NamespaceSetupError",
     "NamespaceUnsupportedError",
     "SandboxError",
+    "SeccompProfileError",
     "ThreadedCallerError",
     "available",
     "join",

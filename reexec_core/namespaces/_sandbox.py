@@ -12,7 +12,7 @@ filter last):
 4. capabilities (``_caps.apply``: bounding, then effective/permitted/inheritable, ambient);
 5. ``PR_SET_NO_NEW_PRIVS``;
 6. ``landlock_restrict_self``;
-7. the seccomp filter.
+7. the seccomp filter (compiled in the caller by ``_seccomp.load``), last.
 
 Nothing here is imported by a run without sandbox options.
 """
@@ -40,6 +40,7 @@ STRICT: dict[str, Any] = {
     "cap_drop": "ALL",  # no capability, not even those of its own user namespace
     "no_new_privileges": True,  # setuid bits and file capabilities give nothing at execve
     "landlock": True,  # the implicit read-only set only, where the kernel has Landlock
+    "seccomp": "default",  # kernel-attack syscalls (keyctl, bpf, unshare, mount...) fail EPERM
     "ulimits": ["core=0"],  # no core dumps of the workload's memory
 }
 
@@ -54,6 +55,7 @@ OPTIONS = (
     "no_new_privileges",
     "landlock_ro",
     "landlock_rw",
+    "seccomp",
     "sandbox",
 )
 
@@ -225,6 +227,17 @@ def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | Non
     box["landlock"] = None
     if ro or rw or landlock:
         box["landlock"] = {"ro": ro, "rw": rw, "required": bool(ro or rw), "entry": entry}
+    box["seccomp"] = ""
+    if "seccomp" in given:
+        value = given["seccomp"]
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError("--seccomp must be 'default', 'unconfined' or a profile's path")
+        from reexec_core.namespaces import _seccomp
+
+        # Compiled here, in the caller; a profile's caps conditions see what the workload
+        # will really hold (all of its namespace's, unless dropped).
+        program = _seccomp.load(os.fspath(value), caps=_caps.names(box["effective"]))
+        box["seccomp"] = program.hex()
     box["cgroup_fds"] = []
     return box
 
@@ -290,6 +303,13 @@ def enter(box: dict[str, Any], program: str | None) -> None:
         from reexec_core.namespaces import _landlock
 
         _landlock.restrict(ruleset)
+    if box["seccomp"]:
+        from reexec_core.namespaces import _seccomp
+
+        try:
+            _seccomp.install(bytes.fromhex(box["seccomp"]))  # last: runc's order (PR #789)
+        except OSError as e:
+            raise _failure(e, "cannot install the seccomp filter") from e
 
 
 def _failure(e: OSError, what: str, hint: str = "") -> Failure:

@@ -192,6 +192,7 @@ def make_spec(
     no_new_privileges: bool | None = None,
     landlock_ro: Iterable[str] | None = None,
     landlock_rw: Iterable[str] | None = None,
+    seccomp: str | os.PathLike[str] | None = None,
     sandbox: str | None = None,
     **unknown: Any,
 ) -> Spec:
@@ -300,6 +301,7 @@ def make_spec(
         "no_new_privileges": no_new_privileges,
         "landlock_ro": landlock_ro,
         "landlock_rw": landlock_rw,
+        "seccomp": seccomp,
         "sandbox": sandbox,
     }
     spec.sandbox = None

@@ -26,6 +26,7 @@ __all__ = [
     "NamespaceSetupError",
     "NamespaceUnsupportedError",
     "SandboxError",
+    "SeccompProfileError",
     "ThreadedCallerError",
     "error_for",
     "require_linux",

@@ -38,6 +38,7 @@ _SANDBOX_VALUES = {
     "--memory": "memory",
     "--pids-limit": "pids_limit",
     "--cpus": "cpus",
+    "--seccomp": "seccomp",
     "--sandbox": "sandbox",
 }
 _SANDBOX_LISTS = {
@@ -299,6 +300,7 @@ def _sandbox_flags(p: argparse.ArgumentParser) -> None:
         ("--memory", "SIZE", "memory limit of the command's own cgroup (64m, 1g)"),
         ("--pids-limit", "N", "at most N processes and threads (cgroup)"),
         ("--cpus", "FRACTION", "CPU time, in CPUs (0.5: half of one; cgroup)"),
+        ("--seccomp", "PROFILE", "default | unconfined | PROFILE.json (Docker's format)"),
         ("--sandbox", "PRESET", "strict: the set for untrusted code (docs/namespaces.md)"),
     ):
         g.add_argument(flag, metavar=metavar, dest=_SANDBOX_VALUES[flag], help=text)
