@@ -22,11 +22,10 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_namespaces import REPO, call_timer, find_app, measure, spawn_timer, table
+from bench_namespaces import REPO, app_env, call_timer, measure, spawn_timer, table
 
 BWRAP_FLAGS = [
     "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -36,30 +35,6 @@ PLAIN, STRICT = "nsapp run -- true", "nsapp run --sandbox strict -- true"
 BWRAP, BWRAP_SECCOMP = "bwrap <closest flags> true", "bwrap <closest flags> --seccomp FD true"
 API, API_STRICT = 'namespaces.run(["true"])', 'namespaces.run(["true"], sandbox="strict")'
 _FD = 10
-
-
-def spawn_with_filter(argv: list[str], env: dict[str, str], program: str) -> Callable[[], float]:
-    """Time argv with ``program`` (a file) opened on descriptor 10, as bwrap's --seccomp reads."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-
-    def once() -> float:
-        t0 = time.perf_counter()
-        pid = os.posix_spawn(
-            argv[0],
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, devnull, 1),
-                (os.POSIX_SPAWN_OPEN, _FD, program, os.O_RDONLY, 0),
-            ],
-        )
-        _, status = os.waitpid(pid, 0)
-        dt = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"benchmark command failed ({status}): {' '.join(argv)}")
-        return dt
-
-    return once
 
 
 def main() -> int:
@@ -72,15 +47,7 @@ def main() -> int:
         parser.error("--runs must be >= 30")
     tmp = Path(tempfile.mkdtemp(prefix="bench-sandbox-"))
     try:
-        env = dict(os.environ)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["SHIV_ROOT"] = str(tmp / "shiv")
-        env["PYTHONPATH"] = str(REPO)
-        app, how = find_app(args, tmp)
-        print(
-            f"python: {sys.executable} ({sys.version.split()[0]}); uid {os.geteuid()}; "
-            f"kernel {os.uname().release}; app: {how}"
-        )
+        env, app = app_env(args, tmp)
         sys.path.insert(0, str(REPO))
         from reexec_core import namespaces
         from reexec_core.namespaces import _seccomp
@@ -94,8 +61,10 @@ def main() -> int:
             program = tmp / "default.bpf"
             program.write_bytes(_seccomp.load("default"))
             cli[BWRAP] = spawn_timer([bwrap, *BWRAP_FLAGS, "true"], env)
-            cli[BWRAP_SECCOMP] = spawn_with_filter(
-                [bwrap, *BWRAP_FLAGS, "--seccomp", str(_FD), "true"], env, str(program)
+            # bwrap reads the program from a descriptor, consumed: opened anew for each run.
+            opened = ((os.POSIX_SPAWN_OPEN, _FD, str(program), os.O_RDONLY, 0),)
+            cli[BWRAP_SECCOMP] = spawn_timer(
+                [bwrap, *BWRAP_FLAGS, "--seccomp", str(_FD), "true"], env, opened
             )
         else:
             print("(bwrap not installed: apt-get install bubblewrap)")
