@@ -169,6 +169,9 @@ def test_fork_bomb_is_contained_by_pids_limit(user_dir: Path) -> None:
         assert done.stdout.split()[2] == "11"  # EAGAIN: the fork was refused
         assert stopped < 32  # the python itself counts
         assert "nsapp run: pids limit 32 reached: " in done.stderr
+        # And a real one, which never stops by itself: the runner returns once its shell does.
+        bomb = nsapp("--pids-limit", "32", "--", "sh", "-c", "b(){ b|b& }; b 2>/dev/null; sleep 1")
+        assert "nsapp run: pids limit 32 reached: " in bomb.stderr
     else:
         # Unprivileged without delegation: one sentence saying so and how to get it.
         assert done.returncode == 125
@@ -192,6 +195,16 @@ def test_fork_bomb_best_effort_is_rlimit_nproc(user_dir: Path) -> None:
     assert len(lines) == 1 and "best effort, --pids-limit 32 is RLIMIT_NPROC" in lines[0]
 
 
+def test_memory_best_effort_is_rlimit_as() -> None:
+    if cgroup_refusal("memory") is None:
+        pytest.skip("a cgroup can be had here: best effort uses it, not RLIMIT_AS")
+    done = nsapp(
+        "--memory", "64m", "--limits-best-effort", "--", "python3", "-c", "bytearray(512 << 20)"
+    )
+    assert done.returncode == 1 and "MemoryError" in done.stderr  # refused, not killed
+    assert "best effort, --memory 64 MiB is RLIMIT_AS (address space)" in done.stderr
+
+
 def test_memory_hog_is_killed_and_reported() -> None:
     refusal = cgroup_refusal("memory")
     if refusal is not None:
@@ -201,31 +214,65 @@ def test_memory_hog_is_killed_and_reported() -> None:
     assert done.stderr.strip().endswith("nsapp run: killed: memory limit 64 MiB reached")
 
 
+def _cgroups_of(runner: int, controller: str, version: int) -> list[Path]:
+    """The cgroups the runner ``runner`` made (``reexec-PID-N``), seen from outside."""
+    if version == 2:
+        with open("/proc/self/mountinfo") as f:
+            mount = next(line.split()[4] for line in f if " - cgroup2 " in line)
+        base = Path(mount + (_own_cgroup("") or "/"))
+    else:
+        base = Path(f"/sys/fs/cgroup/{controller}" + (_own_cgroup(controller) or "/"))
+    return sorted(p for p in base.glob(f"reexec-{runner}-*") if p.name.split("-")[2].isdigit())
+
+
+def _version(controller: str) -> int:
+    """The cgroup version the runner uses here for ``controller`` (v2 where usable)."""
+    return 2 if _v2_usable((controller,)) is None else 1
+
+
+def _run_held(*flags: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``nsapp run FLAGS -- sh`` that reports, then waits for a line on stdin."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nsapp", "run", *flags, "--", "sh", "-c",
+         "echo hidden=$(ls -A /sys/fs/cgroup | wc -l); read line; kill -9 $$"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline()
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_workload_runs_in_its_own_cgroup_hidden_and_removed_after_a_kill(version: int) -> None:
     refusal = (_v1_usable if version == 1 else _v2_usable)(("pids",))
     if refusal is not None:
         pytest.skip(f"cgroup v{version}: {refusal}")
-    if version == 1 and _v2_usable(("pids",)) is None:
+    if version == 1 and _version("pids") == 2:
         pytest.skip("cgroup v2 is usable here, and preferred")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nsapp", "run", "--pids-limit", "64", "--", "sh", "-c",
-         "cat /proc/self/cgroup; echo hidden=$(ls -A /sys/fs/cgroup | wc -l); kill -9 $$"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    )  # fmt: skip
-    out, err = proc.communicate(timeout=TIMEOUT)
+    proc, said = _run_held("--pids-limit", "64")
+    made = _cgroups_of(proc.pid, "pids", version)
+    assert len(made) == 1 and (made[0] / "pids.max").read_text() == "64\n"
+    members = (made[0] / "cgroup.procs").read_text().split()
+    assert [Path(f"/proc/{pid}/comm").read_text() for pid in members] == ["sh\n"]
+    assert said == "hidden=0\n"  # the cgroup files it could move itself out with: out of sight
+    _, err = proc.communicate("\n", timeout=TIMEOUT)
     assert proc.returncode == 137, err
-    line = next(x for x in out.splitlines() if (":pids:" in x if version == 1 else x[:3] == "0::"))
-    path = line.split(":", 2)[2]
-    assert "hidden=0" in out  # the cgroup files it could move itself out with are out of sight
-    assert Path(path).name.startswith(f"reexec-{proc.pid}-")
-    mount = "/sys/fs/cgroup/pids" if version == 1 else _v2_mount()
-    assert not Path(mount + path).exists()  # removed, though the workload was killed
+    assert not made[0].exists()  # removed, though the workload was killed
 
 
-def _v2_mount() -> str:
-    with open("/proc/self/mountinfo") as f:
-        return next(line.split()[4] for line in f if " - cgroup2 " in line)
+def test_cpus_is_a_cfs_quota_of_the_workloads_cgroup() -> None:
+    refusal = cgroup_refusal("cpu")
+    if refusal is not None:
+        pytest.skip(f"no cpu cgroup for this user: {refusal}")
+    proc, _ = _run_held("--cpus", "0.5")
+    version = _version("cpu")
+    (made,) = _cgroups_of(proc.pid, "cpu", version)
+    if version == 2:
+        assert (made / "cpu.max").read_text().split() == ["50000", "100000"]
+    else:
+        assert (made / "cpu.cfs_quota_us").read_text() == "50000\n"
+    proc.communicate("\n", timeout=TIMEOUT)
+    assert proc.returncode == 137 and not made.exists()
 
 
 # --------------------------------------------------------------------------------------------

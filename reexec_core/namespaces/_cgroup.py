@@ -239,6 +239,11 @@ def _v2(limits: dict[str, Any], needed: list[str]) -> Cgroup | str:
         try:
             _write(f"{base}/cgroup.subtree_control", want)
         except OSError as e:
+            if e.errno == EBUSY:
+                return (
+                    f"{base} holds other processes, and cgroup v2 gives controllers only to "
+                    "the children of a cgroup without processes of its own"
+                )
             return f"cannot enable {want} in {base} ({os.strerror(e.errno or 0)})"
     cg = Cgroup(2, limits)
     cg._make(base, needed)

@@ -238,6 +238,12 @@ def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | Non
         # will really hold (all of its namespace's, unless dropped).
         program = _seccomp.load(os.fspath(value), caps=_caps.names(box["effective"]))
         box["seccomp"] = program.hex()
+    # What the workload's process will import, imported now: every process forked from here
+    # finds it loaded instead of importing it again at each run.
+    if box["rlimits"]:
+        import resource  # noqa: F401
+    if box["landlock"] is not None:
+        from reexec_core.namespaces import _landlock  # noqa: F401
     box["cgroup_fds"] = []
     return box
 
