@@ -118,7 +118,7 @@ class Cgroup:
     def _make(self, parent: str, controllers: list[str]) -> str:
         path = os.path.join(parent, _name())
         os.mkdir(path, 0o755)
-        self.dirs.append(path)
+        self.dirs.append(path)  # removed by remove(), also when what follows fails
         for c in controllers:
             self._by_controller[c] = path
         self.fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
@@ -232,10 +232,13 @@ def _v2(limits: dict[str, Any], needed: list[str]) -> Cgroup | str:
             # No internal processes (cgroup v2): the caller moves into a leaf of its own first.
             leaf = os.path.join(base, _name("caller"))
             try:
-                os.mkdir(leaf, 0o755)
-            except FileExistsError:
-                pass
-            _write(f"{leaf}/cgroup.procs", "0")
+                try:
+                    os.mkdir(leaf, 0o755)
+                except FileExistsError:
+                    pass
+                _write(f"{leaf}/cgroup.procs", "0")
+            except OSError as e:
+                return f"cannot move this process into {leaf} ({os.strerror(e.errno or 0)})"
         try:
             _write(f"{base}/cgroup.subtree_control", want)
         except OSError as e:
@@ -246,7 +249,11 @@ def _v2(limits: dict[str, Any], needed: list[str]) -> Cgroup | str:
                 )
             return f"cannot enable {want} in {base} ({os.strerror(e.errno or 0)})"
     cg = Cgroup(2, limits)
-    cg._make(base, needed)
+    try:
+        cg._make(base, needed)
+    except OSError as e:
+        cg.remove()
+        return f"cannot create a cgroup in {base} ({os.strerror(e.errno or 0)})"
     return cg
 
 
@@ -299,7 +306,10 @@ def create(box: dict[str, Any], report: Callable[[str], object] | None) -> Cgrou
     needed = [c for c, k in pairs if limits[k] is not None]
     why = []
     for make in (_v2, _v1):
-        got = make(limits, needed)
+        try:
+            got = make(limits, needed)
+        except OSError as e:  # /proc/self/cgroup unreadable: no /proc here
+            got = f"cannot read this process's cgroups ({os.strerror(e.errno or 0)})"
         if isinstance(got, Cgroup):
             try:
                 got.write_limits()

@@ -21,6 +21,7 @@ are not checked: Landlock checks opens, not reads and writes on open files.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
 
@@ -134,7 +135,7 @@ def _add(ruleset: int, path: str, allowed: int, explicit: bool) -> None:
             f"cannot allow {path} in Landlock: {os.strerror(e.errno or 0)}",
         ) from e
     try:
-        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):  # O_PATH descriptors can be fstat'ed
             allowed &= _FILE_RIGHTS
         attr = _libc.libc().buffer(
             struct.pack("=Qi", allowed, fd)
