@@ -153,6 +153,16 @@ def test_ulimit_nofile_is_seen_inside() -> None:
     assert done.stdout.split() == ["16", "16"]
 
 
+@pytest.mark.skipif(ROOT, reason="root may raise its hard limits (CAP_SYS_RESOURCE)")
+def test_ulimit_above_the_hard_limit_is_one_sentence() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    done = nsapp("--ulimit", f"nofile={hard + 1}", "--", "true")
+    assert done.returncode == 125 and done.stderr.count("\n") == 1
+    assert f"a hard limit above {hard} needs CAP_SYS_RESOURCE" in done.stderr
+
+
 def test_cpu_rlimit_kill_is_reported() -> None:
     done = nsapp("--ulimit", "cpu=1", "--", "sh", "-c", "while :; do :; done")
     assert done.returncode == 128 + 24, done.stderr  # SIGXCPU, status unchanged
