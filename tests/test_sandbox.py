@@ -372,6 +372,20 @@ def test_landlock_denies_writes_outside_rw(user_dir: Path) -> None:
     assert (inside / "f").read_text() == "a\n" and not (outside / "f").exists()
 
 
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_landlock_rules_follow_the_mounts(user_dir: Path) -> None:
+    # Under the strict preset a tmpfs and a bind target are writable, a ro-bind one is not.
+    (user_dir / "src").mkdir()
+    done = nsapp(
+        "--sandbox", "strict", "--bind", f"{user_dir}/src:/mnt",
+        "--ro-bind", f"{user_dir}/src:/media", "--tmpfs", "/tmp", "--", "sh", "-c",
+        "echo a > /tmp/f && echo b > /mnt/g && cat /tmp/f /media/g; echo c > /media/h",
+    )  # fmt: skip
+    assert done.stdout.split() == ["a", "b"], done.stderr
+    assert "/media/h: Read-only file system" in done.stderr or "Permission denied" in done.stderr
+    assert (user_dir / "src" / "g").read_text() == "b\n"
+
+
 # --------------------------------------------------------------------------------------------
 # The strict preset, misuse, and what a run without sandbox options does not pay
 

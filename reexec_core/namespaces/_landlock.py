@@ -10,7 +10,9 @@ rule allows is then denied (EACCES) to the workload and every descendant. Rules:
   passwd), ``/proc``, the command itself, and for an entry point the interpreter, its prefix
   and ``sys.path`` (the program's own files);
 * implicitly read-write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
-  ``/dev/urandom``, ``/dev/tty`` and ``/dev/pts`` (a terminal workload).
+  ``/dev/urandom``, ``/dev/tty`` and ``/dev/pts`` (a terminal workload);
+* derived from the run's mounts: a ``bind`` or ``tmpfs`` target read-write, a ``ro-bind``
+  target read-only (what the caller mounted in is the workload's to use).
 
 Paths are opened in the workload's process after every mount and a new root, so they mean
 what the workload will see; an implicit one that does not exist there is left out, one given
@@ -111,9 +113,12 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     except OSError as e:
         raise Failure("sandbox", e.errno or 0, 0, f"cannot create a Landlock ruleset: {e}") from e
     ro = implicit_ro(rules.get("entry", False)) + ([program] if program else [])
+    mounted = rules.get("mounts", [])
     for paths, allowed, explicit in (
         (ro, _READ, False),
         (IMPLICIT_RW, rights, False),
+        ([dst for kind, dst in mounted if kind == "ro-bind"], _READ, False),
+        ([dst for kind, dst in mounted if kind != "ro-bind"], rights, False),
         (rules["ro"], _READ, True),
         (rules["rw"], rights, True),
     ):

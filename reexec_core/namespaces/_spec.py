@@ -310,6 +310,10 @@ def make_spec(
 
         root_inside = umap[0][0] == 0 if user else uid == 0
         spec.sandbox = _sandbox.make(root_inside, spec.entry is not None, **boxed)
+        if spec.sandbox and spec.sandbox["landlock"] is not None:
+            # What the caller mounted in is the workload's to use: bind and tmpfs targets
+            # read-write, ro-bind targets read-only (the hiding tmpfs below is not).
+            spec.sandbox["landlock"]["mounts"] = [[kind, dst] for kind, _, dst in spec.mounts]
         if spec.sandbox and spec.sandbox["cgroup"] and mnt and spec.root is None:
             # The workload may own the cgroup files it sees (root mapped onto root, or the
             # delegate's uid): an empty tmpfs over them keeps it from moving itself out of
