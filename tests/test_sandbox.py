@@ -386,6 +386,38 @@ def test_landlock_rules_follow_the_mounts(user_dir: Path) -> None:
     assert (user_dir / "src" / "g").read_text() == "b\n"
 
 
+#: Starts ``nsapp run ARGS`` under a seccomp filter that answers ENOSYS to
+#: landlock_create_ruleset: a kernel without Landlock, as the runner sees it.
+NO_LANDLOCK = """
+import json, os, sys, tempfile
+from reexec_core.namespaces import _caps, _seccomp
+rule = {"names": ["landlock_create_ruleset"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}, f)
+program = _seccomp.load(f.name)
+os.unlink(f.name)
+_caps.set_no_new_privs()
+_seccomp.install(program)
+os.execv(sys.executable, [sys.executable, "-m", "nsapp", "run", *sys.argv[1:]])
+"""
+
+
+def test_without_landlock_paths_are_refused_and_strict_runs_without(user_dir: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", NO_LANDLOCK, *args],
+            capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
+        )  # fmt: skip
+
+    asked = run("--landlock-rw", str(user_dir), "--", "true")
+    assert asked.returncode == 125 and asked.stderr.count("\n") == 1
+    assert "cannot restrict the workload with Landlock: this kernel has no Landlock" in asked.stderr
+    strict = run("--sandbox", "strict", "--", "sh", "-c", f"echo ok; touch {user_dir}/x")
+    assert strict.returncode == 0 and strict.stdout == "ok\n", strict.stderr
+    assert "nsapp run: this kernel has no Landlock: the strict preset runs without" in strict.stderr
+    assert (user_dir / "x").exists()  # no file rules: the write went through
+
+
 # --------------------------------------------------------------------------------------------
 # The strict preset, misuse, and what a run without sandbox options does not pay
 

@@ -365,6 +365,9 @@ def run_limited(
 ) -> int:
     """Run ``go`` (the whole run) inside the workload's cgroup, when it has limits; report a
     limit it hit in one sentence; return its exit status unchanged (128+N for signal N)."""
+    if report is not None:
+        for note in box["notes"]:
+            report(note)
     cg = create(box, report) if box["cgroup"] is not None else None
     try:
         if cg is not None:

@@ -47,6 +47,13 @@ _RULE_PATH_BENEATH = 1
 _NR_CREATE, _NR_ADD_RULE, _NR_RESTRICT = 444, 445, 446
 _O_PATH = 0o10000000
 
+#: Where the kernel has no Landlock and paths were asked for.
+UNAVAILABLE = (
+    "cannot restrict the workload with Landlock: this kernel has no Landlock (it needs Linux "
+    "5.13+ built with CONFIG_SECURITY_LANDLOCK, 'landlock' in the lsm= boot parameter and no "
+    "seccomp filter hiding it); drop --landlock-ro/--landlock-rw"
+)
+
 IMPLICIT_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc")
 IMPLICIT_RW = (
     "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts",
@@ -98,14 +105,7 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     if version == 0:
         if not rules["required"]:
             return -1  # the preset asks for it only where the kernel has it
-        raise Failure(
-            "sandbox",
-            0,
-            0,
-            "cannot restrict the workload with Landlock: this kernel has no Landlock (it needs "
-            "Linux 5.13+ built with CONFIG_SECURITY_LANDLOCK and 'landlock' in the lsm= boot "
-            "parameter); drop --landlock-ro/--landlock-rw",
-        )
+        raise Failure("sandbox", 0, 0, UNAVAILABLE)
     rights = handled(version)
     attr = _libc.libc().buffer(struct.pack("=Q", rights))
     try:

@@ -225,8 +225,21 @@ def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | Non
     ro = _paths(given.get("landlock_ro"), "--landlock-ro")
     rw = _paths(given.get("landlock_rw"), "--landlock-rw")
     box["landlock"] = None
+    #: One-line notes the runner reports at the start of the run.
+    box["notes"] = []
     if ro or rw or landlock:
-        box["landlock"] = {"ro": ro, "rw": rw, "required": bool(ro or rw), "entry": entry}
+        from reexec_core.namespaces import _landlock
+
+        if _landlock.abi() == 0:  # asked of the kernel here, before anything starts
+            if ro or rw:
+                from reexec_core.namespaces.errors import SandboxError
+
+                raise SandboxError(_landlock.UNAVAILABLE, 38, "landlock")  # ENOSYS
+            box["notes"].append(
+                "this kernel has no Landlock: the strict preset runs without its file rules"
+            )
+        else:
+            box["landlock"] = {"ro": ro, "rw": rw, "required": bool(ro or rw), "entry": entry}
     box["seccomp"] = ""
     if "seccomp" in given:
         value = given["seccomp"]
@@ -242,8 +255,6 @@ def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | Non
     # finds it loaded instead of importing it again at each run.
     if box["rlimits"]:
         import resource  # noqa: F401
-    if box["landlock"] is not None:
-        from reexec_core.namespaces import _landlock  # noqa: F401
     box["cgroup_fds"] = []
     return box
 
