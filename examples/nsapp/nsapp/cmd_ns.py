@@ -1,11 +1,15 @@
 """``nsapp run`` and ``nsapp shell``: a command, or ``/bin/sh``, in new Linux namespaces.
 
 ``nsapp run [--ns LIST] [--map-root | --map-current] [--subids] [--hostname NAME]
-[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--root DIR] -- CMD [ARG...]`` runs CMD
+[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--root DIR] [SANDBOX FLAGS] -- CMD
+[ARG...]`` runs CMD
 inside (all the namespaces the caller can create by default, root inside mapped onto the
 caller) and exits with its status; stdio and the terminal pass through. A refusal by the
 kernel is one sentence on stderr and exit status 125 (126: CMD not executable, 127: not found),
-as with ``docker run``/``podman run``.
+as with ``docker run``/``podman run``. The sandbox flags are docker's names (``--memory``,
+``--pids-limit``, ``--cpus``, ``--ulimit``, ``--seccomp``, ``--cap-drop``, ``--cap-add``,
+``--no-new-privileges``), plus ``--landlock-ro``/``--landlock-rw``, ``--sandbox strict`` and
+``--limits-best-effort``; a limit the command hit is one line on stderr.
 
 Cheap to import (every start of the app imports it): ``reexec_core.namespaces`` loads nothing
 heavy until it runs, and ``fast_main`` parses the common ``run`` line without argparse.
@@ -343,7 +347,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Run CMD in new Linux namespaces with a real PID 1, root inside mapped "
         "onto you; stdin, stdout, stderr and the terminal pass through.",
         epilog="examples:\n  nsapp run -- id -u                  # 0: root inside, you outside\n"
-        "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n\n" + status,
+        "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n"
+        "  nsapp run --sandbox strict --tmpfs /tmp --pids-limit 64 -- python3 untrusted.py\n\n"
+        + status,
     )
     _common(p)
     _sandbox_flags(p)
