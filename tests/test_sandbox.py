@@ -313,6 +313,18 @@ def test_cap_add_is_kept_across_exec_by_a_non_root_uid() -> None:
         assert int(caps[name], 16) == want, (name, caps)
 
 
+@pytest.mark.skipif(not ROOT, reason="without a user namespace only root may create the others")
+def test_cap_drop_without_a_user_namespace_starts_from_the_callers_bounding_set() -> None:
+    with open("/proc/self/status") as f:
+        bounding = int(_status(f.read())["CapBnd"], 16)
+    grep = ["--", "grep", "Cap", "/proc/self/status"]
+    done = nsapp("--ns", "pid,mount", "--cap-drop", "NET_RAW", *grep)
+    assert done.returncode == 0, done.stderr
+    caps = _status(done.stdout)
+    for name in ("CapPrm", "CapEff", "CapBnd"):
+        assert int(caps[name], 16) == bounding & ~(1 << 13), (name, caps)
+
+
 @second_user
 def test_setuid_binary_gains_nothing_under_no_new_privileges(user_dir: Path) -> None:
     # A setuid copy of id owned by nobody, run by root inside (every id mapped: --subids):

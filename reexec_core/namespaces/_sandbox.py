@@ -168,12 +168,14 @@ def _paths(value: Iterable[str | os.PathLike[str]] | str | None, option: str) ->
     return out
 
 
-def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | None:
+def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[str, Any] | None:
     """Check the sandbox options of a run; return its ``Spec.sandbox`` (None: none given).
 
     Args:
         root_inside: the workload runs as uid 0 (inside its user namespace, or outside
             without one): it would hold every capability of its namespace.
+        user_ns: the workload has a user namespace of its own (whose root holds every
+            capability; without one, root holds what our bounding set allows).
         entry: the workload is a registered entry point (this interpreter started again).
         **options: the names of :data:`OPTIONS` (None: not given).
 
@@ -213,7 +215,9 @@ def make(root_inside: bool, entry: bool, **options: Any) -> dict[str, Any] | Non
             "cpus": float(cpus) if cpus is not None else None,
         }
     box["rlimits"] = parse_ulimits(given.get("ulimits") or [])
-    base = _caps.all_caps() if root_inside else 0
+    base = 0
+    if root_inside:
+        base = _caps.all_caps() if user_ns else _caps.bounding_set()
     drop = _caps.parse(given["cap_drop"], "--cap-drop") if "cap_drop" in given else 0
     add = _caps.parse(given["cap_add"], "--cap-add") if "cap_add" in given else 0
     changed = "cap_drop" in given or "cap_add" in given

@@ -309,7 +309,7 @@ def make_spec(
         from reexec_core.namespaces import _sandbox
 
         root_inside = umap[0][0] == 0 if user else uid == 0
-        spec.sandbox = _sandbox.make(root_inside, spec.entry is not None, **boxed)
+        spec.sandbox = _sandbox.make(root_inside, user, spec.entry is not None, **boxed)
         if spec.sandbox and spec.sandbox["landlock"] is not None:
             # What the caller mounted in is the workload's to use: bind and tmpfs targets
             # read-write, ro-bind targets read-only (the hiding tmpfs below is not).
