@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -268,6 +269,23 @@ def test_workload_runs_in_its_own_cgroup_hidden_and_removed_after_a_kill(version
     _, err = proc.communicate("\n", timeout=TIMEOUT)
     assert proc.returncode == 137, err
     assert not made[0].exists()  # removed, though the workload was killed
+
+
+def test_cgroup_of_a_runner_killed_by_sigkill_is_removed_by_the_next_run() -> None:
+    refusal = cgroup_refusal("pids")
+    if refusal is not None:
+        pytest.skip(f"no pids cgroup for this user: {refusal}")
+    proc, _ = _run_held("--pids-limit", "64")
+    (made,) = _cgroups_of(proc.pid, "pids", _version("pids"))
+    proc.kill()  # the runner: PID 1 dies with it, and the namespace with PID 1
+    proc.communicate(timeout=TIMEOUT)
+    deadline = time.monotonic() + 30
+    while (made / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made.exists()  # nobody was left to remove it
+    done = nsapp("--pids-limit", "64", "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert not made.exists()
 
 
 def test_cpus_is_a_cfs_quota_of_the_workloads_cgroup() -> None:
