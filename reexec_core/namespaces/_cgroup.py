@@ -325,13 +325,13 @@ def create(box: dict[str, Any], report: Callable[[str], object] | None) -> Cgrou
         why.append(got)
     flags = ", ".join(
         f
-        for f, k in (("--memory", "memory"), ("--pids-limit", "pids"), ("--cpus", "cpus"))
+        for f, k in (("memory", "memory"), ("pids_limit", "pids"), ("cpus", "cpus"))
         if limits[k] is not None
     )
     if box["best_effort"] and limits["cpus"] is None:
         _best_effort(box, report, "; ".join(why))
         return None
-    hint = "" if limits["cpus"] is not None else ", or ask for best effort (--limits-best-effort)"
+    hint = "" if limits["cpus"] is not None else ", or ask for best effort (limits_best_effort)"
     raise SandboxError(
         f"cannot apply {flags}: {'they need' if ',' in flags else 'it needs'} a cgroup of the "
         "workload's own and none can be made "
@@ -347,8 +347,8 @@ def _best_effort(box: dict[str, Any], report: Callable[[str], object] | None, wh
     taken = {res for res, _, _ in box["rlimits"]}
     said = []
     for key, res, text in (
-        ("pids", RLIMITS["nproc"], "--pids-limit {} is RLIMIT_NPROC (this uid's processes)"),
-        ("memory", RLIMITS["as"], "--memory {} is RLIMIT_AS (address space)"),
+        ("pids", RLIMITS["nproc"], "pids_limit {} is RLIMIT_NPROC (this uid's processes)"),
+        ("memory", RLIMITS["as"], "memory {} is RLIMIT_AS (address space)"),
     ):
         value = limits[key]
         if value is None:

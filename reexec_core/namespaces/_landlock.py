@@ -51,7 +51,7 @@ _O_PATH = 0o10000000
 UNAVAILABLE = (
     "cannot restrict the workload with Landlock: this kernel has no Landlock (it needs Linux "
     "5.13+ built with CONFIG_SECURITY_LANDLOCK, 'landlock' in the lsm= boot parameter and no "
-    "seccomp filter hiding it); drop --landlock-ro/--landlock-rw"
+    "seccomp filter hiding it); drop the landlock_ro/landlock_rw paths"
 )
 
 IMPLICIT_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc")

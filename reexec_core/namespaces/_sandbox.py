@@ -60,7 +60,7 @@ OPTIONS = (
 )
 
 
-def parse_size(value: object, option: str = "--memory") -> int:
+def parse_size(value: object, option: str = "memory") -> int:
     """``64m``, ``1g``, ``512k``, ``1048576`` (bytes; docker's units, binary) -> bytes.
 
     Raises:
@@ -102,7 +102,7 @@ def _limit_value(text: str, spec: str) -> int:
         return RLIM_INFINITY
     if not text.isdigit():
         raise ValueError(
-            f"--ulimit {spec!r}: a limit is a whole number or 'unlimited', not {text!r}"
+            f"ulimit {spec!r}: a limit is a whole number or 'unlimited', not {text!r}"
         )
     return int(text)
 
@@ -127,7 +127,7 @@ def parse_ulimits(value: Iterable[str] | Mapping[str, object]) -> list[list[int]
         for entry in value:
             name, sep, limit = str(entry).partition("=")
             if not sep:
-                raise ValueError(f"--ulimit needs NAME=SOFT[:HARD], not {entry!r}")
+                raise ValueError(f"a ulimit needs NAME=SOFT[:HARD], not {entry!r}")
             items.append((name, limit))
     out: list[list[int]] = []
     seen: set[str] = set()
@@ -136,10 +136,10 @@ def parse_ulimits(value: Iterable[str] | Mapping[str, object]) -> list[list[int]
         key = name.strip().lower()
         if key not in RLIMITS:
             raise ValueError(
-                f"--ulimit {spec!r}: unknown limit {name!r} (known: {', '.join(RLIMITS)})"
+                f"ulimit {spec!r}: unknown limit {name!r} (known: {', '.join(RLIMITS)})"
             )
         if key in seen:
-            raise ValueError(f"--ulimit {key} is given twice")
+            raise ValueError(f"the ulimit {key} is given twice")
         seen.add(key)
         soft_text, sep, hard_text = limit.strip().partition(":")
         soft = _limit_value(soft_text, spec)
@@ -149,7 +149,7 @@ def parse_ulimits(value: Iterable[str] | Mapping[str, object]) -> list[list[int]
             # soft == hard only SIGKILL: one second more makes the kill say what it was.
             hard = soft + 1
         if hard != RLIM_INFINITY and (soft == RLIM_INFINITY or soft > hard):
-            raise ValueError(f"--ulimit {spec!r}: the soft limit is above the hard limit")
+            raise ValueError(f"ulimit {spec!r}: the soft limit is above the hard limit")
         out.append([RLIMITS[key], soft, hard])
     return out
 
@@ -189,7 +189,7 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     landlock = False
     if preset is not None:
         if preset != "strict":
-            raise ValueError(f"--sandbox must be 'strict' (the only preset), not {preset!r}")
+            raise ValueError(f"sandbox must be 'strict' (the only preset), not {preset!r}")
         merged = dict(STRICT)
         merged.update(given)
         landlock = merged.pop("landlock")
@@ -199,13 +199,13 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     pids = given.get("pids_limit")
     cpus = given.get("cpus")
     if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < 1):
-        raise ValueError(f"--pids-limit must be a whole number of at least 1, not {pids!r}")
+        raise ValueError(f"pids_limit must be a whole number of at least 1, not {pids!r}")
     if cpus is not None:
         if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
-            raise TypeError(f"--cpus must be a number such as 0.5, not {cpus!r}")
+            raise TypeError(f"cpus must be a number such as 0.5, not {cpus!r}")
         if not 0.01 <= cpus <= (os.cpu_count() or 1):
             raise ValueError(
-                f"--cpus must be between 0.01 and {os.cpu_count() or 1} (the CPUs here), "
+                f"cpus must be between 0.01 and {os.cpu_count() or 1} (the CPUs here), "
                 f"not {cpus!r}"
             )
     if memory is not None or pids is not None or cpus is not None:
@@ -218,16 +218,16 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     base = 0
     if root_inside:
         base = _caps.all_caps() if user_ns else _caps.bounding_set()
-    drop = _caps.parse(given["cap_drop"], "--cap-drop") if "cap_drop" in given else 0
-    add = _caps.parse(given["cap_add"], "--cap-add") if "cap_add" in given else 0
+    drop = _caps.parse(given["cap_drop"], "cap_drop") if "cap_drop" in given else 0
+    add = _caps.parse(given["cap_add"], "cap_add") if "cap_add" in given else 0
     changed = "cap_drop" in given or "cap_add" in given
     box["caps"] = (base & ~drop) | add if changed else None
     #: What the workload holds after its execve: the seccomp profile's conditions test it.
     box["effective"] = box["caps"] if changed else base
     nnp = given.get("no_new_privileges")
     box["nnp"] = True if nnp is None else bool(nnp)
-    ro = _paths(given.get("landlock_ro"), "--landlock-ro")
-    rw = _paths(given.get("landlock_rw"), "--landlock-rw")
+    ro = _paths(given.get("landlock_ro"), "landlock_ro")
+    rw = _paths(given.get("landlock_rw"), "landlock_rw")
     box["landlock"] = None
     #: One-line notes the runner reports at the start of the run.
     box["notes"] = []
@@ -248,7 +248,7 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     if "seccomp" in given:
         value = given["seccomp"]
         if not isinstance(value, (str, os.PathLike)):
-            raise TypeError("--seccomp must be 'default', 'unconfined' or a profile's path")
+            raise TypeError("seccomp must be 'default', 'unconfined' or a profile's path")
         from reexec_core.namespaces import _seccomp
 
         # Compiled here, in the caller; a profile's caps conditions see what the workload
@@ -302,7 +302,7 @@ def enter(box: dict[str, Any], program: str | None) -> None:
                     "sandbox",
                     getattr(e, "errno", 0) or 0,
                     0,
-                    f"cannot set --ulimit {name}: a hard limit above {cap} needs "
+                    f"cannot set the {name} limit: a hard limit above {cap} needs "
                     "CAP_SYS_RESOURCE outside the namespaces; give one at most that high",
                 ) from e
     if box["caps"] is not None:
