@@ -121,8 +121,6 @@ def load(value: str, *, caps: frozenset[str] | None = None) -> bytes:
     """
     if value == "unconfined":
         return b""
-    import json
-
     from reexec_core.namespaces._seccomp_bpf import BPF_MAXINSNS, ProgramTooLarge, compile_policy
     from reexec_core.namespaces._seccomp_profile import default_policy, profile_policy
 
@@ -130,6 +128,8 @@ def load(value: str, *, caps: frozenset[str] | None = None) -> bytes:
     if value == "default":
         policy = default_policy(machine)
     else:
+        import json
+
         raw = _read_profile(value)
         try:
             data = json.loads(raw)

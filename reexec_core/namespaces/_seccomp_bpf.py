@@ -23,7 +23,6 @@ into a short jump over two ``BPF_JA`` (32-bit offsets), repeating until every ju
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 __all__ = [
     "BPF_MAXINSNS",
@@ -72,31 +71,59 @@ class ProgramTooLarge(Exception):
         self.count = count
 
 
-@dataclass(frozen=True)
-class Cmp:
-    """One argument comparison: ``args[index] OP value`` (``MASKED_EQ``: ``& value == value_two``).
+# Cmp and Rule are tuples, so that equal rule lists share one block (they are dict keys), and
+# none of these is a dataclass: importing dataclasses costs ~9 ms of the runner's start.
+class Cmp(tuple[int, str, int, int, int]):
+    """One argument comparison: ``args[arg] OP value`` (``MASKED_EQ``: ``& value == value_two``).
 
     ``width`` 32 compares the low half only, for an argument the kernel reads as a 32-bit
     ``int`` (an ioctl request, a personality): its upper register half is ignored by the
     syscall, so comparing it would let a caller slip past the rule by setting a high bit.
     """
 
-    index: int
-    op: str
-    value: int
-    value_two: int = 0
-    width: int = 64
+    __slots__ = ()
+
+    def __new__(cls, arg: int, op: str, value: int, value_two: int = 0, width: int = 64) -> Cmp:
+        return super().__new__(cls, (arg, op, value, value_two, width))
+
+    @property
+    def arg(self) -> int:
+        return self[0]
+
+    @property
+    def op(self) -> str:
+        return self[1]
+
+    @property
+    def value(self) -> int:
+        return self[2]
+
+    @property
+    def value_two(self) -> int:
+        return self[3]
+
+    @property
+    def width(self) -> int:
+        return self[4]
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(tuple[tuple[Cmp, ...], int]):
     """Comparisons that must all hold (none: always), and the ``SECCOMP_RET_*`` value then."""
 
-    cmps: tuple[Cmp, ...]
-    action: int
+    __slots__ = ()
+
+    def __new__(cls, cmps: tuple[Cmp, ...], action: int) -> Rule:
+        return super().__new__(cls, (cmps, action))
+
+    @property
+    def cmps(self) -> tuple[Cmp, ...]:
+        return self[0]
+
+    @property
+    def action(self) -> int:
+        return self[1]
 
 
-@dataclass(frozen=True)
 class Policy:
     """What the filter decides, for the native architecture.
 
@@ -108,11 +135,21 @@ class Policy:
         bad_arch: the ``SECCOMP_RET_*`` value for any other architecture (and x32).
     """
 
-    audit_arch: int
-    reject_x32: bool
-    rules: dict[int, tuple[Rule, ...]]
-    default: int
-    bad_arch: int
+    __slots__ = ("audit_arch", "reject_x32", "rules", "default", "bad_arch")
+
+    def __init__(
+        self,
+        audit_arch: int,
+        reject_x32: bool,
+        rules: dict[int, tuple[Rule, ...]],
+        default: int,
+        bad_arch: int,
+    ) -> None:
+        self.audit_arch = audit_arch
+        self.reject_x32 = reject_x32
+        self.rules = rules
+        self.default = default
+        self.bad_arch = bad_arch
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +279,7 @@ def _arg_offsets(index: int) -> tuple[int, int]:
 
 def _emit_cmp(asm: _Asm, cmp: Cmp, fail: _Label) -> None:
     """Code that falls through when ``cmp`` holds and jumps to ``fail`` when it does not."""
-    lo_off, hi_off = _arg_offsets(cmp.index)
+    lo_off, hi_off = _arg_offsets(cmp.arg)
     wide = cmp.width == 64
     vh, vl = cmp.value >> 32, cmp.value & 0xFFFFFFFF
     ok = _Label()

@@ -29,7 +29,6 @@ The profile format is Docker's (moby/profiles ``seccomp/default.json``), as runc
 from __future__ import annotations
 
 import errno as _errno
-import re
 
 from reexec_core.namespaces._seccomp_bpf import OPS, Cmp, Policy, Rule
 from reexec_core.namespaces._seccomp_tables import AARCH64, X86_64
@@ -169,10 +168,10 @@ def _action(source: str, where: str, name: object, errno_ret: object) -> int:
 
 
 def _version(source: str, text: object) -> tuple[int, ...]:
-    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", text) if isinstance(text, str) else None
-    if match is None:
+    parts = text.split(".") if isinstance(text, str) else []
+    if not 2 <= len(parts) <= 3 or not all(p.isascii() and p.isdigit() for p in parts):
         raise _fail(source, f'has minKernel {text!r}; write it as MAJOR.MINOR, e.g. "4.8"')
-    return tuple(int(p) for p in match.groups() if p is not None)
+    return tuple(int(p) for p in parts)
 
 
 def _applies(
@@ -232,7 +231,7 @@ def _cmps(source: str, where: str, args: object) -> list[tuple[Cmp, ...]]:
                 source, f"has the unknown args op {op!r} {where}; use one of {', '.join(OPS)}"
             )
         cmps.append(Cmp(index, str(op), value, value_two))
-    indexes = [c.index for c in cmps]
+    indexes = [c.arg for c in cmps]
     if len(set(indexes)) < len(indexes):
         return [(c,) for c in cmps]
     return [tuple(cmps)]
