@@ -230,18 +230,40 @@ def test_profile_allow_all_with_one_denied_syscall(tmp_path: Path) -> None:
     profile = {
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["getppid", "no_such_syscall"], "action": "SCMP_ACT_ERRNO",
-                      "errnoRet": 77}],
+                      "errnoRet": 77},
+                     {"name": "getpgrp", "action": "SCMP_ACT_ERRNO", "errnoRet": 78}],  # old key
     }
     sh = shutil.which("sh") or "/bin/sh"
     result = _run(
         _profile(tmp_path, profile),
-        calls=[[NR["getppid"]], [NR["getpgrp"]]],
+        calls=[[NR["getppid"]], [NR["getpgrp"]], [NR["getuid"]]],
         exec=[sh, "-c", "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'"],
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        json.dumps({"before": [0, 0], "after": [77, 0]}), "Seccomp:2"
+        json.dumps({"before": [0, 0, 0], "after": [77, 78, 0]}), "Seccomp:2"
     ]
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome"),
+    [
+        ("SCMP_ACT_TRACE", "errno 38"),  # no tracer attached: the kernel answers ENOSYS
+        ("SCMP_ACT_KILL_PROCESS", "killed"),
+        ("SCMP_ACT_KILL", "killed"),  # the only thread: the process goes with it
+        ("SCMP_ACT_TRAP", "killed"),  # SIGSYS, not handled
+    ],
+)
+def test_profile_actions_as_the_kernel_applies_them(
+    tmp_path: Path, action: str, outcome: str
+) -> None:
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["getppid"], "action": action}]}
+    result = _run(_profile(tmp_path, profile), calls=[[NR["getppid"]]])
+    if outcome == "killed":
+        assert result.returncode == -signal.SIGSYS, (result.returncode, result.stderr)
+    else:
+        assert json.loads(result.stdout) == {"before": [0], "after": [int(outcome.split()[1])]}
 
 
 OPS = {
