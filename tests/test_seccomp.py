@@ -424,7 +424,10 @@ BAD = [
      'has no syscall names in syscalls entry 1; give "names": [...]'),
     ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action":
       "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]},
-     "has minKernel 'new'; write it as MAJOR.MINOR, e.g. \"4.8\""),
+     "has minKernel 'new' in syscalls entry 1; write it as MAJOR.MINOR, e.g. \"4.8\""),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action":
+      "SCMP_ACT_ALLOW", "excludes": {"caps": "CAP_SYS_ADMIN"}}]},
+     "has excludes.caps in syscalls entry 1 that is not a list of names"),
 ]
 
 

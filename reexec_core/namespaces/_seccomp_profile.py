@@ -167,15 +167,18 @@ def _action(source: str, where: str, name: object, errno_ret: object) -> int:
     )
 
 
-def _version(source: str, text: object) -> tuple[int, ...]:
+def _version(source: str, where: str, text: object) -> tuple[int, ...]:
     parts = text.split(".") if isinstance(text, str) else []
     if not 2 <= len(parts) <= 3 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise _fail(source, f'has minKernel {text!r}; write it as MAJOR.MINOR, e.g. "4.8"')
+        raise _fail(
+            source, f'has minKernel {text!r} {where}; write it as MAJOR.MINOR, e.g. "4.8"'
+        )
     return tuple(int(p) for p in parts)
 
 
 def _applies(
     source: str,
+    where: str,
     entry: dict[str, object],
     caps: frozenset[str],
     go_arch: str,
@@ -185,12 +188,12 @@ def _applies(
     for key, include in (("includes", True), ("excludes", False)):
         cond = entry.get(key) or {}
         if not isinstance(cond, dict):
-            raise _fail(source, f"has a {key} that is not an object")
+            raise _fail(source, f"has {key} {where} that is not an object")
         listed = {}
         for field in ("caps", "arches"):
             value = cond.get(field) or []
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise _fail(source, f"has {key}.{field} that is not a list of names")
+                raise _fail(source, f"has {key}.{field} {where} that is not a list of names")
             listed[field] = value
         if include:
             if not all(c in caps for c in listed["caps"]):
@@ -201,7 +204,7 @@ def _applies(
             if any(c in caps for c in listed["caps"]) or go_arch in listed["arches"]:
                 return False
         if cond.get("minKernel"):
-            if (kernel >= _version(source, cond["minKernel"])) != include:
+            if (kernel >= _version(source, where, cond["minKernel"])) != include:
                 return False
     return True
 
@@ -292,7 +295,7 @@ def profile_policy(
             raise _fail(source, f'has no syscall names {where}; give "names": [...]')
         action = _action(source, where, entry.get("action"), entry.get("errnoRet"))
         cmp_sets = _cmps(source, where, entry.get("args"))
-        if not _applies(source, entry, caps, go_arch, kernel):
+        if not _applies(source, where, entry, caps, go_arch, kernel):
             continue
         for name in names:
             if name in table:
