@@ -118,6 +118,7 @@ ATTACKS: dict[str, tuple[list[object], int, int]] = {
     # the kernel reads the request as a 32-bit int: a high bit must not slip past the rule
     "ioctl(TIOCSTI | 1<<32)": ([NR.get("ioctl"), "FD", TIOCSTI | 1 << 32, 0], errno.ENOTTY,
                                errno.EPERM),
+    "ioctl(USERFAULTFD_IOC_NEW)": ([NR.get("ioctl"), "FD", 0xAA00], errno.ENOTTY, errno.EPERM),
     "ptrace": ([NR.get("ptrace"), 0xDEAD, 0, 0, 0], errno.ESRCH, errno.EPERM),
     "name_to_handle_at": ([NR.get("name_to_handle_at"), U64, 0, 0, 0, 0], errno.EFAULT,
                           errno.EPERM),

@@ -62,7 +62,8 @@ _ARCH_NAMES = frozenset(
 #: Syscalls the default profile always refuses with EPERM. On top of these it refuses
 #: ``clone`` with any CLONE_NEW* flag (EPERM), ``clone3`` (ENOSYS, so that libc falls back to
 #: ``clone``, whose flags a filter can read: clone3's are behind a pointer), ``ioctl``
-#: TIOCSTI/TIOCLINUX (EPERM) and ``personality`` other than Docker's five values (EPERM).
+#: TIOCSTI, TIOCLINUX and USERFAULTFD_IOC_NEW (EPERM), and ``personality`` other than
+#: Docker's five values (EPERM).
 DEFAULT_DENIED: tuple[str, ...] = tuple(
     sorted(
         # keys, BPF, perf, userfaultfd, io_uring: kernel attack surface a workload rarely needs
@@ -78,6 +79,8 @@ DEFAULT_DENIED: tuple[str, ...] = tuple(
         "acct swapon swapoff reboot settimeofday clock_settime clock_adjtime adjtimex "
         "iopl ioperm lookup_dcookie quotactl quotactl_fd nfsservctl syslog vhangup uselib "
         "_sysctl sysfs ustat fanotify_init "
+        # the host's names when there is no UTS namespace (the runner sets hostname= before)
+        "sethostname setdomainname "
         # other processes: without a PID namespace of its own the workload could reach the
         # caller's processes, and the filter cannot tell; so no ptrace at all (tracers need
         # a profile of their own)
@@ -94,6 +97,8 @@ _EPERM = RET_ERRNO | _errno.EPERM
 _CLONE_NEW_MASK = 0x7E020000
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
+# /dev/userfaultfd's ioctl (Linux 6.1+): the same userfaultfd, by another door
+_USERFAULTFD_IOC_NEW = 0xAA00
 # personality(2) values Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32,
 # and 0xffffffff, which only queries.
 _PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
@@ -113,7 +118,7 @@ def default_policy(machine: str) -> Policy:
     rules[table["clone3"]] = (Rule((), RET_ERRNO | _errno.ENOSYS),)
     rules[table["ioctl"]] = tuple(
         Rule((Cmp(1, "SCMP_CMP_EQ", request, width=32),), _EPERM)
-        for request in (_TIOCSTI, _TIOCLINUX)
+        for request in (_TIOCSTI, _TIOCLINUX, _USERFAULTFD_IOC_NEW)
     )
     rules[table["personality"]] = (
         *(Rule((Cmp(0, "SCMP_CMP_EQ", v, width=32),), RET_ALLOW) for v in _PERSONALITIES),
