@@ -20,10 +20,10 @@ The profile format is Docker's (moby/profiles ``seccomp/default.json``), as runc
 - ``SCMP_ACT_TRACE`` without a tracer attached makes the call fail with ENOSYS (seccomp(2));
   ``SCMP_ACT_NOTIFY`` needs a supervisor on the listener fd, which the runner does not run, so
   it is refused.
-- Only the native architecture's numbers are compiled; its compat ABIs that a profile lists
-  (``SCMP_ARCH_X86``/``X32`` on x86_64, ``SCMP_ARCH_ARM`` on aarch64) are refused by the
-  filter as foreign architectures (their calls kill the process): a deviation from Docker,
-  which runs 32-bit programs under the same rules.
+- The native architecture is always judged (as libseccomp does); its 32-bit compat ABI
+  (``SCMP_ARCH_X86`` on x86_64, ``SCMP_ARCH_ARM`` on aarch64) only if the profile lists it,
+  with that ABI's numbers; any other ABI — x32 too, listed or not: a deviation from Docker,
+  for a kernel option (CONFIG_X86_X32_ABI) distributions leave off — kills the process.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import errno as _errno
 
 from reexec_core.namespaces._seccomp_bpf import OPS, Cmp, Policy, Rule
-from reexec_core.namespaces._seccomp_tables import AARCH64, X86_64
+from reexec_core.namespaces._seccomp_tables import AARCH64, ARM, I386, X86_64
 from reexec_core.namespaces.errors import SeccompProfileError
 
 __all__ = ["DEFAULT_DENIED", "MACHINES", "default_policy", "profile_policy"]
@@ -50,6 +50,11 @@ _MAX_ERRNO = 4095  # the kernel clamps a larger SECCOMP_RET_ERRNO value to this
 MACHINES: dict[str, tuple[int, str, str, dict[str, int]]] = {
     "x86_64": (0xC000003E, "SCMP_ARCH_X86_64", "amd64", X86_64),
     "aarch64": (0xC00000B7, "SCMP_ARCH_AARCH64", "arm64", AARCH64),
+}
+# machine -> (libseccomp name, AUDIT_ARCH_*, table) of its compat ABI, judged when listed
+_COMPAT: dict[str, tuple[str, int, dict[str, int]]] = {
+    "x86_64": ("SCMP_ARCH_X86", 0x40000003, I386),
+    "aarch64": ("SCMP_ARCH_ARM", 0x40000028, ARM),
 }
 _ARCH_NAMES = frozenset(
     "SCMP_ARCH_" + a
@@ -286,7 +291,7 @@ def profile_policy(
     syscalls = data.get("syscalls") or []
     if not isinstance(syscalls, list):
         raise _fail(source, "has syscalls that is not a list")
-    rules: dict[int, list[Rule]] = {}
+    applied: list[tuple[list[str], list[Rule]]] = []
     for number, entry in enumerate(syscalls, 1):
         where = f"in syscalls entry {number}"
         if not isinstance(entry, dict):
@@ -300,17 +305,26 @@ def profile_policy(
             raise _fail(source, f'has no syscall names {where}; give "names": [...]')
         action = _action(source, where, entry.get("action"), entry.get("errnoRet"))
         cmp_sets = _cmps(source, where, entry.get("args"))
-        if not _applies(source, where, entry, caps, go_arch, kernel):
-            continue
-        for name in names:
-            if name in table:
-                rules.setdefault(table[name], []).extend(Rule(c, action) for c in cmp_sets)
+        # moby tests includes.arches against the daemon's architecture, for every ABI alike.
+        if _applies(source, where, entry, caps, go_arch, kernel):
+            applied.append((names, [Rule(c, action) for c in cmp_sets]))
+
+    def numbered(table: dict[str, int]) -> dict[int, tuple[Rule, ...]]:
+        rules: dict[int, list[Rule]] = {}
+        for names, entry_rules in applied:
+            for name in names:
+                if name in table:
+                    rules.setdefault(table[name], []).extend(entry_rules)
+        return {nr: tuple(r) for nr, r in rules.items()}
+
+    compat_name, compat_arch, compat_table = _COMPAT[machine]
     return Policy(
         audit_arch,
         machine == "x86_64",
-        {nr: tuple(r) for nr, r in rules.items()},
+        numbered(table),
         default,
-        # A foreign ABI cannot be judged by this architecture's numbers (libseccomp's
+        # An ABI whose numbers the filter does not know cannot be judged (libseccomp's
         # default bad-arch action is a kill too).
         RET_KILL_PROCESS,
+        ((compat_arch, numbered(compat_table)),) if compat_name in arches else (),
     )
