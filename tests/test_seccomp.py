@@ -480,6 +480,12 @@ def test_malformed_profile_is_one_sentence(tmp_path: Path, content: object, mess
 
 
 def test_unreadable_or_odd_profile_paths_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(SeccompProfileError) as caught:
+        _seccomp.load("")
+    assert str(caught.value) == (
+        'no seccomp profile given; use "default", "unconfined" or the path of a Docker-format '
+        "JSON profile"
+    )
     missing = tmp_path / "missing.json"
     with pytest.raises(SeccompProfileError) as caught:
         _seccomp.load(str(missing))
