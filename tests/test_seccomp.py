@@ -118,6 +118,7 @@ ATTACKS: dict[str, tuple[list[object], int, int]] = {
     # the kernel reads the request as a 32-bit int: a high bit must not slip past the rule
     "ioctl(TIOCSTI | 1<<32)": ([NR.get("ioctl"), "FD", TIOCSTI | 1 << 32, 0], errno.ENOTTY,
                                errno.EPERM),
+    "ioctl(USERFAULTFD_IOC_NEW)": ([NR.get("ioctl"), "FD", 0xAA00], errno.ENOTTY, errno.EPERM),
     "ptrace": ([NR.get("ptrace"), 0xDEAD, 0, 0, 0], errno.ESRCH, errno.EPERM),
     "name_to_handle_at": ([NR.get("name_to_handle_at"), U64, 0, 0, 0, 0], errno.EFAULT,
                           errno.EPERM),
@@ -172,33 +173,59 @@ def test_default_runs_ordinary_programs(tmp_path: Path) -> None:
     ], result.stderr
 
 
+# i386 getpid (20) by int 0x80 from an executable page: mov eax, 20; int 0x80; ret. Prints
+# what the call returned (a pid, or -errno) and the process's seccomp mode.
+INT80 = textwrap.dedent(
+    """
+    import ctypes, mmap
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(bytes.fromhex("b814000000cd80c3"))
+    fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+    got = fn()
+    mode = open("/proc/self/status").read().split("Seccomp:")[1].split()[0]
+    print(got, mode, flush=True)
+    """
+)
+
+
+def _int80(profile: str | None) -> tuple[int, str, int]:
+    """(exit status, what i386 getpid returned, the pid) in a child, filtered by ``profile``."""
+    code = INT80 if profile is None else CHILD + INT80
+    with subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps({"profile": profile})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ) as child:
+        out, _ = child.communicate(timeout=60)
+    return child.returncode, (out.splitlines() or [""])[-1], child.pid
+
+
+def _skip_without_i386() -> None:
+    status, got, pid = _int80(None)
+    if got != f"{pid} 0":
+        pytest.skip(f"int 0x80 does not reach the i386 ABI here (exit {status}, got {got!r})")
+
+
 @pytest.mark.skipif(MACHINE != "x86_64", reason="the i386 and x32 ABIs are x86_64's")
-@pytest.mark.parametrize("abi", ["x32", "i386"])
-def test_default_kills_a_call_through_another_abi(abi: str) -> None:
-    if abi == "x32":
-        # x32 getpid: bit 30 set. Without the filter: ENOSYS (no CONFIG_X86_X32_ABI) or a pid.
-        calls = [[0x40000000 | NR["getpid"]]]
-        result = _run("default", calls=calls)
-    else:
-        # i386 getpid (20) by int 0x80 from an executable page: mov eax, 20; int 0x80; ret
-        code = textwrap.dedent(
-            """
-            import ctypes, mmap, os
-            m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-            m.write(bytes.fromhex("b814000000cd80c3"))
-            fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
-            print("pid" if fn() == os.getpid() else "other", flush=True)
-            """
-        )
-        plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if plain.stdout.strip() != "pid":
-            pytest.skip(f"int 0x80 does not reach the i386 ABI here ({plain.returncode})")
-        prelude = CHILD.replace("spec = json.loads(sys.argv[1])", 'spec = {"profile": "default"}')
-        result = subprocess.run(
-            [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+def test_default_kills_a_call_through_another_abi() -> None:
+    # x32 getpid: bit 30 set. Without the filter: ENOSYS (no CONFIG_X86_X32_ABI) or a pid.
+    result = _run("default", calls=[[0x40000000 | NR["getpid"]]])
     assert result.returncode == -signal.SIGSYS, (result.returncode, result.stdout, result.stderr)
+    _skip_without_i386()
+    assert _int80("default")[0] == -signal.SIGSYS
+
+
+@pytest.mark.skipif(MACHINE != "x86_64", reason="the i386 ABI is x86_64's")
+def test_profile_judges_i386_calls_with_their_numbers_when_it_lists_x86(tmp_path: Path) -> None:
+    _skip_without_i386()
+    for arches, expect in ((["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"], "-55 2"), ([], "killed")):
+        # getpid is 39 on x86_64 and 20 on i386: the rule must catch both by name.
+        profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": arches,
+                   "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 55}]}
+        path = _profile(tmp_path, profile)
+        assert _probe(path, [[NR["getpid"]]])[1] == [55]
+        status, got, _ = _int80(path)
+        assert (got if status == 0 else "killed" if status == -signal.SIGSYS else status) == expect
 
 
 # What /bin/true and this interpreter's last steps before exec call, with room for other libcs.
@@ -230,18 +257,40 @@ def test_profile_allow_all_with_one_denied_syscall(tmp_path: Path) -> None:
     profile = {
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["getppid", "no_such_syscall"], "action": "SCMP_ACT_ERRNO",
-                      "errnoRet": 77}],
+                      "errnoRet": 77},
+                     {"name": "getpgrp", "action": "SCMP_ACT_ERRNO", "errnoRet": 78}],  # old key
     }
     sh = shutil.which("sh") or "/bin/sh"
     result = _run(
         _profile(tmp_path, profile),
-        calls=[[NR["getppid"]], [NR["getpgrp"]]],
+        calls=[[NR["getppid"]], [NR["getpgrp"]], [NR["getuid"]]],
         exec=[sh, "-c", "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'"],
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        json.dumps({"before": [0, 0], "after": [77, 0]}), "Seccomp:2"
+        json.dumps({"before": [0, 0, 0], "after": [77, 78, 0]}), "Seccomp:2"
     ]
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome"),
+    [
+        ("SCMP_ACT_TRACE", "errno 38"),  # no tracer attached: the kernel answers ENOSYS
+        ("SCMP_ACT_KILL_PROCESS", "killed"),
+        ("SCMP_ACT_KILL", "killed"),  # the only thread: the process goes with it
+        ("SCMP_ACT_TRAP", "killed"),  # SIGSYS, not handled
+    ],
+)
+def test_profile_actions_as_the_kernel_applies_them(
+    tmp_path: Path, action: str, outcome: str
+) -> None:
+    profile = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["getppid"], "action": action}]}
+    result = _run(_profile(tmp_path, profile), calls=[[NR["getppid"]]])
+    if outcome == "killed":
+        assert result.returncode == -signal.SIGSYS, (result.returncode, result.stderr)
+    else:
+        assert json.loads(result.stdout) == {"before": [0], "after": [int(outcome.split()[1])]}
 
 
 OPS = {
@@ -356,6 +405,18 @@ def test_docker_default_profile_loads_and_runs_a_shell() -> None:
     assert result.stdout.splitlines()[1:] == ["Seccomp:2"]
 
 
+@pytest.mark.skipif(
+    _docker_profile() is None or MACHINE != "x86_64",
+    reason="needs x86_64 and the Docker default profile (see the test above)",
+)
+def test_docker_default_profile_lets_i386_calls_through_as_docker_does() -> None:
+    _skip_without_i386()
+    path = _docker_profile()
+    assert path is not None
+    status, got, pid = _int80(path)
+    assert (status, got) == (0, f"{pid} 2")
+
+
 @pytest.mark.skipif(ROOT, reason="root holds CAP_SYS_ADMIN, which installs without no_new_privs")
 def test_install_without_no_new_privs_is_refused() -> None:
     result = _run("default", no_new_privs=False)
@@ -402,7 +463,10 @@ BAD = [
      'has no syscall names in syscalls entry 1; give "names": [...]'),
     ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action":
       "SCMP_ACT_ALLOW", "includes": {"minKernel": "new"}}]},
-     "has minKernel 'new'; write it as MAJOR.MINOR, e.g. \"4.8\""),
+     "has minKernel 'new' in syscalls entry 1; write it as MAJOR.MINOR, e.g. \"4.8\""),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action":
+      "SCMP_ACT_ALLOW", "excludes": {"caps": "CAP_SYS_ADMIN"}}]},
+     "has excludes.caps in syscalls entry 1 that is not a list of names"),
 ]
 
 
@@ -416,6 +480,12 @@ def test_malformed_profile_is_one_sentence(tmp_path: Path, content: object, mess
 
 
 def test_unreadable_or_odd_profile_paths_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(SeccompProfileError) as caught:
+        _seccomp.load("")
+    assert str(caught.value) == (
+        'no seccomp profile given; use "default", "unconfined" or the path of a Docker-format '
+        "JSON profile"
+    )
     missing = tmp_path / "missing.json"
     with pytest.raises(SeccompProfileError) as caught:
         _seccomp.load(str(missing))

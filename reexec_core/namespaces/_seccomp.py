@@ -20,7 +20,13 @@ import stat
 import sys
 
 from reexec_core import _libc
-from reexec_core.namespaces._seccomp_profile import DEFAULT_DENIED
+from reexec_core.namespaces._seccomp_bpf import BPF_MAXINSNS, ProgramTooLarge, compile_policy
+from reexec_core.namespaces._seccomp_profile import (
+    DEFAULT_DENIED,
+    MACHINES,
+    default_policy,
+    profile_policy,
+)
 from reexec_core.namespaces.errors import SeccompProfileError
 
 TYPE_CHECKING = False  # as in _libc: typing is not imported at run time
@@ -40,13 +46,11 @@ _ENOSYS = 38
 
 
 def _machine() -> str:
-    from reexec_core.namespaces._seccomp_profile import MACHINES
-
     machine = os.uname().machine
     if machine not in MACHINES:
         raise SeccompProfileError(
             f"seccomp filters are built for {' and '.join(MACHINES)} only, and this machine is "
-            f"{machine}; run with --seccomp unconfined",
+            f'{machine}; use the "unconfined" profile here',
             0,
             "seccomp",
         )
@@ -121,15 +125,19 @@ def load(value: str, *, caps: frozenset[str] | None = None) -> bytes:
     """
     if value == "unconfined":
         return b""
-    import json
-
-    from reexec_core.namespaces._seccomp_bpf import BPF_MAXINSNS, ProgramTooLarge, compile_policy
-    from reexec_core.namespaces._seccomp_profile import default_policy, profile_policy
-
+    if not value:
+        raise SeccompProfileError(
+            'no seccomp profile given; use "default", "unconfined" or the path of a '
+            "Docker-format JSON profile",
+            0,
+            "seccomp",
+        )
     machine = _machine()
     if value == "default":
         policy = default_policy(machine)
     else:
+        import json
+
         raw = _read_profile(value)
         try:
             data = json.loads(raw)

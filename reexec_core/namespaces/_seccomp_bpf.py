@@ -6,9 +6,10 @@ native byte order, ready for ``seccomp(SECCOMP_SET_MODE_FILTER)``.
 
 The program's shape (seccomp(2), linux/seccomp.h ``struct seccomp_data``):
 
-1. ``seccomp_data.arch`` first: a syscall number means nothing without its ABI. Only the native
-   architecture is compiled; any other arch value (i386 by ``int 0x80`` on x86_64, arm on
-   aarch64) gets the policy's bad-arch action. On x86_64 the x32 ABI shares the arch value and
+1. ``seccomp_data.arch`` first: a syscall number means nothing without its ABI. The native
+   architecture and the compat ABIs the policy names (i386 by ``int 0x80`` on x86_64, arm on
+   aarch64) each have a section of their own; any other arch value gets the policy's bad-arch
+   action. On x86_64 the x32 ABI shares the arch value and
    sets bit 30 of the number: numbers >= 0x40000000 (but -1) get the bad-arch action too.
 2. A binary search over the syscall number, as ranges that share one decision: ~9 compares
    for any syscall, instead of one compare per rule as a straight list would cost.
@@ -23,7 +24,6 @@ into a short jump over two ``BPF_JA`` (32-bit offsets), repeating until every ju
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 __all__ = [
     "BPF_MAXINSNS",
@@ -72,31 +72,59 @@ class ProgramTooLarge(Exception):
         self.count = count
 
 
-@dataclass(frozen=True)
-class Cmp:
-    """One argument comparison: ``args[index] OP value`` (``MASKED_EQ``: ``& value == value_two``).
+# Cmp and Rule are tuples, so that equal rule lists share one block (they are dict keys), and
+# none of these is a dataclass: importing dataclasses costs ~9 ms of the runner's start.
+class Cmp(tuple[int, str, int, int, int]):
+    """One argument comparison: ``args[arg] OP value`` (``MASKED_EQ``: ``& value == value_two``).
 
     ``width`` 32 compares the low half only, for an argument the kernel reads as a 32-bit
     ``int`` (an ioctl request, a personality): its upper register half is ignored by the
     syscall, so comparing it would let a caller slip past the rule by setting a high bit.
     """
 
-    index: int
-    op: str
-    value: int
-    value_two: int = 0
-    width: int = 64
+    __slots__ = ()
+
+    def __new__(cls, arg: int, op: str, value: int, value_two: int = 0, width: int = 64) -> Cmp:
+        return super().__new__(cls, (arg, op, value, value_two, width))
+
+    @property
+    def arg(self) -> int:
+        return self[0]
+
+    @property
+    def op(self) -> str:
+        return self[1]
+
+    @property
+    def value(self) -> int:
+        return self[2]
+
+    @property
+    def value_two(self) -> int:
+        return self[3]
+
+    @property
+    def width(self) -> int:
+        return self[4]
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(tuple[tuple[Cmp, ...], int]):
     """Comparisons that must all hold (none: always), and the ``SECCOMP_RET_*`` value then."""
 
-    cmps: tuple[Cmp, ...]
-    action: int
+    __slots__ = ()
+
+    def __new__(cls, cmps: tuple[Cmp, ...], action: int) -> Rule:
+        return super().__new__(cls, (cmps, action))
+
+    @property
+    def cmps(self) -> tuple[Cmp, ...]:
+        return self[0]
+
+    @property
+    def action(self) -> int:
+        return self[1]
 
 
-@dataclass(frozen=True)
 class Policy:
     """What the filter decides, for the native architecture.
 
@@ -106,13 +134,27 @@ class Policy:
         rules: syscall number -> rules tried in order (first match wins); absent: default.
         default: the ``SECCOMP_RET_*`` value when no rule matches.
         bad_arch: the ``SECCOMP_RET_*`` value for any other architecture (and x32).
+        compat: (``AUDIT_ARCH_*``, rules) of each compat ABI the filter judges too (i386 on
+            x86_64); any other ABI gets ``bad_arch``.
     """
 
-    audit_arch: int
-    reject_x32: bool
-    rules: dict[int, tuple[Rule, ...]]
-    default: int
-    bad_arch: int
+    __slots__ = ("audit_arch", "reject_x32", "rules", "default", "bad_arch", "compat")
+
+    def __init__(
+        self,
+        audit_arch: int,
+        reject_x32: bool,
+        rules: dict[int, tuple[Rule, ...]],
+        default: int,
+        bad_arch: int,
+        compat: tuple[tuple[int, dict[int, tuple[Rule, ...]]], ...] = (),
+    ) -> None:
+        self.audit_arch = audit_arch
+        self.reject_x32 = reject_x32
+        self.rules = rules
+        self.default = default
+        self.bad_arch = bad_arch
+        self.compat = compat
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +284,7 @@ def _arg_offsets(index: int) -> tuple[int, int]:
 
 def _emit_cmp(asm: _Asm, cmp: Cmp, fail: _Label) -> None:
     """Code that falls through when ``cmp`` holds and jumps to ``fail`` when it does not."""
-    lo_off, hi_off = _arg_offsets(cmp.index)
+    lo_off, hi_off = _arg_offsets(cmp.arg)
     wide = cmp.width == 64
     vh, vl = cmp.value >> 32, cmp.value & 0xFFFFFFFF
     ok = _Label()
@@ -317,32 +359,42 @@ def compile_policy(policy: Policy) -> bytes:
         ProgramTooLarge: more than :data:`BPF_MAXINSNS` instructions.
     """
     asm = _Asm()
+    sections = [(policy.audit_arch, policy.rules, policy.reject_x32)]
+    sections += [(audit_arch, rules, False) for audit_arch, rules in policy.compat]
+    starts = [_Label() for _ in sections]
     asm.load(_OFF_ARCH)
-    native = _Label()
-    asm.jump(_JEQ, policy.audit_arch, native, None)
+    for (audit_arch, _, _), start in zip(sections, starts, strict=True):
+        asm.jump(_JEQ, audit_arch, start, None)
     asm.ret(policy.bad_arch)
-    asm.place(native)
-    asm.load(_OFF_NR)
-    if policy.reject_x32:
-        # -1 is no x32 call: it is what a tracer sets to skip a call, and the kernel runs the
-        # filter again on it (since 4.8); it goes on to the default action, as libseccomp has it.
-        x86_64 = _Label()
-        asm.jump(_JGE, _X32_SYSCALL_BIT, None, x86_64)
-        asm.jump(_JEQ, 0xFFFFFFFF, x86_64, None)
-        asm.ret(policy.bad_arch)
-        asm.place(x86_64)
+    for (_, rules, reject_x32), start in zip(sections, starts, strict=True):
+        asm.place(start)
+        asm.load(_OFF_NR)
+        if reject_x32:
+            # -1 is no x32 call: it is what a tracer sets to skip a call, and the kernel runs
+            # the filter again on it (since 4.8); it goes on to the default action, as
+            # libseccomp has it.
+            x86_64 = _Label()
+            asm.jump(_JGE, _X32_SYSCALL_BIT, None, x86_64)
+            asm.jump(_JEQ, 0xFFFFFFFF, x86_64, None)
+            asm.ret(policy.bad_arch)
+            asm.place(x86_64)
+        _emit_section(asm, rules, policy.default)
+    return asm.assemble()
 
+
+def _emit_section(asm: _Asm, rules_of: dict[int, tuple[Rule, ...]], default: int) -> None:
+    """One architecture's search on the number (in the accumulator) and its rule blocks."""
     # Rules that end in the default action change nothing: drop them so that more syscalls
     # share the default, then give each distinct rule list one block.
     blocks: dict[tuple[Rule, ...], int] = {}
     block_of: dict[int, int] = {}
-    for nr, rules in policy.rules.items():
+    for nr, rules in rules_of.items():
         cut = list(rules)
         for i, rule in enumerate(cut):
             if not rule.cmps:
                 del cut[i + 1 :]
                 break
-        while cut and cut[-1].action == policy.default:
+        while cut and cut[-1].action == default:
             cut.pop()
         if cut:
             block_of[nr] = blocks.setdefault(tuple(cut), len(blocks))
@@ -355,7 +407,7 @@ def compile_policy(policy: Policy) -> bytes:
 
     def leaf(block: int) -> None:
         if block == -1:
-            asm.ret(policy.default)
+            asm.ret(default)
         elif block in inline:
             asm.ret(inline[block])
         else:
@@ -377,5 +429,4 @@ def compile_policy(policy: Policy) -> bytes:
     for rules, index in blocks.items():
         if index not in inline:
             asm.place(labels[index])
-            _emit_block(asm, rules, policy.default)
-    return asm.assemble()
+            _emit_block(asm, rules, default)

@@ -20,19 +20,18 @@ The profile format is Docker's (moby/profiles ``seccomp/default.json``), as runc
 - ``SCMP_ACT_TRACE`` without a tracer attached makes the call fail with ENOSYS (seccomp(2));
   ``SCMP_ACT_NOTIFY`` needs a supervisor on the listener fd, which the runner does not run, so
   it is refused.
-- Only the native architecture's numbers are compiled; its compat ABIs that a profile lists
-  (``SCMP_ARCH_X86``/``X32`` on x86_64, ``SCMP_ARCH_ARM`` on aarch64) are refused by the
-  filter as foreign architectures (their calls kill the process): a deviation from Docker,
-  which runs 32-bit programs under the same rules.
+- The native architecture is always judged (as libseccomp does); its 32-bit compat ABI
+  (``SCMP_ARCH_X86`` on x86_64, ``SCMP_ARCH_ARM`` on aarch64) only if the profile lists it,
+  with that ABI's numbers; any other ABI — x32 too, listed or not: a deviation from Docker,
+  for a kernel option (CONFIG_X86_X32_ABI) distributions leave off — kills the process.
 """
 
 from __future__ import annotations
 
 import errno as _errno
-import re
 
 from reexec_core.namespaces._seccomp_bpf import OPS, Cmp, Policy, Rule
-from reexec_core.namespaces._seccomp_tables import AARCH64, X86_64
+from reexec_core.namespaces._seccomp_tables import AARCH64, ARM, I386, X86_64
 from reexec_core.namespaces.errors import SeccompProfileError
 
 __all__ = ["DEFAULT_DENIED", "MACHINES", "default_policy", "profile_policy"]
@@ -52,6 +51,11 @@ MACHINES: dict[str, tuple[int, str, str, dict[str, int]]] = {
     "x86_64": (0xC000003E, "SCMP_ARCH_X86_64", "amd64", X86_64),
     "aarch64": (0xC00000B7, "SCMP_ARCH_AARCH64", "arm64", AARCH64),
 }
+# machine -> (libseccomp name, AUDIT_ARCH_*, table) of its compat ABI, judged when listed
+_COMPAT: dict[str, tuple[str, int, dict[str, int]]] = {
+    "x86_64": ("SCMP_ARCH_X86", 0x40000003, I386),
+    "aarch64": ("SCMP_ARCH_ARM", 0x40000028, ARM),
+}
 _ARCH_NAMES = frozenset(
     "SCMP_ARCH_" + a
     for a in (
@@ -63,7 +67,8 @@ _ARCH_NAMES = frozenset(
 #: Syscalls the default profile always refuses with EPERM. On top of these it refuses
 #: ``clone`` with any CLONE_NEW* flag (EPERM), ``clone3`` (ENOSYS, so that libc falls back to
 #: ``clone``, whose flags a filter can read: clone3's are behind a pointer), ``ioctl``
-#: TIOCSTI/TIOCLINUX (EPERM) and ``personality`` other than Docker's five values (EPERM).
+#: TIOCSTI, TIOCLINUX and USERFAULTFD_IOC_NEW (EPERM), and ``personality`` other than
+#: Docker's five values (EPERM).
 DEFAULT_DENIED: tuple[str, ...] = tuple(
     sorted(
         # keys, BPF, perf, userfaultfd, io_uring: kernel attack surface a workload rarely needs
@@ -79,6 +84,8 @@ DEFAULT_DENIED: tuple[str, ...] = tuple(
         "acct swapon swapoff reboot settimeofday clock_settime clock_adjtime adjtimex "
         "iopl ioperm lookup_dcookie quotactl quotactl_fd nfsservctl syslog vhangup uselib "
         "_sysctl sysfs ustat fanotify_init "
+        # the host's names when there is no UTS namespace (the runner sets hostname= before)
+        "sethostname setdomainname "
         # other processes: without a PID namespace of its own the workload could reach the
         # caller's processes, and the filter cannot tell; so no ptrace at all (tracers need
         # a profile of their own)
@@ -95,6 +102,8 @@ _EPERM = RET_ERRNO | _errno.EPERM
 _CLONE_NEW_MASK = 0x7E020000
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
+# /dev/userfaultfd's ioctl (Linux 6.1+): the same userfaultfd, by another door
+_USERFAULTFD_IOC_NEW = 0xAA00
 # personality(2) values Docker allows: PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32,
 # and 0xffffffff, which only queries.
 _PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
@@ -114,7 +123,7 @@ def default_policy(machine: str) -> Policy:
     rules[table["clone3"]] = (Rule((), RET_ERRNO | _errno.ENOSYS),)
     rules[table["ioctl"]] = tuple(
         Rule((Cmp(1, "SCMP_CMP_EQ", request, width=32),), _EPERM)
-        for request in (_TIOCSTI, _TIOCLINUX)
+        for request in (_TIOCSTI, _TIOCLINUX, _USERFAULTFD_IOC_NEW)
     )
     rules[table["personality"]] = (
         *(Rule((Cmp(0, "SCMP_CMP_EQ", v, width=32),), RET_ALLOW) for v in _PERSONALITIES),
@@ -168,15 +177,18 @@ def _action(source: str, where: str, name: object, errno_ret: object) -> int:
     )
 
 
-def _version(source: str, text: object) -> tuple[int, ...]:
-    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", text) if isinstance(text, str) else None
-    if match is None:
-        raise _fail(source, f'has minKernel {text!r}; write it as MAJOR.MINOR, e.g. "4.8"')
-    return tuple(int(p) for p in match.groups() if p is not None)
+def _version(source: str, where: str, text: object) -> tuple[int, ...]:
+    parts = text.split(".") if isinstance(text, str) else []
+    if not 2 <= len(parts) <= 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise _fail(
+            source, f'has minKernel {text!r} {where}; write it as MAJOR.MINOR, e.g. "4.8"'
+        )
+    return tuple(int(p) for p in parts)
 
 
 def _applies(
     source: str,
+    where: str,
     entry: dict[str, object],
     caps: frozenset[str],
     go_arch: str,
@@ -186,12 +198,12 @@ def _applies(
     for key, include in (("includes", True), ("excludes", False)):
         cond = entry.get(key) or {}
         if not isinstance(cond, dict):
-            raise _fail(source, f"has a {key} that is not an object")
+            raise _fail(source, f"has {key} {where} that is not an object")
         listed = {}
         for field in ("caps", "arches"):
             value = cond.get(field) or []
             if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise _fail(source, f"has {key}.{field} that is not a list of names")
+                raise _fail(source, f"has {key}.{field} {where} that is not a list of names")
             listed[field] = value
         if include:
             if not all(c in caps for c in listed["caps"]):
@@ -202,7 +214,7 @@ def _applies(
             if any(c in caps for c in listed["caps"]) or go_arch in listed["arches"]:
                 return False
         if cond.get("minKernel"):
-            if (kernel >= _version(source, cond["minKernel"])) != include:
+            if (kernel >= _version(source, where, cond["minKernel"])) != include:
                 return False
     return True
 
@@ -232,7 +244,7 @@ def _cmps(source: str, where: str, args: object) -> list[tuple[Cmp, ...]]:
                 source, f"has the unknown args op {op!r} {where}; use one of {', '.join(OPS)}"
             )
         cmps.append(Cmp(index, str(op), value, value_two))
-    indexes = [c.index for c in cmps]
+    indexes = [c.arg for c in cmps]
     if len(set(indexes)) < len(indexes):
         return [(c,) for c in cmps]
     return [tuple(cmps)]
@@ -279,7 +291,7 @@ def profile_policy(
     syscalls = data.get("syscalls") or []
     if not isinstance(syscalls, list):
         raise _fail(source, "has syscalls that is not a list")
-    rules: dict[int, list[Rule]] = {}
+    applied: list[tuple[list[str], list[Rule]]] = []
     for number, entry in enumerate(syscalls, 1):
         where = f"in syscalls entry {number}"
         if not isinstance(entry, dict):
@@ -293,17 +305,26 @@ def profile_policy(
             raise _fail(source, f'has no syscall names {where}; give "names": [...]')
         action = _action(source, where, entry.get("action"), entry.get("errnoRet"))
         cmp_sets = _cmps(source, where, entry.get("args"))
-        if not _applies(source, entry, caps, go_arch, kernel):
-            continue
-        for name in names:
-            if name in table:
-                rules.setdefault(table[name], []).extend(Rule(c, action) for c in cmp_sets)
+        # moby tests includes.arches against the daemon's architecture, for every ABI alike.
+        if _applies(source, where, entry, caps, go_arch, kernel):
+            applied.append((names, [Rule(c, action) for c in cmp_sets]))
+
+    def numbered(table: dict[str, int]) -> dict[int, tuple[Rule, ...]]:
+        rules: dict[int, list[Rule]] = {}
+        for names, entry_rules in applied:
+            for name in names:
+                if name in table:
+                    rules.setdefault(table[name], []).extend(entry_rules)
+        return {nr: tuple(r) for nr, r in rules.items()}
+
+    compat_name, compat_arch, compat_table = _COMPAT[machine]
     return Policy(
         audit_arch,
         machine == "x86_64",
-        {nr: tuple(r) for nr, r in rules.items()},
+        numbered(table),
         default,
-        # A foreign ABI cannot be judged by this architecture's numbers (libseccomp's
+        # An ABI whose numbers the filter does not know cannot be judged (libseccomp's
         # default bad-arch action is a kill too).
         RET_KILL_PROCESS,
+        ((compat_arch, numbered(compat_table)),) if compat_name in arches else (),
     )
