@@ -178,7 +178,10 @@ def run(
         argv: the command and its arguments (searched on ``PATH`` like ``execvp``).
         stdin, stdout, stderr: descriptors or file objects (default: inherited).
         forward_signals: pass signals sent to the caller on to the workload.
-        **options: see the module documentation (namespaces, map_root, hostname, ...).
+        report: called with each one-sentence note of a sandboxed run (a limit the workload
+            hit, a best-effort substitute); the library prints nothing itself.
+        **options: see the module documentation (namespaces, map_root, hostname, the
+            sandbox's memory, ulimits, seccomp, cap_drop, landlock_rw, sandbox, ...).
 
     The workload runs in a session of its own; when stdin is this process's terminal, in the
     foreground, it gets a pty of its own, relayed to that terminal (raw mode meanwhile). It
@@ -195,7 +198,8 @@ def run(
         The exit status, or 128+N when signal N killed the command.
 
     Raises:
-        NamespaceError: a leaf naming the cause (limit, policy, kernel, mount, map, exec).
+        NamespaceError: a leaf naming the cause (limit, policy, kernel, mount, map, exec; a
+            sandbox option this system cannot give: ``SandboxError``, ``SeccompProfileError``).
         ValueError, TypeError: contradictory or unknown options.
     """
     from reexec_core.namespaces import _runner, _spec
