@@ -20,6 +20,7 @@ Nothing here is imported by a run without sandbox options.
 from __future__ import annotations
 
 import os
+from errno import ENOSYS
 
 from reexec_core.namespaces import _caps
 from reexec_core.namespaces._wire import Failure
@@ -238,7 +239,7 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
             if ro or rw:
                 from reexec_core.namespaces.errors import SandboxError
 
-                raise SandboxError(_landlock.UNAVAILABLE, 38, "landlock")  # ENOSYS
+                raise SandboxError(_landlock.UNAVAILABLE, ENOSYS, "landlock")
             box["notes"].append(
                 "this kernel has no Landlock: the strict preset runs without its file rules"
             )
