@@ -44,8 +44,11 @@ API_UNSHARE = 'subprocess.run(["unshare", "-Urnpfmiu", ...])'
 sys.path.insert(0, str(REPO))
 
 
-def spawn_timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
-    """Time one cold start of argv as a shell would do it (fork/exec, wait), output dropped."""
+def spawn_timer(
+    argv: list[str], env: dict[str, str], actions: tuple[tuple[object, ...], ...] = ()
+) -> Callable[[], float]:
+    """Time one cold start of argv as a shell would do it (fork/exec, wait), output dropped;
+    ``actions``: more ``posix_spawn`` file actions (a descriptor it reads, say)."""
     devnull = os.open(os.devnull, os.O_RDWR)
 
     def once() -> float:
@@ -54,7 +57,7 @@ def spawn_timer(argv: list[str], env: dict[str, str]) -> Callable[[], float]:
             argv[0],
             argv,
             env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)],
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1), *actions],
         )
         _, status = os.waitpid(pid, 0)
         dt = time.perf_counter() - t0
@@ -158,6 +161,20 @@ def find_app(args: argparse.Namespace, tmp: Path) -> tuple[list[str], str]:
     return [sys.executable, "-m", "nsapp"], f"{sys.executable} -m nsapp (PYTHONPATH=repo)"
 
 
+def app_env(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment the commands run in and the app's command line; says which app."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["SHIV_ROOT"] = str(tmp / "shiv")
+    env["PYTHONPATH"] = str(REPO)
+    app, how = find_app(args, tmp)
+    print(
+        f"python: {sys.executable} ({sys.version.split()[0]}); uid {os.geteuid()}; "
+        f"kernel {os.uname().release}; app: {how}"
+    )
+    return env, app
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per row (>= 30)")
@@ -170,15 +187,7 @@ def main() -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ns-"))
     try:
-        env = dict(os.environ)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["SHIV_ROOT"] = str(tmp / "shiv")
-        env["PYTHONPATH"] = str(REPO)
-        app, how = find_app(args, tmp)
-        print(
-            f"python: {sys.executable} ({sys.version.split()[0]}); uid {os.geteuid()}; "
-            f"kernel {os.uname().release}; app: {how}"
-        )
+        env, app = app_env(args, tmp)
         unshare = shutil.which("unshare")
         bwrap = shutil.which("bwrap")
 

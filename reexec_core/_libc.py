@@ -60,6 +60,13 @@ class Libc:
         self._dlsym: Any = ct.dlsym
         self._funcs: dict[str, Any] = {}
 
+    def buffer(self, raw: bytes) -> Any:
+        """A C buffer holding ``raw``, passed to C as a pointer (a struct the kernel reads)."""
+        kind = type("buffer", (self.Array,), {"_type_": self.c_char, "_length_": len(raw)})
+        buf = kind()
+        buf.raw = raw
+        return buf
+
     def func(self, name: str, returns: str = "int") -> Any:
         """Return libc's function ``name`` (``returns``: ``"int"`` or ``"long"``).
 

@@ -69,6 +69,10 @@ show nsapp reexec-demo
 # Rootless namespaces: PID 1 inside, root mapped onto the caller, a private hostname.
 show nsapp run --hostname demo-box -- sh -c 'echo "inside: pid=$$ uid=$(id -u) hostname=$(hostname)"' \
     || say "(this kernel refused new namespaces: the sentence above says why and what to change)"
+# The sandbox preset for untrusted code: no capabilities, no_new_privs, Landlock, seccomp.
+show nsapp run --sandbox strict -- sh -c \
+    'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status; unshare -U true 2>/dev/null || echo "unshare: refused (seccomp)"' \
+    || say "(this kernel refused the sandbox: the sentence above says why)"
 nsapp history --add "installed 1.0.0" >/dev/null
 show nsapp history --add "used 1.0.0"
 show cat "$NSAPP_STATE_DIR/history.txt"

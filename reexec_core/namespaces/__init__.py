@@ -47,6 +47,30 @@ Options (keywords; a CLI would name its flags alike):
     effective in a single-threaded caller; a threaded one passes on a KeyboardInterrupt of
     its main thread as SIGINT).
 
+The sandbox (what the workload may do and consume; ``docs/namespaces.md``, "Sandbox"):
+
+``memory`` / ``pids_limit`` / ``cpus``
+    Limits of a cgroup of the workload's own (``"64m"``, ``32``, ``0.5``): cgroup v2 where
+    delegated or as root, v1 as root; ``limits_best_effort=True`` turns pids and memory into
+    RLIMIT_NPROC / RLIMIT_AS where no cgroup can be had.
+``ulimits``
+    ``["nofile=16", "cpu=1:2"]`` or ``{"nofile": 16}``: resource limits (nofile, nproc, as,
+    cpu, fsize, core).
+``seccomp``
+    ``"default"``, ``"unconfined"`` or the path of a Docker/OCI profile.
+``cap_drop`` / ``cap_add``
+    ``"ALL"`` or capability names: what the workload keeps of the capabilities it would hold.
+``no_new_privileges``
+    Default True when any sandbox option is given.
+``landlock_ro`` / ``landlock_rw``
+    Paths the workload may read / read and write (Landlock); the rest is denied.
+``sandbox``
+    ``"strict"``: the preset for untrusted code (caps dropped, no_new_privs, the default
+    seccomp filter, Landlock, no core dumps).
+``report``
+    A callable given each one-sentence note of the run (``"killed: memory limit 64 MiB
+    reached"``); the library prints nothing itself.
+
 Every kernel refusal raises a :class:`NamespaceError` leaf whose message names the cause and
 the knob (see ``docs/namespaces.md``). Misuse raises ``ValueError``/``TypeError``.
 
@@ -63,7 +87,7 @@ import reexec_core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
     from reexec_core.namespaces._runner import StdIO
@@ -77,6 +101,8 @@ if TYPE_CHECKING:
         NamespacePermissionError,
         NamespaceSetupError,
         NamespaceUnsupportedError,
+        SandboxError,
+        SeccompProfileError,
         ThreadedCallerError,
     )
 
@@ -91,6 +117,8 @@ _ERRORS = frozenset(
         "NamespacePermissionError",
         "NamespaceSetupError",
         "NamespaceUnsupportedError",
+        "SandboxError",
+        "SeccompProfileError",
         "ThreadedCallerError",
     }
 )
@@ -116,6 +144,8 @@ __all__ = [
     "NamespacePermissionError",
     "NamespaceSetupError",
     "NamespaceUnsupportedError",
+    "SandboxError",
+    "SeccompProfileError",
     "ThreadedCallerError",
     "available",
     "join",
@@ -139,6 +169,7 @@ def run(
     stdout: StdIO = None,
     stderr: StdIO = None,
     forward_signals: bool = True,
+    report: Callable[[str], object] | None = None,
     **options: Any,
 ) -> int:
     """Run the command ``argv`` in new namespaces and return its exit status.
@@ -147,7 +178,10 @@ def run(
         argv: the command and its arguments (searched on ``PATH`` like ``execvp``).
         stdin, stdout, stderr: descriptors or file objects (default: inherited).
         forward_signals: pass signals sent to the caller on to the workload.
-        **options: see the module documentation (namespaces, map_root, hostname, ...).
+        report: called with each one-sentence note of a sandboxed run (a limit the workload
+            hit, a best-effort substitute); the library prints nothing itself.
+        **options: see the module documentation (namespaces, map_root, hostname, the
+            sandbox's memory, ulimits, seccomp, cap_drop, landlock_rw, sandbox, ...).
 
     The workload runs in a session of its own; when stdin is this process's terminal, in the
     foreground, it gets a pty of its own, relayed to that terminal (raw mode meanwhile). It
@@ -164,7 +198,8 @@ def run(
         The exit status, or 128+N when signal N killed the command.
 
     Raises:
-        NamespaceError: a leaf naming the cause (limit, policy, kernel, mount, map, exec).
+        NamespaceError: a leaf naming the cause (limit, policy, kernel, mount, map, exec; a
+            sandbox option this system cannot give: ``SandboxError``, ``SeccompProfileError``).
         ValueError, TypeError: contradictory or unknown options.
     """
     from reexec_core.namespaces import _runner, _spec
@@ -172,7 +207,7 @@ def run(
     if isinstance(argv, (str, bytes)):
         raise TypeError("argv must be a sequence of arguments, not a string")
     spec = _spec.make_spec(argv=list(argv), **options)
-    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals, report)
 
 
 def run_entry(
@@ -182,6 +217,7 @@ def run_entry(
     stdout: StdIO = None,
     stderr: StdIO = None,
     forward_signals: bool = True,
+    report: Callable[[str], object] | None = None,
     **options: Any,
 ) -> int:
     """Run the registered entry point ``name`` with ``args`` in new namespaces.
@@ -208,7 +244,7 @@ def run_entry(
     # Fail here, in the caller, if this program cannot be started again under a name (no
     # init() called, python -c): PID 1 makes the real Command inside the namespaces.
     reexec_core.command(name, *args)
-    return _runner.execute(spec, stdin, stdout, stderr, forward_signals)
+    return _runner.execute(spec, stdin, stdout, stderr, forward_signals, report)
 
 
 def join(

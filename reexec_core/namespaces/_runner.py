@@ -27,6 +27,7 @@ from reexec_core.namespaces.errors import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO, Any
 
     StdIO = int | IO[bytes] | IO[str] | None
@@ -55,13 +56,30 @@ def execute(
     stdout: StdIO = None,
     stderr: StdIO = None,
     forward_signals: bool = True,
+    report: Callable[[str], object] | None = None,
 ) -> int:
     """Run ``spec`` to completion and return the workload's exit code (128+N for signal N).
+
+    ``report`` receives the one-sentence notes of a sandboxed run (a limit that was hit, a
+    best-effort substitute for a cgroup limit).
 
     Raises:
         NamespaceError: a typed leaf, when the kernel or the system refused a step.
     """
     require_linux()
+    if spec.sandbox is not None:
+        from reexec_core.namespaces import _cgroup
+
+        def go() -> int:
+            return _execute_auto(spec, stdin, stdout, stderr, forward_signals)
+
+        return _cgroup.run_limited(spec.sandbox, go, report)
+    return _execute_auto(spec, stdin, stdout, stderr, forward_signals)
+
+
+def _execute_auto(
+    spec: Spec, stdin: StdIO, stdout: StdIO, stderr: StdIO, forward_signals: bool
+) -> int:
     try:
         return _execute(spec, stdin, stdout, stderr, forward_signals)
     except (NamespacePermissionError, NamespaceLimitError) as e:
@@ -184,8 +202,9 @@ def _start_fresh(spec: Spec, errw: int, ackr: int, fds: list[int | None]) -> Any
     specfd = _wire.spec_fd(spec.to_json())
     try:
         cmd = reexec_core.command(ENTRY, str(specfd), str(errw), str(ackr))
+        cgroup_fds = spec.sandbox["cgroup_fds"] if spec.sandbox else []
         return cmd.popen(
-            pass_fds=(specfd, errw, ackr),
+            pass_fds=(specfd, errw, ackr, *cgroup_fds),
             stdin=fds[0],
             stdout=fds[1],
             stderr=fds[2],

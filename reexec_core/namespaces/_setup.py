@@ -150,7 +150,7 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
             procfd = _open_proc(spec)
             inner_setup(spec)
             return _spawn_and_supervise(spec, errfd, procfd)
-        seal(errfd)
+        seal(errfd, *_kept(spec))
         alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
@@ -174,10 +174,17 @@ def setup_main(spec: Spec, errfd: int, ackfd: int, parent: int) -> int:
 
 def _spawn_and_supervise(spec: Spec, errfd: int, procfd: int | None) -> int:
     """Seal this process, start the workload, supervise it (as PID 1, or as its subreaper)."""
-    seal(errfd, procfd)
+    seal(errfd, procfd, *_kept(spec))
     child = start_workload(spec, errfd)
     os.close(errfd)
+    for fd in _kept(spec):
+        os.close(fd)  # the workload's process has them now
     return _pid1.supervise(child, reap_all=True, procfd=procfd, group=True)
+
+
+def _kept(spec: Spec) -> list[int]:
+    """Descriptors the workload's process needs from the set-up (its cgroup's procs files)."""
+    return list(spec.sandbox["cgroup_fds"]) if spec.sandbox else []
 
 
 def clone_main(spec: Spec, errfd: int, ackfd: int) -> int:
@@ -355,31 +362,53 @@ def _prepare_exec(spec: Spec) -> Env:
     return dict(os.environ) if spec.env is None else dict(spec.env)
 
 
-def _child_setup(spec: Spec) -> None:
+def _child_setup(spec: Spec, errfd: int, program: str | None) -> None:
     """In the workload's process before its exec: a session of its own (with the pty as its
-    controlling terminal, when it has one) and the signal state the caller had."""
-    os.setsid()
-    if spec.pty:
-        import fcntl
+    controlling terminal, when it has one), the signal state the caller had, and the sandbox
+    (``_sandbox.enter``: limits, capabilities, no_new_privs, Landlock, seccomp last).
 
-        fcntl.ioctl(0, _TIOCSCTTY, 0)  # the slave, on stdin; we are its session's leader now
+    A step that fails is reported to the runner (which raises the typed error) and the process
+    exits: 126 for the session or its terminal, 125 for the sandbox.
+    """
+    try:
+        os.setsid()
+        if spec.pty:
+            import fcntl
+
+            fcntl.ioctl(0, _TIOCSCTTY, 0)  # the slave, on stdin; we are its session's leader now
+    except OSError as e:
+        # Not the command's fault: say what did fail (the session or its terminal).
+        what = "the workload's session with its pty as controlling terminal"
+        _wire.report(errfd, Failure("set up", e.errno or 0, 0, what))
+        os._exit(126)
     for sig in _SIGDEF:
         _signal.signal(sig, _signal.SIG_DFL)
     _pid1.restore(spec.sigmask)
+    if spec.sandbox is not None:
+        from reexec_core.namespaces import _sandbox
+
+        try:
+            _sandbox.enter(spec.sandbox, program)
+        except Failure as f:
+            _wire.report(errfd, f)
+            os._exit(125)
+        except Exception as e:  # a bug: said as one, never an exec without the sandbox
+            _wire.report(errfd, _wire.crashed("the workload's sandbox set-up", e))
+            os._exit(125)
 
 
 def start_workload(spec: Spec, errfd: int) -> int:
     """Start the workload as our child, in a session of its own; return its pid."""
     env = _prepare_exec(spec)
     if spec.entry is not None:
-        return _start_entry(spec, env)
+        return _start_entry(spec, env, errfd)
     assert spec.argv is not None
     argv = spec.argv
     path = _ready[1] if _ready is not None and _ready[1] is not None else None
     if path is None:
         path = find_program(argv[0], env)
-    if spec.pty:
-        return _fork_ctty(spec, errfd, path, argv, env)
+    if spec.pty or spec.sandbox is not None:
+        return _fork_exec(spec, errfd, path, argv, env)
     try:
         return os.posix_spawn(
             path,
@@ -393,10 +422,10 @@ def start_workload(spec: Spec, errfd: int) -> int:
         raise Failure("exec", e.errno or 0, 0, argv[0]) from e
 
 
-def _fork_ctty(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> int:
-    """Spawn the workload as the session leader of its pty: it must take it as its
-    controlling terminal *before* its exec (posix_spawn cannot), or a shell checking its
-    terminal at start stops itself.
+def _fork_exec(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> int:
+    """Fork the workload's process, set it up in Python, then exec: posix_spawn cannot make a
+    pty the controlling terminal *before* the exec (or a shell checking its terminal at start
+    stops itself), nor apply the sandbox.
 
     An exec that fails is reported to the runner like posix_spawn's failure (the runner raises
     the ``CommandError``; the caller decides what to print), and the child exits 127 for a
@@ -405,13 +434,7 @@ def _fork_ctty(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> 
     pid = os.fork()
     if pid == 0:
         try:
-            _child_setup(spec)
-        except OSError as e:
-            # Not the command's fault: say what did fail (the session or its terminal).
-            what = "the workload's session with its pty as controlling terminal"
-            _wire.report(errfd, Failure("set up", e.errno or 0, 0, what))
-            os._exit(126)
-        try:
+            _child_setup(spec, errfd, path)
             os.execve(path, argv, env)
         except OSError as e:
             _wire.report(errfd, Failure("exec", e.errno or 0, 0, argv[0]))
@@ -438,7 +461,7 @@ def find_program(name: str, env: Env) -> str:
     return name
 
 
-def _start_entry(spec: Spec, env: dict[str, str]) -> int:
+def _start_entry(spec: Spec, env: dict[str, str], errfd: int) -> int:
     import reexec_core
 
     assert spec.entry is not None
@@ -452,7 +475,10 @@ def _start_entry(spec: Spec, env: dict[str, str]) -> int:
     os.environ.update(saved)
     try:
         proc = cmd.popen(
-            env=env, preexec_fn=lambda: _child_setup(spec), close_fds=False, restore_signals=True
+            env=env,
+            preexec_fn=lambda: _child_setup(spec, errfd, None),
+            close_fds=False,
+            restore_signals=True,
         )
     except OSError as e:
         raise Failure("exec", e.errno or 0, 0, spec.name) from e
@@ -467,7 +493,7 @@ def entry_main(specfd: str, errfd: str, ackfd: str) -> int:
     """
     spec = Spec.from_json(_wire.read_spec(int(specfd)))
     _pid1.block()
-    for fd in (int(errfd), int(ackfd)):
+    for fd in (int(errfd), int(ackfd), *_kept(spec)):
         os.set_inheritable(fd, False)  # passed to us, not to be passed on to the workload
     status = setup_main(spec, int(errfd), int(ackfd), 0)
     sys.stdout.flush()

@@ -45,6 +45,7 @@ _FIELDS = (
     "join_flags",
     "name",
     "pty",
+    "sandbox",
 )
 
 
@@ -73,6 +74,7 @@ class Spec:
     join_flags: int
     name: str  # a short description for messages
     pty: bool  # stdin is a pty of the workload's own (the runner relays it): its ctty
+    sandbox: dict[str, Any] | None  # limits, capabilities, Landlock, seccomp (see _sandbox)
 
     def to_json(self) -> str:
         import json
@@ -180,9 +182,24 @@ def make_spec(
     proc: bool | None = None,
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    memory: int | str | None = None,
+    pids_limit: int | None = None,
+    cpus: float | None = None,
+    ulimits: Iterable[str] | Mapping[str, object] | None = None,
+    limits_best_effort: bool | None = None,
+    cap_drop: str | Iterable[str] | None = None,
+    cap_add: str | Iterable[str] | None = None,
+    no_new_privileges: bool | None = None,
+    landlock_ro: Iterable[str] | None = None,
+    landlock_rw: Iterable[str] | None = None,
+    seccomp: str | os.PathLike[str] | None = None,
+    sandbox: str | None = None,
     **unknown: Any,
 ) -> Spec:
     """Check the options of a namespaced run and return its :class:`Spec`.
+
+    The sandbox options (``memory`` ... ``sandbox``) are checked by ``_sandbox.make``, which
+    is imported only when one of them is given.
 
     Raises:
         TypeError: an unknown option.
@@ -273,6 +290,36 @@ def make_spec(
     spec.join = 0
     spec.join_flags = 0
     spec.pty = False
+    boxed = {
+        "memory": memory,
+        "pids_limit": pids_limit,
+        "cpus": cpus,
+        "ulimits": ulimits,
+        "limits_best_effort": limits_best_effort,
+        "cap_drop": cap_drop,
+        "cap_add": cap_add,
+        "no_new_privileges": no_new_privileges,
+        "landlock_ro": landlock_ro,
+        "landlock_rw": landlock_rw,
+        "seccomp": seccomp,
+        "sandbox": sandbox,
+    }
+    spec.sandbox = None
+    if any(v is not None for v in boxed.values()):
+        from reexec_core.namespaces import _sandbox
+
+        root_inside = umap[0][0] == 0 if user else uid == 0
+        spec.sandbox = _sandbox.make(root_inside, user, spec.entry is not None, **boxed)
+        if spec.sandbox and spec.sandbox["landlock"] is not None:
+            # What the caller mounted in is the workload's to use: bind and tmpfs targets
+            # read-write, ro-bind targets read-only (the hiding tmpfs below is not).
+            spec.sandbox["landlock"]["mounts"] = [[kind, dst] for kind, _, dst in spec.mounts]
+        if spec.sandbox and spec.sandbox["cgroup"] and mnt and spec.root is None:
+            # The workload may own the cgroup files it sees (root mapped onto root, or the
+            # delegate's uid): an empty tmpfs over them keeps it from moving itself out of
+            # its limits (one it cannot unmount without CAP_SYS_ADMIN: --cap-drop).
+            if os.path.isdir("/sys/fs/cgroup"):
+                spec.mounts.append(("tmpfs", "", "/sys/fs/cgroup"))
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:

@@ -25,6 +25,8 @@ __all__ = [
     "NamespacePermissionError",
     "NamespaceSetupError",
     "NamespaceUnsupportedError",
+    "SandboxError",
+    "SeccompProfileError",
     "ThreadedCallerError",
     "error_for",
     "require_linux",
@@ -81,6 +83,11 @@ class NamespaceSetupError(NamespaceError):
 
 class CommandError(NamespaceError):
     """The command could not be started inside (not found: errno ENOENT; not executable)."""
+
+
+class SandboxError(NamespaceError):
+    """A sandbox option could not be had: a cgroup limit, a resource limit, capabilities,
+    no_new_privs or Landlock (the message says which, and how to get it)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +265,13 @@ def error_for(
         elif errno == EACCES:
             reason = "permission denied (not executable, or on a noexec mount)"
         return CommandError(f"cannot run {detail}: {reason}", errno, operation)
+    if operation == "sandbox":
+        return SandboxError(detail, errno, operation)  # the set-up wrote the whole sentence
     if operation in ("join", "pidfd_open"):
         return JoinError(f"cannot join {detail}: {reason}", errno, operation)
     text = " ".join(x for x in (f"cannot {operation}", detail) if x)
     return NamespaceSetupError(f"{text}: {reason}" if reason else text, errno, operation)
+
+
+class SeccompProfileError(NamespaceError):
+    """A seccomp profile cannot be used: unreadable, malformed, or asking what we cannot do."""

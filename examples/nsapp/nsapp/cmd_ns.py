@@ -1,11 +1,15 @@
 """``nsapp run`` and ``nsapp shell``: a command, or ``/bin/sh``, in new Linux namespaces.
 
 ``nsapp run [--ns LIST] [--map-root | --map-current] [--subids] [--hostname NAME]
-[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--root DIR] -- CMD [ARG...]`` runs CMD
+[--bind SRC:DST] [--ro-bind SRC:DST] [--tmpfs DST] [--root DIR] [SANDBOX FLAGS] -- CMD
+[ARG...]`` runs CMD
 inside (all the namespaces the caller can create by default, root inside mapped onto the
 caller) and exits with its status; stdio and the terminal pass through. A refusal by the
 kernel is one sentence on stderr and exit status 125 (126: CMD not executable, 127: not found),
-as with ``docker run``/``podman run``.
+as with ``docker run``/``podman run``. The sandbox flags are docker's names (``--memory``,
+``--pids-limit``, ``--cpus``, ``--ulimit``, ``--seccomp``, ``--cap-drop``, ``--cap-add``,
+``--no-new-privileges``), plus ``--landlock-ro``/``--landlock-rw``, ``--sandbox strict`` and
+``--limits-best-effort``; a limit the command hit is one line on stderr.
 
 Cheap to import (every start of the app imports it): ``reexec_core.namespaces`` loads nothing
 heavy until it runs, and ``fast_main`` parses the common ``run`` line without argparse.
@@ -32,6 +36,26 @@ EXIT_REFUSED, EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_USAGE = 125, 126, 127, 2
 
 _VALUE_OPTIONS = {"--ns", "--hostname", "--bind", "--ro-bind", "--tmpfs", "--root"}
 _FLAG_OPTIONS = {"--map-root", "--map-current", "--subids"}
+#: The sandbox flags (docker/podman's names) -> the option of namespaces.run they set; the
+#: repeatable ones collect a list.
+_SANDBOX_VALUES = {
+    "--memory": "memory",
+    "--pids-limit": "pids_limit",
+    "--cpus": "cpus",
+    "--seccomp": "seccomp",
+    "--sandbox": "sandbox",
+}
+_SANDBOX_LISTS = {
+    "--ulimit": "ulimits",
+    "--cap-drop": "cap_drop",
+    "--cap-add": "cap_add",
+    "--landlock-ro": "landlock_ro",
+    "--landlock-rw": "landlock_rw",
+}
+_SANDBOX_FLAGS = {
+    "--no-new-privileges": "no_new_privileges",
+    "--limits-best-effort": "limits_best_effort",
+}
 
 
 def _mount(kind: str) -> Any:
@@ -74,17 +98,54 @@ def _options(
     return opts
 
 
+def _sandbox_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The sandbox flags given (by flag name) -> options of ``namespaces.run``.
+
+    Raises:
+        ValueError: ``--pids-limit``/``--cpus`` is not a number.
+    """
+    opts: dict[str, Any] = {}
+    for flag, key in _SANDBOX_VALUES.items():
+        value = values.get(flag)
+        if value is None:
+            continue
+        if key == "pids_limit":
+            if not value.isdigit():
+                raise ValueError(f"--pids-limit needs a whole number, not {value!r}")
+            value = int(value)
+        elif key == "cpus":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"--cpus needs a number such as 0.5, not {value!r}") from None
+        opts[key] = value
+    for flag, key in _SANDBOX_LISTS.items():
+        if values.get(flag):
+            opts[key] = list(values[flag])
+    for flag, key in _SANDBOX_FLAGS.items():
+        if values.get(flag):
+            opts[key] = True
+    return opts
+
+
+def _report(command: str) -> Any:
+    def say(sentence: str) -> None:
+        sys.stderr.write(f"nsapp {command}: {sentence}\n")
+
+    return say
+
+
 def _run(command: str, argv: list[str], opts: dict[str, Any], env: dict[str, str] | None) -> int:
     """Run argv with the options; turn every refusal into one sentence and a status."""
     try:
-        return namespaces.run(argv, env=env, **opts)
+        return namespaces.run(argv, env=env, report=_report(command), **opts)
     except namespaces.CommandError as e:
         sys.stderr.write(f"nsapp {command}: {e}\n")
         return EXIT_NOTFOUND if e.errno == 2 else EXIT_NOEXEC
     except namespaces.NamespaceError as e:
         sys.stderr.write(f"nsapp {command}: {e}\n")
         return EXIT_REFUSED
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         sys.stderr.write(f"nsapp {command}: error: {e}\n")
         return EXIT_USAGE
 
@@ -100,7 +161,18 @@ def run_command(ns: argparse.Namespace) -> int:
     opts = _options(
         ns.ns, ns.map_root, ns.map_current, ns.subids, ns.hostname, ns.mounts or [], ns.root
     )
+    try:
+        opts.update(_sandbox_options(_sandbox_values(ns)))
+    except ValueError as e:
+        sys.stderr.write(f"nsapp run: error: {e}\n")
+        return EXIT_USAGE
     return _run("run", argv, opts, None)
+
+
+def _sandbox_values(ns: argparse.Namespace) -> dict[str, Any]:
+    """argparse's values of the sandbox flags, by flag name (as fast_main collects them)."""
+    flags = {**_SANDBOX_VALUES, **_SANDBOX_LISTS, **_SANDBOX_FLAGS}
+    return {flag: getattr(ns, key) for flag, key in flags.items()}
 
 
 def shell_command(ns: argparse.Namespace) -> int:
@@ -127,6 +199,8 @@ def fast_main(args: list[str]) -> int | None:
     if not args or args[0] != "run":
         return None
     values: dict[str, Any] = {"mounts": []}
+    for flag in _SANDBOX_LISTS:
+        values[flag] = []
     i = 1
     while i < len(args):
         arg = args[i]
@@ -136,11 +210,15 @@ def fast_main(args: list[str]) -> int | None:
         if not arg.startswith("-"):
             break
         name, eq, value = arg.partition("=")
-        if name in _FLAG_OPTIONS and not eq:
+        if (name in _FLAG_OPTIONS or name in _SANDBOX_FLAGS) and not eq:
             values[name] = True
             i += 1
             continue
-        if name not in _VALUE_OPTIONS:
+        if (
+            name not in _VALUE_OPTIONS
+            and name not in _SANDBOX_VALUES
+            and name not in _SANDBOX_LISTS
+        ):
             return None
         if not eq:
             if i + 1 >= len(args):
@@ -153,6 +231,8 @@ def fast_main(args: list[str]) -> int | None:
                 values["mounts"].append(_mount(name[2:])(value))
             except ValueError:
                 return None
+        elif name in _SANDBOX_LISTS:
+            values[name].append(value)
         elif name in values:
             return None  # repeated: let argparse decide
         else:
@@ -169,6 +249,10 @@ def fast_main(args: list[str]) -> int | None:
         values["mounts"],
         values.get("--root"),
     )
+    try:
+        opts.update(_sandbox_options(values))
+    except ValueError:
+        return None  # argparse's parse says what is wrong, as for any other bad value
     return _run("run", argv, opts, None)
 
 
@@ -213,6 +297,41 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _sandbox_flags(p: argparse.ArgumentParser) -> None:
+    """The sandbox flags of ``run``, named after docker/podman's (docs/namespaces.md)."""
+    g = p.add_argument_group("sandbox (what the command may do and consume)")
+    for flag, metavar, text in (
+        ("--memory", "SIZE", "memory limit of the command's own cgroup (64m, 1g)"),
+        ("--pids-limit", "N", "at most N processes and threads (cgroup)"),
+        ("--cpus", "FRACTION", "CPU time, in CPUs (0.5: half of one; cgroup)"),
+        ("--seccomp", "PROFILE", "default | unconfined | PROFILE.json (Docker's format)"),
+        ("--sandbox", "PRESET", "strict: the set for untrusted code (docs/namespaces.md)"),
+    ):
+        g.add_argument(flag, metavar=metavar, dest=_SANDBOX_VALUES[flag], help=text)
+    for flag, metavar, text in (
+        ("--ulimit", "NAME=SOFT[:HARD]", "nofile, nproc, as, cpu, fsize, core (repeatable)"),
+        ("--cap-drop", "ALL|CAP,...", "capabilities the command does not get (repeatable)"),
+        ("--cap-add", "CAP", "a capability it keeps or gets (repeatable)"),
+        ("--landlock-ro", "PATH", "with Landlock: PATH may be read (repeatable)"),
+        ("--landlock-rw", "PATH", "with Landlock: PATH may be read and written (repeatable)"),
+    ):
+        g.add_argument(flag, metavar=metavar, dest=_SANDBOX_LISTS[flag], action="append", help=text)
+    g.add_argument(
+        "--no-new-privileges",
+        dest="no_new_privileges",
+        action="store_true",
+        default=None,
+        help="setuid and file capabilities give nothing (on with any sandbox flag)",
+    )
+    g.add_argument(
+        "--limits-best-effort",
+        dest="limits_best_effort",
+        action="store_true",
+        default=None,
+        help="no cgroup to be had: --pids-limit as RLIMIT_NPROC, --memory as RLIMIT_AS",
+    )
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``run`` and ``shell`` to the app's parser."""
     import argparse
@@ -228,10 +347,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Run CMD in new Linux namespaces with a real PID 1, root inside mapped "
         "onto you; stdin, stdout, stderr and the terminal pass through.",
         epilog="examples:\n  nsapp run -- id -u                  # 0: root inside, you outside\n"
-        "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n\n"
+        "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n"
+        "  nsapp run --sandbox strict --tmpfs /tmp --pids-limit 64 -- python3 untrusted.py\n\n"
         + status,
     )
     _common(p)
+    _sandbox_flags(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=run_command)
     s = subparsers.add_parser(
