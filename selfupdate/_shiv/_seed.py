@@ -45,8 +45,9 @@ def check_extraction_root(installed: Path) -> None:
             return
         with zipfile.ZipFile(installed) as z:
             env = _environment(z)
-    except (OSError, zipfile.BadZipFile):
-        return  # what cannot be read here is reported where the update needs it
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        # not shiv's (no environment.json), or unreadable: the update reports what it needs
+        return
     if not isinstance(env.get("build_id"), str):
         return
     try:
