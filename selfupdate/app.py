@@ -196,7 +196,7 @@ def _default_client(repo_url: str | None, channel: str | None = None) -> ClientL
     """An UpdateClient for what the build embedded (trusted root, URL, channel)."""
     from selfupdate._clients import default_client
 
-    return default_client(_cfg.name, repo_url, channel)
+    return default_client(_cfg.name, repo_url, channel, _cfg.state_dir)
 
 
 def migration(version: str) -> Callable[[Migration], Migration]:
