@@ -87,7 +87,8 @@ def serve(repo: Path, prefix: Path, *, workers: int = 1) -> Iterator[Nginx]:
     conf.write_text(config(prefix, repo, port, workers=workers))
     with open(prefix / "stderr.log", "wb") as err:
         proc = subprocess.Popen(
-            [binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.DEVNULL, stderr=err
+            [binary, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=err,
         )
     try:
         deadline = time.monotonic() + 10
