@@ -36,7 +36,7 @@ class Nginx:
     pid: int
 
     def log_lines(self) -> list[str]:
-        """``METHOD PATH STATUS BODY_BYTES BYTES_SENT`` per request so far."""
+        """``METHOD PATH STATUS BODY_BYTES BYTES_SENT REQUEST_BYTES`` per request so far."""
         try:
             return self.access_log.read_text().splitlines()
         except FileNotFoundError:
@@ -67,7 +67,8 @@ def config(prefix: Path, repo: Path, port: int, *, workers: int = 1) -> str:
         "events { worker_connections 4096; }\n"
         "http {\n"
         "    log_format fleet\n"
-        "        '$request_method $request_uri $status $body_bytes_sent $bytes_sent';\n"
+        "        '$request_method $request_uri $status $body_bytes_sent $bytes_sent '\n"
+        "        '$request_length';\n"
         f"    access_log {prefix}/access.log fleet;\n"
         f"{temps}"
         f"    include {prefix}/repo-server.conf;\n"

@@ -211,7 +211,7 @@ def test_an_idle_check_is_two_small_requests_at_the_server(
         ("GET", "/metadata/2.root.json", "404"),
         ("GET", "/metadata/timestamp.json", "200"),
     ]
-    assert sum(int(b) for *_, b in idle) < 2000  # bytes sent, headers included
+    assert sum(int(x[4]) for x in idle) < 2000  # bytes sent, headers included
 
 
 @needs_nginx
@@ -243,6 +243,18 @@ def test_the_app_says_this_machine_is_not_in_the_rollout_yet(
         # Without the variable the machine makes its own ID, kept outside the snapshots.
         inst.run("update", "--check", "--repo", ng.url)
         assert (inst.state / "install-id").stat().st_mode & 0o777 == 0o600
+        # Mirrors: a refused first one is passed over (-v says who served); all refused is
+        # one sentence naming them.
+        from _support_client import free_port
+
+        dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+        r = inst.run("-v", "update", "--check", "--repo", dead[0], "--repo", ng.url, env=in_env)
+        assert r.returncode == 100, r.stderr
+        assert f"nsapp: metadata from {ng.url}" in r.stderr
+        r = inst.run("update", "--check", "--repo", dead[0], "--repo", dead[1], env=in_env)
+        line = r.stderr.strip()
+        assert r.returncode == 1 and "\n" not in line and "no mirror" in line, r.stderr
+        assert all(f"{u} (Connection refused)" in line for u in dead), line
 
 
 def _inside(version: str, percent: int) -> str:
