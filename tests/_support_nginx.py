@@ -50,9 +50,12 @@ def _free_port() -> int:
     return port
 
 
-def config(prefix: Path, repo: Path, port: int, *, workers: int = 1) -> str:
-    """nginx.conf: the shipped server block with its root and listen line replaced."""
-    server = SHIPPED_CONF.read_text()
+def config(
+    prefix: Path, repo: Path, port: int, *, workers: int = 1, server_conf: Path = SHIPPED_CONF
+) -> str:
+    """nginx.conf: the shipped server block (or ``server_conf``) with its ``root`` and
+    ``listen`` lines replaced."""
+    server = server_conf.read_text()
     server = server.replace("listen 80;", f"listen 127.0.0.1:{port};")
     server = server.replace("root /srv/selfupdate-repo;", f"root {repo};")
     (prefix / "repo-server.conf").write_text(server)
@@ -77,7 +80,9 @@ def config(prefix: Path, repo: Path, port: int, *, workers: int = 1) -> str:
 
 
 @contextmanager
-def serve(repo: Path, prefix: Path, *, workers: int = 1) -> Iterator[Nginx]:
+def serve(
+    repo: Path, prefix: Path, *, workers: int = 1, server_conf: Path = SHIPPED_CONF
+) -> Iterator[Nginx]:
     """Start nginx (``nginx -c CONF -p PREFIX``) serving ``repo``; stop it (by its PID) after."""
     binary = nginx_binary()
     assert binary is not None, "callers skip where nginx is missing"
@@ -85,7 +90,7 @@ def serve(repo: Path, prefix: Path, *, workers: int = 1) -> Iterator[Nginx]:
     (prefix / "tmp").mkdir(exist_ok=True)
     port = _free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(config(prefix, repo, port, workers=workers))
+    conf.write_text(config(prefix, repo, port, workers=workers, server_conf=server_conf))
     with open(prefix / "stderr.log", "wb") as err:
         proc = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],

@@ -416,3 +416,43 @@ def test_all_mirrors_down_is_one_sentence_naming_them(tmp_path: Path) -> None:
     assert_sentence(msg)
     assert all(f"{u} (Connection refused)" in msg for u in urls), msg
     assert [base for base, _ in e.value.failures] == urls
+
+
+STALE_CACHE_CONF = """
+# A cache that kept an old timestamp.json (two CDN nodes out of step): it serves the stale copy
+# unless the request says Cache-Control: no-cache.
+server {
+    listen 80;
+    root /srv/selfupdate-repo;
+    location = /metadata/timestamp.json {
+        set $ts /stale-timestamp.json;
+        if ($http_cache_control = "no-cache") { set $ts /metadata/timestamp.json; }
+        try_files $ts /metadata/timestamp.json =404;
+    }
+}
+"""
+
+
+@needs_nginx
+def test_a_stale_cached_timestamp_is_asked_for_again_not_taken_for_a_rollback(
+    tmp_path: Path,
+) -> None:
+    pub = make_pub(tmp_path)
+    pub.publish("2.0.0")
+    old = pub.meta("timestamp.json").read_bytes()
+    pub.publish("2.1.0")
+    conf = tmp_path / "stale.conf"
+    conf.write_text(STALE_CACHE_CONF)
+    with serve(pub.repo, tmp_path / "nginx", server_conf=conf) as ng:
+        client = _fleet(pub, ng.url, tmp_path, 1)[0]
+        assert client.check("2.0.0").version == "2.1.0"  # fresh: nothing stale cached yet
+        (pub.repo / "stale-timestamp.json").write_bytes(old)
+        release = client.check("2.0.0")
+        assert release is not None and release.version == "2.1.0"
+        assert client.fetcher.revalidate
+        fresh = _fleet(pub, ng.url, tmp_path / "other", 1)[0]
+        assert fresh.check("2.0.0") is None  # a new client trusts the stale copy: no error
+        # A repository that really went back (no cache to ask) is still a rollback.
+        pub.meta("timestamp.json").write_bytes(old)
+        with pytest.raises(errors.RollbackError):
+            client.check("2.0.0")

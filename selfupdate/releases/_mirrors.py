@@ -93,6 +93,7 @@ class MirrorFetcher(Fetcher):
         self.order = list(bases)  # healthy first; a mirror that failed goes last
         self.served: dict[str, str] = {}  # "metadata" / "release" -> base that served it
         self.failures: list[tuple[str, str]] = []  # (base, why), for the -v lines
+        self.revalidate = False  # ask caches for a fresh timestamp.json (see revalidating)
 
     def _rest(self, url: str) -> str | None:
         primary = self.bases[0]
@@ -107,6 +108,17 @@ class MirrorFetcher(Fetcher):
             self.order.append(base)
 
     def download_bytes(self, url: str, max_length: int) -> bytes:
+        if self.revalidate and url.endswith("/metadata/timestamp.json"):
+            # The one request a client ever sends with Cache-Control: a cache that served a
+            # stale timestamp.json is asked for a fresh one (RFC 9111 5.2.1.4).
+            self._session.headers["Cache-Control"] = "no-cache"
+            try:
+                return self._download_bytes(url, max_length)
+            finally:
+                del self._session.headers["Cache-Control"]
+        return self._download_bytes(url, max_length)
+
+    def _download_bytes(self, url: str, max_length: int) -> bytes:
         rest = self._rest(url)
         if rest is None or len(self.bases) == 1:
             data = super().download_bytes(url, max_length)
@@ -156,8 +168,14 @@ def refresh_with_failover(fetcher: Fetcher, refresh: Callable[[], _T]) -> _T:
     """``refresh()`` (a whole TUF refresh, each call with a new updater), again with the
     mirror that served the failing metadata last, while verification fails and another
     mirror is left to try. What verified before the failure stays trusted (ngclient keeps
-    only verified metadata), so a later mirror cannot roll it back."""
-    if not isinstance(fetcher, MirrorFetcher) or len(fetcher.bases) == 1:
+    only verified metadata), so a later mirror cannot roll it back.
+
+    A ``timestamp.json`` older than one already trusted, or expired, is what a cache in front
+    of the repository serves when it kept the file too long (two CDN nodes out of step): the
+    next attempt asks for it with ``Cache-Control: no-cache`` (once, also with one URL), and
+    only if that is refused too is it reported (as the rollback or expiry it then is).
+    """
+    if not isinstance(fetcher, MirrorFetcher):
         return refresh()
     for _attempt in range(len(fetcher.bases) - 1):
         try:
@@ -167,7 +185,20 @@ def refresh_with_failover(fetcher: Fetcher, refresh: Callable[[], _T]) -> _T:
             if base is None:
                 raise
             fetcher.demote(base, short_reason(e))
-    return refresh()
+            fetcher.revalidate = fetcher.revalidate or _stale_timestamp(e)
+    try:
+        return refresh()
+    except errors.MetadataError as e:
+        if fetcher.revalidate or not _stale_timestamp(e):
+            raise
+        fetcher.revalidate = True
+        return refresh()
+
+
+def _stale_timestamp(e: errors.MetadataError) -> bool:
+    return e.role == "timestamp" and isinstance(
+        e, errors.RollbackError | errors.ExpiredMetadataError
+    )
 
 
 def _base_of_last(fetcher: MirrorFetcher) -> str | None:
