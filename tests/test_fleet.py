@@ -281,6 +281,12 @@ def test_rollout_command_output_and_status(tmp_path: Path) -> None:
     r = subprocess.run([*base, "rollout", *keys, "nsapp", "9.9.9", "--resume"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([*base, "status", "--repo", str(pub.repo)], capture_output=True, text=True)
+    assert "nsapp stable: 2.0.0 [paused at 30%] (newest 2.0.0)" in r.stdout, r.stdout
+    r = subprocess.run([*base, "status", "--json", "--repo", str(pub.repo)],
+                       capture_output=True, text=True)  # fmt: skip
+    listed = json.loads(r.stdout)["channels"][0]["releases"][0]["rollout"]
+    assert (listed["percent"], listed["paused"], listed["every"]) == (30, True, 86400)
     target = json.loads(pub.current("targets").read_bytes())["signed"]["targets"]
     fields = target["nsapp/stable/nsapp-2.0.0.pyz"]["custom"]["selfupdate"]["rollout"]
     assert fields["paused"] is True and fields["percent"] == 30 and fields["step"] == 10

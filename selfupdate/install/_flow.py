@@ -183,7 +183,7 @@ def update(
         note(f"downloading {new} ...")
         staged = stage_download(layout, client, release, mode)
         if getattr(client, "served_by", None):  # several mirrors: say which one served
-            note(f"downloaded {new} from {client.served_by['release']}")  # type: ignore[attr-defined]
+            note(f"downloaded {new} from {client.served_by.get('release')}")  # type: ignore[attr-defined]
         try:
             tx.record("downloaded")
             # The trial begins with what the build says about itself (read, not run).

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
     from selfupdate.releases.publish import Status
 
+from selfupdate.releases import _rollout_cli as _rc
+
 PROG = "selfupdate"
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEYS_ENV, REPO_ENV = "SELFUPDATE_KEYS", "SELFUPDATE_REPO"
@@ -97,21 +99,6 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
-def _percent(text: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
-        raise argparse.ArgumentTypeError(f"expected a whole percentage 1-100, got {text!r}")
-    return int(text)
-
-
-def _duration(text: str) -> int:
-    from selfupdate.releases._rollout import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -158,9 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     def phases(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--rollout-step", type=_percent, metavar="P",
+        sp.add_argument("--rollout-step", type=_rc.percent, metavar="P",
                         help="with a rollout: add P percentage points every --rollout-every")
-        sp.add_argument("--rollout-every", type=_duration, metavar="DURATION",
+        sp.add_argument("--rollout-every", type=_rc.duration, metavar="DURATION",
                         help="the interval of --rollout-step: 30m, 12h, 2d (the clients' "
                         "clocks tell how far it has grown)")
 
@@ -190,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     phases(sp)
     sp.add_argument(
-        "--rollout", type=_percent, metavar="PERCENT",
+        "--rollout", type=_rc.percent, metavar="PERCENT",
         help="offer it to this share of the machines first (1-100; `selfupdate rollout` "
         "raises it, pauses or resumes)",
     )  # fmt: skip
@@ -203,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("app", metavar="APP", help="application name")
     sp.add_argument("release_version", metavar="VERSION", help="the release")
     g = sp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--percent", type=_percent, metavar="P",
+    g.add_argument("--percent", type=_rc.percent, metavar="P",
                    help="offer it to P %% of the machines (100: to all)")
     g.add_argument("--pause", action="store_true",
                    help="offer it to no machine that has not installed it")
@@ -377,7 +364,7 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
             allow_downgrade=ns.allow_downgrade,
             expiry_days=days,
             rollout=ns.rollout,
-            schedule=_schedule(ns),
+            schedule=_rc.schedule(ns),
             critical=ns.critical,
         )
         for w in result.warnings:
@@ -400,7 +387,7 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
         ):  # fmt: skip
             if change.warning:
                 _warn(change.warning)
-            out.info(_rollout_line(change))
+            out.info(_rc.rollout_line(change))
     elif ns.command == "yank":
         done = publish.yank(
             ns.keys, ns.repo, ns.app, ns.release_version, channel=ns.channel, reason=ns.reason,
@@ -437,25 +424,6 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
     return 0
 
 
-def _schedule(ns: argparse.Namespace) -> tuple[int, int] | None:
-    if ns.rollout_step is None and ns.rollout_every is None:
-        return None
-    return ns.rollout_step or 0, ns.rollout_every or 0
-
-
-def _rollout_line(change: Any) -> str:
-    from datetime import UTC, datetime
-
-    r, ro = change.release, change.rollout
-    what = f"{r.app} {r.version} on channel {r.channel}"
-    if ro is None:
-        return f"{what} is offered to every machine"
-    state = f"paused at {ro.share(datetime.now(UTC))}%" if ro.paused else "rolling out at "
-    if not ro.paused:
-        state += ro.describe(datetime.now(UTC))
-    return f"{what} is {state}"
-
-
 def _print_status(st: Status, out: _Out) -> None:
     for role in st.roles:
         out.info(
@@ -468,8 +436,9 @@ def _print_status(st: Status, out: _Out) -> None:
         rels = st.releases.get((app, channel), [])
         line = f"{app} {channel}: "
         line += (
-            f"{', '.join(x.version for x in rels)} (newest {rels[-1].version})" if rels else "-"
-        )
+            f"{', '.join(x.version + _rc.phase(st, x) for x in rels)} (newest {rels[-1].version})"
+            if rels else "-"
+        )  # fmt: skip
         gone = st.withdrawn.get((app, channel), [])
         if gone:
             line += "; withdrawn: " + ", ".join(w.version for w in gone)
@@ -493,7 +462,7 @@ def _status_json(repo: Path, st: Status) -> dict[str, Any]:
             "newest": rels[-1].version if rels else None,
             "releases": [
                 {"version": r.version, "target_path": r.target_path, "length": r.length,
-                 "sha256": r.sha256, "notes": r.notes}
+                 "sha256": r.sha256, "notes": r.notes, "rollout": _rc.rollout_json(st, r)}
                 for r in rels
             ],
             "withdrawn": [

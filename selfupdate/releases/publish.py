@@ -61,7 +61,7 @@ from selfupdate.releases._repo import (
     sign,
     signer_for,
 )
-from selfupdate.releases._rollout import rollout_fields
+from selfupdate.releases._rollout import Rollout, rollout_fields, rollout_of
 from selfupdate.releases._rollout_repo import set_rollout
 from selfupdate.releases._trust import (
     CUSTOM_KEY,
@@ -124,6 +124,7 @@ class Status:
     releases: dict[tuple[str, str], list[Release]]  # (app, channel) -> oldest first
     warnings: list[str]
     withdrawn: dict[tuple[str, str], list[Withdrawn]] = field(default_factory=dict)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)  # target path -> its rollout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,4 +576,9 @@ def status(repo_dir: Path, *, now: datetime | None = None) -> Status:
         gone.setdefault((w.app, w.channel), []).append(w)
     apps = {a for a, _ in [*by_channel, *gone]}
     app = next(iter(apps)) if len(apps) == 1 else None
-    return Status(app, roles, by_channel, warnings, gone)
+    phases = {}
+    for path, tf in targets.targets.items():
+        with contextlib.suppress(ValueError):  # malformed: clients hold it back; not shown
+            if (rollout := rollout_of(tf.custom)[0]) is not None:
+                phases[path] = rollout
+    return Status(app, roles, by_channel, warnings, gone, phases)
