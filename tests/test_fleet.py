@@ -462,3 +462,20 @@ def test_a_stale_cached_timestamp_is_asked_for_again_not_taken_for_a_rollback(
         pub.meta("timestamp.json").write_bytes(old)
         with pytest.raises(errors.RollbackError):
             client.check("2.0.0")
+
+
+def test_a_withdrawn_release_has_no_rollout_and_a_rollout_release_can_be_withdrawn(
+    tmp_path: Path,
+) -> None:
+    from selfupdate.releases._archive import RefusedError
+
+    pub = make_pub(tmp_path)
+    pub.publish("2.0.0")
+    _publish(pub, "2.1.0", rollout=20)
+    assert publish.yank(pub.keys, pub.repo, "nsapp", "2.1.0")  # whatever its rollout
+    targets = _verified_targets(pub)
+    assert _rollout.held_back(targets, "nsapp", "stable", lambda: IDS[0], datetime.now(UTC)) == {}
+    assert "rollout" not in json.dumps(targets["nsapp/stable/nsapp-2.1.0.pyz"].custom)
+    with pytest.raises(RefusedError, match="withdrawn one cannot be rolled out") as e:
+        publish.set_rollout(pub.keys, pub.repo, "nsapp", "2.1.0", resume=True)
+    assert_sentence(str(e.value))
