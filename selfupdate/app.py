@@ -438,7 +438,8 @@ def update(
     in the new build.
 
     Args:
-        repo_url: release repository (None: the one the app's client factory defaults to).
+        repo_url: release repository, or several separated by spaces (mirrors, in order)
+            (None: the one the app's client factory defaults to).
         check_only: only report.
         handover: after a committed update, ``"finish"`` (exec the new build as
             ``update-finish``: it prints what changed), ``"argv"`` (exec it with this process's

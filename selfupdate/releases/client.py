@@ -19,8 +19,13 @@ point (ngclient's ``bootstrap``): cached metadata is only ever used after it ver
 that root's chain, never trusted blindly, and a cache that cannot even be read or written is
 wiped and rebuilt from the embedded root.
 
+Several repository URLs are mirrors, tried in order file by file with the same verification
+(:mod:`selfupdate.releases._mirrors`); a release in a phased rollout is offered only to the
+machines its share places in it (:mod:`selfupdate.releases._rollout`, ``rollout_waiting``).
+
 Every failure is a :class:`selfupdate.errors.SelfUpdateError`; python-tuf's exceptions are
-converted in one place, :func:`metadata_error`, by their type.
+converted in one place, :func:`metadata_error` (:mod:`selfupdate.releases._tuf_errors`), by
+their type.
 """
 
 from __future__ import annotations
