@@ -479,3 +479,23 @@ def test_a_withdrawn_release_has_no_rollout_and_a_rollout_release_can_be_withdra
     with pytest.raises(RefusedError, match="withdrawn one cannot be rolled out") as e:
         publish.set_rollout(pub.keys, pub.repo, "nsapp", "2.1.0", resume=True)
     assert_sentence(str(e.value))
+
+
+def test_a_schedule_grows_the_share_from_its_signed_start(tmp_path: Path) -> None:
+    pub = make_pub(tmp_path)
+    pub.publish("2.0.0")
+    two_days_ago = datetime.now(UTC) - timedelta(days=2, minutes=1)
+    _publish(pub, "2.1.0", rollout=10, schedule=(20, 86400), now=two_days_ago)
+    targets = _verified_targets(pub)
+    now = datetime.now(UTC)
+    held = [_rollout.held_back(targets, "nsapp", "stable", lambda i=i: i, now) for i in IDS]
+    waiting = [w for h in held for w in h.values()]
+    assert {w.percent for w in waiting} == {50}, "10% + 2 steps of 20 points"
+    offered = FLEET - len(waiting)
+    assert abs(offered - FLEET * 0.5) <= 4 * math.sqrt(FLEET * 0.25)
+    # A pause freezes it there; a resume continues from the frozen share.
+    change = publish.set_rollout(pub.keys, pub.repo, "nsapp", "2.1.0", pause=True)[0]
+    assert change.rollout is not None and change.rollout.percent == 50
+    change = publish.set_rollout(pub.keys, pub.repo, "nsapp", "2.1.0", resume=True)[0]
+    assert change.rollout is not None and (change.rollout.share(now), change.rollout.step) == (
+        50, 20)  # fmt: skip
