@@ -255,6 +255,12 @@ def test_the_app_says_this_machine_is_not_in_the_rollout_yet(
         line = r.stderr.strip()
         assert r.returncode == 1 and "\n" not in line and "no mirror" in line, r.stderr
         assert all(f"{u} (Connection refused)" in line for u in dead), line
+        assert sha(inst.pyz) == before
+        # In the rollout, through a dead first mirror: installed, and the summary says whence.
+        r = inst.run("update", "--repo", dead[0], "--repo", ng.url, env=in_env)
+        assert r.returncode == 0, r.stderr
+        assert f"downloaded {V2} from {ng.url}" in r.stdout, r.stdout
+        assert inst.pyz.read_bytes() == world.v2.read_bytes()
 
 
 def _inside(version: str, percent: int) -> str:
