@@ -202,6 +202,7 @@ def test_an_idle_check_is_two_small_requests_at_the_server(
     with serve(pub.repo, tmp_path / "nginx") as ng:
         client = _fleet(pub, ng.url, tmp_path, 1)[0]
         client.check("2.0.0")
+        headers = _cache_headers(ng.url, pub)
         before = len(ng.log_lines())
         assert client.check("2.0.0") is None
         idle = [line.split() for line in ng.log_lines()[before:]]
@@ -212,6 +213,34 @@ def test_an_idle_check_is_two_small_requests_at_the_server(
         ("GET", "/metadata/timestamp.json", "200"),
     ]
     assert sum(int(x[4]) for x in idle) < 2000  # bytes sent, headers included
+    forever = "public, max-age=31536000, immutable"
+    assert headers == {
+        "/metadata/timestamp.json": (200, "public, max-age=60"),
+        "/metadata/1.root.json": (200, forever),
+        "/metadata/2.root.json": (404, "public, max-age=60"),  # the root probe's usual answer
+        "/metadata/1.snapshot.json": (200, forever),
+        "TARGET": (200, forever),
+        "/targets/nsapp/.publish.x.tmp": (404, None),  # a publish in progress: never served
+    }
+
+
+def _cache_headers(url: str, pub: Pub) -> dict[str, tuple[int, str | None]]:
+    """Status and Cache-Control of the shipped nginx configuration, per kind of file."""
+    import urllib.error
+    import urllib.request
+
+    (pub.repo / "targets" / "nsapp" / ".publish.x.tmp").write_bytes(b"half")
+    target = pub.url_path(pub.published["2.0.0"])
+    out: dict[str, tuple[int, str | None]] = {}
+    for path in ("/metadata/timestamp.json", "/metadata/1.root.json", "/metadata/2.root.json",
+                 "/metadata/1.snapshot.json", target, "/targets/nsapp/.publish.x.tmp"):
+        try:
+            with urllib.request.urlopen(url + path) as r:
+                got = (r.status, r.headers.get("Cache-Control"))
+        except urllib.error.HTTPError as e:
+            got = (e.code, e.headers.get("Cache-Control"))
+        out["TARGET" if path == target else path] = got
+    return out
 
 
 @needs_nginx
