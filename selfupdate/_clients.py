@@ -9,6 +9,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
     from typing import Any
 
@@ -17,9 +18,15 @@ if TYPE_CHECKING:
 __all__ = ["channel_name", "client_for", "default_client", "older"]
 
 
-def default_client(name: str, repo_url: str | None, channel: str | None = None) -> ClientLike:
-    """An UpdateClient of app ``name`` for what the build embedded (trusted root, URL,
-    channel; ``channel`` instead of the build's when given).
+def default_client(
+    name: str,
+    repo_url: str | None,
+    channel: str | None = None,
+    state_dir: Callable[[], Path] | None = None,
+) -> ClientLike:
+    """An UpdateClient of app ``name`` for what the build embedded (trusted root, URL or
+    mirrors, channel; ``channel`` instead of the build's when given), keeping its install ID
+    in the app's ``state_dir()`` (default: the platform's state directory for the app).
 
     Raises:
         ConfigError: the build embeds no trusted root, or no URL is given or embedded.
@@ -51,7 +58,8 @@ def default_client(name: str, repo_url: str | None, channel: str | None = None) 
     # One per repository and root: metadata trusted from one never meets another's.
     key = hashlib.sha256(url.encode() + b"\0" + root).hexdigest()[:16]
     cache = platformdirs.user_cache_path(name) / "tuf" / key
-    return UpdateClient(name, url, root, channel=channel or info.channel, cache_dir=cache)
+    return UpdateClient(name, url, root, channel=channel or info.channel, cache_dir=cache,
+                        state_dir=state_dir() if state_dir is not None else None)
 
 
 def older(a: str, b: str) -> bool:

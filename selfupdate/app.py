@@ -196,7 +196,7 @@ def _default_client(repo_url: str | None, channel: str | None = None) -> ClientL
     """An UpdateClient for what the build embedded (trusted root, URL, channel)."""
     from selfupdate._clients import default_client
 
-    return default_client(_cfg.name, repo_url, channel)
+    return default_client(_cfg.name, repo_url, channel, _cfg.state_dir)
 
 
 def migration(version: str) -> Callable[[Migration], Migration]:
@@ -438,7 +438,8 @@ def update(
     in the new build.
 
     Args:
-        repo_url: release repository (None: the one the app's client factory defaults to).
+        repo_url: release repository, or several separated by spaces (mirrors, in order)
+            (None: the one the app's client factory defaults to).
         check_only: only report.
         handover: after a committed update, ``"finish"`` (exec the new build as
             ``update-finish``: it prints what changed), ``"argv"`` (exec it with this process's

@@ -30,6 +30,7 @@ __all__ = [
     "LengthExceededError",
     "MalformedMetadataError",
     "MetadataError",
+    "MirrorsFailedError",
     "MissingFileError",
     "NoPreviousBuildError",
     "PublishError",
@@ -107,6 +108,23 @@ class HTTPStatusError(FetchError):
             todo = "check the repository URL and the server's configuration"
         super().__init__(f"the release server answered HTTP {status_code} for {url}: {todo}", url)
         self.status_code = status_code
+
+
+class MirrorsFailedError(FetchError):
+    """Every mirror of the repository failed for one file (each tried once, in order).
+
+    Attributes:
+        failures: ``(mirror base URL, what went wrong)`` for each, in the order tried.
+    """
+
+    def __init__(self, what: str, failures: list[tuple[str, str]]) -> None:
+        tried = "; ".join(f"{base} ({why})" for base, why in failures)
+        super().__init__(
+            f"no mirror of the release repository could serve {what}: {tried}: check the "
+            "network and the repository URLs, or try again later",
+            failures[0][0] if failures else "",
+        )
+        self.failures = failures
 
 
 class MissingFileError(FetchError):

@@ -449,7 +449,8 @@ def test_status_json_has_the_documented_shape(released: tuple[Path, Path]) -> No
     stable = next(c for c in doc["channels"] if c["channel"] == "stable")
     assert stable["newest"] == "2.0"
     assert [r["version"] for r in stable["releases"]] == ["1.0", "1.2", "2.0"]
-    assert set(stable["releases"][0]) == {"version", "target_path", "length", "sha256", "notes"}
+    assert set(stable["releases"][0]) == {
+        "version", "target_path", "length", "sha256", "notes", "rollout"}  # fmt: skip
     assert stable["withdrawn"] == [{
         "version": "1.1", "target_path": "nsapp/stable/nsapp-1.1",
         "withdrawn": stable["withdrawn"][0]["withdrawn"], "reason": None,

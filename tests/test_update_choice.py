@@ -281,7 +281,7 @@ def test_check_exit_status_json_and_release_notes(world: World, inst: Install) -
     assert report == {
         "app": "nsapp", "installed": V1, "available": V2, "status": "available",
         "channel": "stable", "notes": "Faster start.\nNew history format.", "detail": None,
-        "withdrawn": None,
+        "withdrawn": None, "rollout": None,
     }
     r = inst.run("update", "--check", "--repo", url)
     assert r.returncode == 100 and f"nsapp {V2} is available" in r.stdout

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the .pyz (default: PROJECT_DIR/dist/NAME-VERSION.pyz)")
     p.add_argument("--trusted-root", type=Path, metavar="FILE",
                    help="the release repository's metadata/root.json, embedded for updates")
-    p.add_argument("--repo-url", metavar="URL", help="the release repository's URL")
+    p.add_argument("--repo-url", metavar="URL", action="append",
+                   help="the release repository's URL; repeat it for mirrors, tried in order")
     p.add_argument("--channel", default="stable", metavar="NAME",
                    help="the release channel this build follows (default: stable)")
     p.add_argument("--cache", type=Path, metavar="DIR",
@@ -50,7 +51,8 @@ def options_from(ns: argparse.Namespace) -> BuildOptions:
         version=ns.version,
         out=ns.out,
         trusted_root=ns.trusted_root,
-        repo_url=ns.repo_url,
+        # Mirrors travel as one string, separated by spaces (no URL holds a raw space).
+        repo_url=" ".join(u for url in ns.repo_url or () for u in url.split()) or None,
         channel=ns.channel,
         cache_dir=ns.cache,
     )

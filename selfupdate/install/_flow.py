@@ -70,8 +70,16 @@ class Outcome:
     # Verdict) or None; "notes": the release notes of the one available; "withdrawn": what the
     # client knows of the installed version's withdrawal (or None); "unfinished": after the
     # commit point the bookkeeping failed (one sentence; the new build is installed, the next
-    # start finishes)
+    # start finishes); "rollout": a newer release not offered to this machine yet (or None);
+    # "served": which mirror served "metadata" and "release" (empty with one URL)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _seen(client: ClientLike) -> dict[str, Any]:
+    """What the client saw besides the release: a newer one this machine is not offered yet
+    (a phased rollout), and which mirrors served."""
+    return {"rollout": getattr(client, "rollout_waiting", None),
+            "served": getattr(client, "served_by", None) or {}}
 
 
 def update(
@@ -135,7 +143,7 @@ def update(
     if check_only:
         release = _choose(client, current_version, to)
         extra: dict[str, Any] = {"withdrawn": getattr(client, "installed_withdrawn", None),
-                                 "channel": getattr(client, "channel", None)}
+                                 "channel": getattr(client, "channel", None), **_seen(client)}
         if release is None or (to is not None and same_version(release.version, current_version)):
             return Outcome("up-to-date", current_version, extra=extra)
         verdict = read_bad(layout, note).get(str(release.version))
@@ -151,7 +159,7 @@ def update(
         for line in tx.notes:
             note(line)
         release = _choose(client, current_version, to)
-        withdrawn = {"withdrawn": getattr(client, "installed_withdrawn", None)}
+        withdrawn = {"withdrawn": getattr(client, "installed_withdrawn", None), **_seen(client)}
         if release is None:
             _remember(layout, channel, note)
             return Outcome("up-to-date", current_version, extra=withdrawn)
@@ -174,6 +182,8 @@ def update(
         tx.record("download")
         note(f"downloading {new} ...")
         staged = stage_download(layout, client, release, mode)
+        if getattr(client, "served_by", None):  # several mirrors: say which one served
+            note(f"downloaded {new} from {client.served_by.get('release')}")  # type: ignore[attr-defined]
         try:
             tx.record("downloaded")
             # The trial begins with what the build says about itself (read, not run).

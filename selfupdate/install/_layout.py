@@ -70,7 +70,8 @@ __all__ = [
 ]
 
 #: Names in the state directory that are caches, not state: neither snapshotted nor restored.
-STATE_EXCLUDE = ("tuf-cache",)
+#: ``install-id`` (a phased rollout's placement) is neither: a rollback must not re-roll it.
+STATE_EXCLUDE = ("tuf-cache", "install-id")
 
 #: The one name in the state directory that belongs to the installer (its snapshots): an app
 #: must not use it; it is neither snapshotted nor restored nor discarded.

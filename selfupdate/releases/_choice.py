@@ -10,7 +10,7 @@ for is not published.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from selfupdate import errors
@@ -33,6 +33,7 @@ def choose(
     current_version: str | None,
     to: str | None = None,
     skipped: list[str] | None = None,
+    held: Collection[str] = (),
 ) -> tuple[Release | None, Withdrawn | None]:
     """The release to install and the withdrawal of the installed version (pure).
 
@@ -42,6 +43,9 @@ def choose(
         current_version: the installed version (None: unknown).
         to: the version asked for (``update --to``), or None for the newest newer one.
         skipped: receives one line per malformed release entry.
+        held: target paths not offered to this machine yet (a phased rollout,
+            :mod:`selfupdate.releases._rollout`); ``to`` ignores them (a version asked for
+            by name is installed).
 
     Returns:
         ``(release, withdrawn)``: the release (None: up to date; never None with ``to``),
@@ -66,7 +70,8 @@ def choose(
     if not mine and (found or gone) and (to is not None or not _any_of(gone, app, channel)):
         raise _no_channel(found, gone, app, channel, to)
     if to is None:
-        return newest_release(mine, app, channel, current_version), yanked
+        offered = [r for r in mine if r.target_path not in held]
+        return newest_release(offered, app, channel, current_version), yanked
     try:
         want = parse_version(to)
     except ValueError:

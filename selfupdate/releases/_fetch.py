@@ -270,6 +270,16 @@ class _Adapter(requests.adapters.HTTPAdapter):
         return manager
 
 
+class _StaleRetry(urllib3.util.Retry):
+    """urllib3's retry of a read error, except a read timeout (raised as it is)."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Any:  # urllib3's signature, passed on
+        error = kwargs.get("error")
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error
+        return super().increment(*args, **kwargs)
+
+
 class Fetcher(FetcherInterface):
     """Fetch files of a release repository over HTTP(S) or from ``file://`` URLs.
 
@@ -294,7 +304,9 @@ class Fetcher(FetcherInterface):
             # Retry once, only a kept-alive connection the server closed just as it was reused
             # (a "read" error before any response). Not refused connects (pointless, and
             # noisy), statuses or redirects; body reads are outside urllib3's retries anyway.
-            retry = urllib3.util.Retry(total=1, connect=0, read=1, status=0, redirect=0)
+            # Nor a read timeout: a server that does not answer costs one timeout (a dead
+            # mirror, issue 15), not two.
+            retry = _StaleRetry(total=1, connect=0, read=1, status=0, redirect=0)
             adapter = _Adapter(max_retries=retry)
             session.mount("http://", adapter)
             session.mount("https://", adapter)

@@ -9,9 +9,12 @@ timestamp no longer leads to them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+
+from packaging.version import Version
 
 from selfupdate import _durable, errors
 from selfupdate.releases import _keys, _repo
@@ -28,7 +31,7 @@ from selfupdate.releases._trust import (
     withdrawn_fields,
 )
 
-__all__ = ["prune", "yank"]
+__all__ = ["editing", "prune", "yank"]
 
 
 def yank(
@@ -50,16 +53,7 @@ def yank(
         RefusedError: no such release (nothing written).
         selfupdate.errors.PublishError: a bad name, version or reason.
     """
-    try:
-        check_name("app", app)
-        if channel is not None:
-            check_name("channel", channel)
-        wanted = parse_version(version)
-    except ValueError as e:
-        raise errors.PublishError(f"{e}") from None
-    repo = open_repo(keys_dir, repo_dir)
-    with _keys.locked(keys_dir):
-        chain = Chain(keys_dir, repo, _repo.expiry_days(keys_dir, expiry_days), now_utc(now))
+    with editing(keys_dir, repo_dir, app, version, channel, expiry_days, now) as (chain, wanted):
         targets = chain.targets.signed.targets
 
         def same(r: Release | Withdrawn) -> bool:
@@ -90,6 +84,34 @@ def yank(
             done.append(Withdrawn(rel.app, rel.channel, rel.version, rel.target_path, at, reason))
         chain.from_targets()
         return done
+
+
+@contextmanager
+def editing(
+    keys_dir: Path,
+    repo_dir: Path,
+    app: str,
+    version: str,
+    channel: str | None,
+    expiry_days: Mapping[str, int] | None,
+    now: datetime | None,
+) -> Iterator[tuple[Chain, Version]]:
+    """Check the names, open the repository and hold the keys' lock: the chain to change and
+    re-sign, and the version asked for (``yank``, ``rollout``).
+
+    Raises:
+        selfupdate.errors.PublishError: a bad name or version.
+    """
+    try:
+        check_name("app", app)
+        if channel is not None:
+            check_name("channel", channel)
+        wanted = parse_version(version)
+    except ValueError as e:
+        raise errors.PublishError(f"{e}") from None
+    repo = open_repo(keys_dir, repo_dir)
+    with _keys.locked(keys_dir):
+        yield Chain(keys_dir, repo, _repo.expiry_days(keys_dir, expiry_days), now_utc(now)), wanted
 
 
 def prune(

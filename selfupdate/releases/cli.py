@@ -5,6 +5,10 @@
     selfupdate init    --keys KEYS_DIR --repo REPO_DIR --app NAME [--expires ROLE=DAYS ...]
     selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE [--version V] [--channel CHANNEL]
                        [--app NAME] [--notes FILE|TEXT] [--allow-downgrade]
+                       [--rollout PERCENT [--rollout-step P --rollout-every DURATION]]
+                       [--critical]
+    selfupdate rollout --keys KEYS_DIR --repo REPO_DIR APP VERSION --percent P|--pause|--resume
+                       [--rollout-step P --rollout-every DURATION] [--channel C]
     selfupdate yank    --keys KEYS_DIR --repo REPO_DIR APP VERSION [--channel C] [--reason TEXT]
     selfupdate prune   --keys KEYS_DIR --repo REPO_DIR --keep N [--dry-run]
     selfupdate refresh --keys KEYS_DIR --repo REPO_DIR
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 
     from selfupdate.releases.publish import Status
 
+from selfupdate.releases import _rollout_cli as _rc
+
 PROG = "selfupdate"
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEYS_ENV, REPO_ENV = "SELFUPDATE_KEYS", "SELFUPDATE_REPO"
@@ -59,6 +65,9 @@ EXAMPLES = {
     "yank": "selfupdate yank --keys ~/hello-keys --repo ./repo hello 2.1.0 "
     "--reason 'corrupts the cache'\n"
     "  -> no client is offered 2.1.0 any more; clients already on it keep it",
+    "rollout": "selfupdate rollout --keys ~/hello-keys --repo ./repo hello 2.1.0 --percent 50\n"
+    "  selfupdate rollout --keys ~/hello-keys --repo ./repo hello 2.1.0 --pause\n"
+    "  -> clients see it at their next check; machines already on 2.1.0 keep it",
     "prune": "selfupdate prune --keys ~/hello-keys --repo ./repo --keep 3 --dry-run\n"
     "  -> lists what `--keep 3` would remove (the 3 newest per app and channel stay)",
     "refresh": "selfupdate refresh --keys ~/hello-keys --repo ./repo     # daily, from cron",
@@ -135,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
             help="expiry period of a role's metadata, in days (repeatable)",
         )
 
+    def phases(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--rollout-step", type=_rc.percent, metavar="P",
+                        help="with a rollout: add P percentage points every --rollout-every")
+        sp.add_argument("--rollout-every", type=_rc.duration, metavar="DURATION",
+                        help="the interval of --rollout-step: 30m, 12h, 2d (the clients' "
+                        "clocks tell how far it has grown)")
+
     sp = command("init", "create keys and an empty repository")
     common(sp)
     sp.add_argument(
@@ -159,6 +175,28 @@ def _parser() -> argparse.ArgumentParser:
         help="publish a version older than the newest on the channel (clients on a newer one "
         "are not offered it)",
     )  # fmt: skip
+    phases(sp)
+    sp.add_argument(
+        "--rollout", type=_rc.percent, metavar="PERCENT",
+        help="offer it to this share of the machines first (1-100; `selfupdate rollout` "
+        "raises it, pauses or resumes)",
+    )  # fmt: skip
+    sp.add_argument("--critical", action="store_true",
+                    help="offer it to every machine at once (no phases)")
+    expires(sp)
+
+    sp = command("rollout", "change the share of machines a release is offered to")
+    common(sp)
+    sp.add_argument("app", metavar="APP", help="application name")
+    sp.add_argument("release_version", metavar="VERSION", help="the release")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--percent", type=_rc.percent, metavar="P",
+                   help="offer it to P %% of the machines (100: to all)")
+    g.add_argument("--pause", action="store_true",
+                   help="offer it to no machine that has not installed it")
+    g.add_argument("--resume", action="store_true", help="continue a paused rollout")
+    phases(sp)
+    sp.add_argument("--channel", help="only on this channel (default: every channel with it)")
     expires(sp)
 
     sp = command("yank", "withdraw a release: no client is offered it any more")
@@ -325,6 +363,9 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
             notes=_notes(ns.notes),
             allow_downgrade=ns.allow_downgrade,
             expiry_days=days,
+            rollout=ns.rollout,
+            schedule=_rc.schedule(ns),
+            critical=ns.critical,
         )
         for w in result.warnings:
             _warn(f"{w}; published it anyway")
@@ -334,7 +375,19 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
                 f"checked {ns.file}: a build of {result.build.app} {result.build.version} "
                 f"(channel {result.build.channel}) embedding a root of {ns.repo}"
             )
-        out.info(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}")
+        phase = " to every machine at once (critical)" if ns.critical else (
+            f" to {ns.rollout}% of the machines first" if ns.rollout not in (None, 100) else "")
+        out.info(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}"
+                 f"{phase}")
+    elif ns.command == "rollout":
+        for change in publish.set_rollout(
+            ns.keys, ns.repo, ns.app, ns.release_version, percent=ns.percent, pause=ns.pause,
+            resume=ns.resume, step=ns.rollout_step, every=ns.rollout_every, channel=ns.channel,
+            expiry_days=days,
+        ):  # fmt: skip
+            if change.warning:
+                _warn(change.warning)
+            out.info(_rc.rollout_line(change))
     elif ns.command == "yank":
         done = publish.yank(
             ns.keys, ns.repo, ns.app, ns.release_version, channel=ns.channel, reason=ns.reason,
@@ -383,8 +436,9 @@ def _print_status(st: Status, out: _Out) -> None:
         rels = st.releases.get((app, channel), [])
         line = f"{app} {channel}: "
         line += (
-            f"{', '.join(x.version for x in rels)} (newest {rels[-1].version})" if rels else "-"
-        )
+            f"{', '.join(x.version + _rc.phase(st, x) for x in rels)} (newest {rels[-1].version})"
+            if rels else "-"
+        )  # fmt: skip
         gone = st.withdrawn.get((app, channel), [])
         if gone:
             line += "; withdrawn: " + ", ".join(w.version for w in gone)
@@ -408,7 +462,7 @@ def _status_json(repo: Path, st: Status) -> dict[str, Any]:
             "newest": rels[-1].version if rels else None,
             "releases": [
                 {"version": r.version, "target_path": r.target_path, "length": r.length,
-                 "sha256": r.sha256, "notes": r.notes}
+                 "sha256": r.sha256, "notes": r.notes, "rollout": _rc.rollout_json(st, r)}
                 for r in rels
             ],
             "withdrawn": [

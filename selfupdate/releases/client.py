@@ -19,8 +19,13 @@ point (ngclient's ``bootstrap``): cached metadata is only ever used after it ver
 that root's chain, never trusted blindly, and a cache that cannot even be read or written is
 wiped and rebuilt from the embedded root.
 
+Several repository URLs are mirrors, tried in order file by file with the same verification
+(:mod:`selfupdate.releases._mirrors`); a release in a phased rollout is offered only to the
+machines its share places in it (:mod:`selfupdate.releases._rollout`, ``rollout_waiting``).
+
 Every failure is a :class:`selfupdate.errors.SelfUpdateError`; python-tuf's exceptions are
-converted in one place, :func:`metadata_error`, by their type.
+converted in one place, :func:`metadata_error` (:mod:`selfupdate.releases._tuf_errors`), by
+their type.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from selfupdate import errors
 from selfupdate.releases._choice import choose
 from selfupdate.releases._fetch import FetchConfig, Fetcher
+from selfupdate.releases._install_id import lazy_install_id
+from selfupdate.releases._mirrors import MirrorFetcher, base_urls, refresh_with_failover
+from selfupdate.releases._rollout import Waiting, held_back, newest_waiting
 from selfupdate.releases._trust import (
     Release,
     Withdrawn,
@@ -55,6 +63,7 @@ from selfupdate.releases._trust import (
     parse_version,
     release_from_target,
 )
+from selfupdate.releases._tuf_errors import _short, metadata_error
 
 __all__ = [
     "FetchConfig",
@@ -94,6 +103,9 @@ class UpdateClient:
         config: transport limits (timeouts, deadline, minimum speed).
         progress: progress bar while downloading a release; ``None`` = only when stderr
             is a terminal.
+        install_id, state_dir: where this machine stands in phased rollouts: the ID given,
+            else ``$SELFUPDATE_INSTALL_ID``, else one made on first use and kept in
+            ``state_dir`` (default: the app's XDG state dir) (:mod:`._install_id`).
 
     Raises:
         ValueError: ``app`` or ``channel`` is not a valid name.
@@ -112,6 +124,8 @@ class UpdateClient:
         cache_dir: Path | None = None,
         config: FetchConfig | None = None,
         progress: bool | None = None,
+        install_id: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.app = check_name("app", app)
         self.channel = check_name("channel", channel)
@@ -119,10 +133,15 @@ class UpdateClient:
             raise TypeError("trusted_root must be the bytes of root.json")
         _check_trusted_root(trusted_root)
         self.repo_url = repo_url
-        self._base = _base_url(repo_url)
+        bases = base_urls(repo_url)  # several: mirrors, tried in order (._mirrors)
+        self._base = bases[0]
         self._root = trusted_root
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(app)
-        self.fetcher = Fetcher(config, progress=progress)
+        self.fetcher = MirrorFetcher(bases, config, progress=progress)
+        self._install_id = lazy_install_id(
+            install_id, state_dir if state_dir is not None else default_cache_dir(app).parent
+        )
+        self.rollout_waiting: Waiting | None = None  # after check(): newer, not offered yet
         self._updater: Updater | None = None  # refreshed successfully
         self._active: Updater | None = None  # being refreshed (for error messages)
         self._current: str | None = None
@@ -166,9 +185,14 @@ class UpdateClient:
         # ngclient has no public "list all targets" call (see trusted_set()).
         targets = trusted_set(updater).targets.targets
         skipped: list[str] = []
-        release, self.installed_withdrawn = choose(
-            targets, self.app, self.channel, current, to, skipped
+        now = trusted_set(updater).reference_time  # the clock TUF's expiry checks use
+        held = {} if to is not None else held_back(
+            targets, self.app, self.channel, self._install_id, now, skipped
         )
+        release, self.installed_withdrawn = choose(
+            targets, self.app, self.channel, current, to, skipped, held
+        )
+        self.rollout_waiting = newest_waiting(held, release.version if release else current)
         for line in skipped:
             logger.warning("ignoring a malformed release entry: %s", line)
         return release
@@ -203,14 +227,17 @@ class UpdateClient:
         if why is not None or info is None:
             raise errors.WrongReleaseError(release.target_path, why or "it is not listed")
 
-        download_verified(
-            self.fetcher,
-            info,
-            fileobj,
-            base_url=f"{self._base}/targets/",
-            consistent_snapshot=bool(trusted_set(updater).root.consistent_snapshot),
-            label=f"{release.app} {release.version}",
-        )
+        consistent = bool(trusted_set(updater).root.consistent_snapshot)
+        label = f"{release.app} {release.version}"
+        self.fetcher.each_mirror(label, lambda base: download_verified(
+            self.fetcher, info, fileobj, base_url=f"{base}/targets/",
+            consistent_snapshot=consistent, label=label))  # fmt: skip
+
+    @property
+    def served_by(self) -> dict[str, str]:
+        """Mirror bases that served the metadata and the release last (``"metadata"``,
+        ``"release"``); empty with a single repository URL."""
+        return dict(self.fetcher.served) if len(self.fetcher.bases) > 1 else {}
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -219,8 +246,7 @@ class UpdateClient:
         self._updater = None
         for attempt in (1, 2):
             try:
-                updater = self._active = self._new_updater()
-                self._call(updater.refresh)
+                updater = refresh_with_failover(self.fetcher, self._refreshed_updater)
             except _LocalCacheError as e:
                 if attempt == 2:
                     raise errors.CacheError(str(self._metadata_dir), e.reason) from e.__cause__
@@ -236,6 +262,11 @@ class UpdateClient:
             self._updater = updater
             return updater
         raise AssertionError("unreachable")
+
+    def _refreshed_updater(self) -> Updater:
+        updater = self._active = self._new_updater()
+        self._call(updater.refresh)
+        return updater
 
     @property
     def _metadata_dir(self) -> Path:
@@ -426,56 +457,6 @@ def _signed_by_strangers(data: bytes | None, root: Root) -> bool:
     return bool(keyids) and not keyids & set(root.keys)
 
 
-def metadata_error(
-    e: tuf_exc.RepositoryError,
-    role: str,
-    *,
-    lowered: bool = False,
-    listed: bool = True,
-    expires: str = "",
-    foreign: bool = False,
-    url: str = "",
-) -> errors.MetadataError:
-    """The one place where python-tuf's verification errors become ours, by their type (pure).
-
-    Args:
-        e: what ngclient raised.
-        role: the top-level role being verified when it did.
-        lowered: the new snapshot drops a file the trusted snapshot lists, or lists it at a
-            lower version (tuf raises ``BadVersionNumberError`` or a plain ``RepositoryError``
-            for that and for other failures alike).
-        listed: the trusted snapshot lists ``targets.json`` (tuf raises a plain
-            ``RepositoryError`` when it does not, and when a file holds another role).
-        expires: the expiry date of ``role``, for the message.
-        foreign: on the first fetch, ``role``'s file is signed only by keys the embedded root
-            does not know (the URL likely points to another repository).
-        url: the repository URL, for the message.
-    """
-    detail = _short(str(e).rstrip(".")) or type(e).__name__
-    if isinstance(e, tuf_exc.ExpiredMetadataError):
-        return errors.ExpiredMetadataError(role, expires)
-    if isinstance(e, tuf_exc.UnsignedMetadataError):
-        return errors.SignatureError(role, foreign=foreign, url=url)
-    if isinstance(e, tuf_exc.LengthOrHashMismatchError):
-        return errors.InconsistentMetadataError(role, detail)
-    if isinstance(e, DeserializationError):
-        return errors.MalformedMetadataError(role, detail)
-    if isinstance(e, tuf_exc.BadVersionNumberError):
-        # timestamp: its own or its snapshot's version went down (spec 5.4.3, 5.4.4). snapshot:
-        # a listed file's version went down (5.5.5), else the snapshot is not the version the
-        # timestamp names (5.5.4). root and targets: the file is not the version its name or
-        # the snapshot says (5.3.5, 5.6.3): files that do not belong together.
-        if role == "timestamp" or lowered:
-            return errors.RollbackError(role, detail)
-        return errors.InconsistentMetadataError(role, detail)
-    if type(e) is tuf_exc.RepositoryError:
-        if lowered:  # the new snapshot dropped a file (5.5.5)
-            return errors.RollbackError(role, detail)
-        if role == "targets" and not listed:  # the snapshot does not list targets (5.6.1)
-            return errors.InconsistentMetadataError(role, detail)
-    return errors.MalformedMetadataError(role, detail)
-
-
 _ORDER = ("root", "timestamp", "snapshot", "targets")
 
 
@@ -542,11 +523,6 @@ def _expiry(client: UpdateClient, trusted: TrustedMetadataSet | None, role: str)
     return ""
 
 
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 def _check_trusted_root(data: bytes) -> None:
     try:
         md = Metadata[Root].from_bytes(data)
@@ -559,22 +535,6 @@ def _check_trusted_root(data: bytes) -> None:
             f"({_short(str(e))}): rebuild the program with the repository's root.json "
             "(./build.sh --trusted-root)"
         ) from e
-
-
-def _base_url(repo_url: str) -> str:
-    if not isinstance(repo_url, str) or not repo_url:
-        raise errors.ConfigError(
-            "no release repository URL was given: pass an http(s):// or file:// URL or a directory"
-        )
-    if "://" in repo_url:
-        scheme = urllib.parse.urlsplit(repo_url).scheme.lower()
-        if scheme not in ("http", "https", "file"):
-            raise errors.ConfigError(
-                f"the release repository URL {repo_url} uses an unsupported scheme: "
-                "use http://, https://, file:// or a directory path"
-            )
-        return repo_url.rstrip("/")
-    return Path(repo_url).expanduser().absolute().as_uri()
 
 
 def _tell(fileobj: BinaryIO) -> int | None:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tuf.api.metadata import (
     Metadata,
@@ -60,7 +61,10 @@ from selfupdate.releases._repo import (
     sign,
     signer_for,
 )
+from selfupdate.releases._rollout import Rollout, rollout_fields, rollout_of
+from selfupdate.releases._rollout_repo import set_rollout
 from selfupdate.releases._trust import (
+    CUSTOM_KEY,
     Release,
     Withdrawn,
     check_name,
@@ -83,6 +87,7 @@ __all__ = [
     "publish_build",
     "refresh",
     "rotate",
+    "set_rollout",
     "status",
     "yank",
 ]
@@ -119,6 +124,7 @@ class Status:
     releases: dict[tuple[str, str], list[Release]]  # (app, channel) -> oldest first
     warnings: list[str]
     withdrawn: dict[tuple[str, str], list[Withdrawn]] = field(default_factory=dict)
+    rollouts: dict[str, Rollout] = field(default_factory=dict)  # target path -> its rollout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +275,9 @@ def publish_build(
     allow_downgrade: bool = False,
     expiry_days: Mapping[str, int] | None = None,
     now: datetime | None = None,
+    rollout: int | None = None,
+    schedule: tuple[int, int] | None = None,
+    critical: bool = False,
 ) -> PublishResult:
     """Publish a build made by ``selfupdate build``, after checking it against what it is
     published as (what ``selfupdate publish`` does). Everything is checked before anything is
@@ -279,6 +288,11 @@ def publish_build(
     ``init``) and ``version`` (default: the build's own), and embed one of the repository's
     roots (any ``metadata/N.root.json``: clients walk the chain from it). ``channel``
     defaults to the one the build follows.
+
+    ``rollout`` (a percentage, 1-100), ``schedule`` (``(step, every)``: percentage points
+    added every ``every`` seconds) and ``critical`` (every machine at once) are signed with
+    the release (:mod:`selfupdate.releases._rollout`); without them every machine on the
+    channel is offered it at its next check.
 
     Raises:
         RefusedError: not such a build, another app's build, another version, no embedded
@@ -316,6 +330,7 @@ def publish_build(
         result = _publish(
             keys_dir, repo, file, build.version, channel or build.channel, app, expiry_days,
             now, notes=notes, allow_downgrade=allow_downgrade, warnings=warnings,
+            phases=(rollout, schedule, critical),
         )  # fmt: skip
         return PublishResult(result.release, result.warnings, build)
 
@@ -332,6 +347,9 @@ def publish(
     allow_downgrade: bool = False,
     expiry_days: Mapping[str, int] | None = None,
     now: datetime | None = None,
+    rollout: int | None = None,
+    schedule: tuple[int, int] | None = None,
+    critical: bool = False,
 ) -> PublishResult:
     """Add ``file`` as release ``version`` of the app on ``channel``; re-sign targets,
     snapshot and timestamp.
@@ -353,6 +371,7 @@ def publish(
         return _publish(
             keys_dir, repo, file, version, channel, app, expiry_days, now, notes=notes,
             allow_downgrade=allow_downgrade, warnings=inspect_file(file),
+            phases=(rollout, schedule, critical),
         )  # fmt: skip
 
 
@@ -374,17 +393,23 @@ def _publish(
     notes: str | None,
     allow_downgrade: bool,
     warnings: list[str],
+    phases: tuple[int | None, tuple[int, int] | None, bool] = (None, None, False),
 ) -> PublishResult:
+    stamp = now_utc(now)
     try:
         check_name("app", app)
         check_name("channel", channel)
         new = parse_version(version)
         if notes is not None:
             check_notes(notes)
+        step, every = phases[1] or (0, 0)
+        staged = rollout_fields(
+            percent=phases[0], step=step, every=every, critical=phases[2], now=stamp
+        )
     except ValueError as e:
         raise errors.PublishError(f"{e}") from None
     days = _repo.expiry_days(keys_dir, expiry_days)
-    chain = Chain(keys_dir, repo, days, now_utc(now))
+    chain = Chain(keys_dir, repo, days, stamp)
 
     targets = chain.targets.signed.targets
     listed: list[Release | Withdrawn] = [*releases(targets), *withdrawn(targets)]
@@ -414,7 +439,7 @@ def _publish(
         length,
         {"sha256": sha256},
         target_path,
-        {"custom": custom_fields(app, channel, version, notes)},
+        {"custom": _with(custom_fields(app, channel, version, notes), staged)},
     )
     targets[target_path] = tf
     timestamp = repo.meta_dir / "timestamp.json"
@@ -432,6 +457,12 @@ def _publish(
     return PublishResult(
         Release(app, channel, version, target_path, length, sha256, notes), warnings
     )
+
+
+def _with(custom: dict[str, Any], phases: dict[str, Any]) -> dict[str, Any]:
+    """``custom`` with the rollout fields ``phases`` added to the release's own."""
+    custom[CUSTOM_KEY] = {**custom[CUSTOM_KEY], **phases}
+    return custom
 
 
 def refresh(
@@ -545,4 +576,9 @@ def status(repo_dir: Path, *, now: datetime | None = None) -> Status:
         gone.setdefault((w.app, w.channel), []).append(w)
     apps = {a for a, _ in [*by_channel, *gone]}
     app = next(iter(apps)) if len(apps) == 1 else None
-    return Status(app, roles, by_channel, warnings, gone)
+    phases = {}
+    for path, tf in targets.targets.items():
+        with contextlib.suppress(ValueError):  # malformed: clients hold it back; not shown
+            if (rollout := rollout_of(tf.custom)[0]) is not None:
+                phases[path] = rollout
+    return Status(app, roles, by_channel, warnings, gone, phases)

@@ -47,7 +47,7 @@ def _client(repo_url: str | None, channel: str | None = None) -> Any:
     from selfupdate.releases.client import UpdateClient
 
     return UpdateClient(PROG, url, root, channel=channel or info.channel,
-                        cache_dir=state.state_dir() / "tuf-cache")
+                        cache_dir=state.state_dir() / "tuf-cache", state_dir=state.state_dir())
 
 
 su.configure(PROG, VERSION, state_dir=state.state_dir, client=_client)
@@ -86,11 +86,12 @@ def run_update(ns: argparse.Namespace) -> int:
         print(f"{PROG} update: --json goes with --check", file=sys.stderr)
         return 2
     choice = {"to": ns.to, "channel": ns.channel}
+    repo = " ".join(ns.repo) if ns.repo else None  # mirrors, in order (selfupdate._mirrors)
     try:
         if ns.check:
-            return _report_check(su.update(ns.repo, check_only=True, **choice), ns.json)
+            return _report_check(su.update(repo, check_only=True, **choice), ns.json)
         # -q: the new build is not exec'd to say what changed (it runs from the next start).
-        out = su.update(ns.repo, say=None if quiet else lambda msg: print(msg, flush=True),
+        out = su.update(repo, say=None if quiet else lambda msg: print(msg, flush=True),
                         handover="none" if quiet else "finish", force=ns.force, **choice)
     except UpdateInterrupted as e:  # Ctrl-C: left clean, the shell's status for SIGINT
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -99,10 +100,12 @@ def run_update(ns: argparse.Namespace) -> int:
         return _fail("update", e)
     except OSError as e:
         return _fail("update", f"{e.strerror or e} ({e.filename or 'no file'})")
+    _served(out.extra.get("served"))
     if quiet:
         return 0
     if out.status == "up-to-date":
-        print(f"{PROG} {VERSION} is up to date{_withdrawn(out.extra.get('withdrawn'))}")
+        print(_rollout(out.extra.get("rollout"))
+              or f"{PROG} {VERSION} is up to date{_withdrawn(out.extra.get('withdrawn'))}")
     else:
         print(f"{PROG} updated {out.old} -> {out.new}; it runs from the next start")
     return 0
@@ -117,6 +120,26 @@ def _withdrawn(w: Any) -> str:
             f"newer release or install another with `{PROG} update --to VERSION`")
 
 
+def _rollout(w: Any) -> str:
+    """The sentence for a newer release this machine is not offered yet (or "")."""
+    if w is None:
+        return ""
+    if w.paused:
+        return (f"{PROG} {w.version} is not offered: its publisher paused its rollout (at "
+                f"{w.percent}%), so this machine stays on {VERSION} until it resumes")
+    return (f"{PROG} {w.version} is rolling out ({w.percent}%); this machine is not in it yet "
+            f"(running {VERSION})")
+
+
+def _served(served: Any) -> None:
+    """With -v and several mirrors: which one served what (stderr)."""
+    from nsapp import cli
+
+    if cli.VERBOSE and served:
+        print(f"{PROG}: " + ", ".join(f"{k} from {v}" for k, v in sorted(served.items())),
+              file=sys.stderr)
+
+
 def _report_check(out: Any, as_json: bool) -> int:
     """``update --check``: one line (or JSON object); 0 nothing to install, 100 an update."""
     import json
@@ -128,16 +151,19 @@ def _report_check(out: Any, as_json: bool) -> int:
         status = "failed" if verdict.reason == "failed" else "held"
     else:
         status = "available"
-    notes = out.extra.get("notes")
+    notes, ro = out.extra.get("notes"), out.extra.get("rollout")
+    _served(out.extra.get("served"))
     if as_json:
         print(json.dumps({
             "app": PROG, "installed": VERSION, "available": out.new, "status": status,
             "channel": out.extra.get("channel"), "notes": notes,
             "detail": verdict.detail if verdict is not None else None,
             "withdrawn": None if w is None else {"when": w.withdrawn, "reason": w.reason},
+            "rollout": None if ro is None else {"version": ro.version, "percent": ro.percent,
+                                                "paused": ro.paused},
         }))
     elif out.status == "up-to-date":
-        print(f"{PROG} {VERSION} is up to date{_withdrawn(w)}")
+        print(_rollout(ro) or f"{PROG} {VERSION} is up to date{_withdrawn(w)}")
     else:
         line = f"{PROG} {out.new} is available (running {VERSION})"
         if status == "held":
@@ -231,6 +257,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _url(text: str) -> str:
+    """argparse type of --repo: one URL (repeated --repo lists mirrors; they are joined
+    with spaces, the framework's list separator: no URL holds a raw space)."""
+    import argparse
+
+    if not text.strip() or len(text.split()) != 1:
+        raise argparse.ArgumentTypeError(f"expected one URL or directory, got {text!r}")
+    return text.strip()
+
+
 def _count(text: str) -> int:
     import argparse
 
@@ -268,7 +304,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    "down-migrations run)")
     p.add_argument("--channel", metavar="NAME",
                    help="follow this release channel, from now on (remembered)")
-    p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
+    p.add_argument("--repo", metavar="URL", action="append", type=_url,
+                   help="release repository (default: built in); repeat it for mirrors, "
+                   "tried in order")
     p.set_defaults(func=run_update)
 
     p = subparsers.add_parser(
