@@ -4,7 +4,7 @@
 
     selfupdate init    --keys KEYS_DIR --repo REPO_DIR --app NAME [--expires ROLE=DAYS ...]
     selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE [--version V] [--channel CHANNEL]
-                       [--app NAME] [--notes FILE|TEXT] [--allow-downgrade]
+                       [--app NAME] [--notes FILE|TEXT] [--allow-downgrade] [--deltas N]
     selfupdate yank    --keys KEYS_DIR --repo REPO_DIR APP VERSION [--channel C] [--reason TEXT]
     selfupdate prune   --keys KEYS_DIR --repo REPO_DIR --keep N [--dry-run]
     selfupdate refresh --keys KEYS_DIR --repo REPO_DIR
@@ -90,6 +90,12 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _whole_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -158,6 +164,11 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-downgrade", action="store_true",
         help="publish a version older than the newest on the channel (clients on a newer one "
         "are not offered it)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--deltas", type=_whole_number, default=3, metavar="N",
+        help="also publish deltas to this build from the N newest releases before it on the "
+        "channel, so clients on them download only what changed (default 3; 0: none)",
     )  # fmt: skip
     expires(sp)
 
@@ -325,6 +336,7 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
             notes=_notes(ns.notes),
             allow_downgrade=ns.allow_downgrade,
             expiry_days=days,
+            deltas=ns.deltas,
         )
         for w in result.warnings:
             _warn(f"{w}; published it anyway")
@@ -335,6 +347,8 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
                 f"(channel {result.build.channel}) embedding a root of {ns.repo}"
             )
         out.info(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}")
+        for path, length in result.deltas:
+            out.info(f"published the delta {path}: {length} bytes instead of {r.length}")
     elif ns.command == "yank":
         done = publish.yank(
             ns.keys, ns.repo, ns.app, ns.release_version, channel=ns.channel, reason=ns.reason,
