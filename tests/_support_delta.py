@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import struct
 import zipfile
 import zlib
@@ -54,23 +57,47 @@ def app_code_change(info: zipfile.ZipInfo, data: bytes) -> tuple[str, bytes] | N
 DEP = "idna"
 
 
-def dependency_bump(info: zipfile.ZipInfo, data: bytes) -> tuple[str, bytes] | None:
-    """Every file of one dependency (idna) changed, and its dist-info renamed, as a version
+def bump_of(dep: str) -> Change:
+    """Every file of the dependency ``dep`` changed, and its dist-info renamed, as a version
     bump does."""
-    name = info.filename
-    if name.startswith(f"site-packages/{DEP}/"):
-        return name, data + b"\n# the next version\n"
-    if name.startswith(f"site-packages/{DEP}-"):
-        head, _, rest = name.partition(".dist-info/")
-        return f"{head}.post1.dist-info/{rest}", data + b"\n"
-    return None
+
+    def change(info: zipfile.ZipInfo, data: bytes) -> tuple[str, bytes] | None:
+        name = info.filename
+        if name.startswith(f"site-packages/{dep}/"):
+            return name, data + b"\n# the next version\n"
+        if name.startswith(f"site-packages/{dep}-"):
+            head, _, rest = name.partition(".dist-info/")
+            return f"{head}.post1.dist-info/{rest}", data + b"\n"
+        return None
+
+    return change
 
 
-def dependency_share(build: Path) -> int:
-    """Bytes of ``build`` (compressed entries) that belong to :data:`DEP`."""
+dependency_bump = bump_of(DEP)
+
+
+def versioned(change: Change, version: str) -> Change:
+    """``change``, and the build's embedded release configuration says ``version`` (and shiv's
+    build id is another: shiv extracts each build to a directory named by it)."""
+
+    def both(info: zipfile.ZipInfo, data: bytes) -> tuple[str, bytes] | None:
+        if info.filename == "site-packages/selfupdate/_build_config.py":
+            text = re.sub(r"(?m)^VERSION = .*$", f"VERSION = {version!r}", data.decode())
+            return info.filename, text.encode()
+        if info.filename == "environment.json":
+            env = json.loads(data)
+            env["build_id"] = hashlib.sha256(f"{env['build_id']} {version}".encode()).hexdigest()
+            return info.filename, json.dumps(env).encode()
+        return change(info, data)
+
+    return both
+
+
+def dependency_share(build: Path, dep: str = DEP) -> int:
+    """Bytes of ``build`` (compressed entries) that belong to the dependency ``dep``."""
     with zipfile.ZipFile(build) as z:
         return sum(i.compress_size for i in z.infolist()
-                   if i.filename.startswith((f"site-packages/{DEP}/", f"site-packages/{DEP}-")))
+                   if i.filename.startswith((f"site-packages/{dep}/", f"site-packages/{dep}-")))
 
 
 def header_bytes(h: DeltaHeader) -> bytes:

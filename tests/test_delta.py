@@ -6,9 +6,22 @@ way a reproducible rebuild changes them (``tests/_support_delta.py``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +35,7 @@ from selfupdate.releases._delta import (
 )
 from tests._support_delta import (
     app_code_change,
+    bump_of,
     dependency_bump,
     dependency_share,
     header_bytes,
@@ -29,21 +43,99 @@ from tests._support_delta import (
     op_data,
     op_zdata,
     rewritten,
+    versioned,
 )
 
+PY = sys.executable
 
-@pytest.fixture(scope="module", name="builds")
-def builds_fixture(build_pyz: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    assert callable(build_pyz)
-    tmp = tmp_path_factory.mktemp("delta-builds")
-    v1 = build_pyz("1.0.0")
-    v2 = build_pyz("1.0.1")
-    return {
-        "v1": v1,
-        "v2": v2,
-        "app": rewritten(v2, tmp / "app.pyz", app_code_change),
-        "dep": rewritten(v2, tmp / "dep.pyz", dependency_bump),
+
+# ---------------------------------------------------------------------------------------------
+# A static server on 127.0.0.1 that counts what it sends, and can be slow for deltas
+
+
+@dataclass
+class Served:
+    sent: list[tuple[str, int]] = field(default_factory=list)  # (path, body bytes)
+    slow: float = 0.0  # seconds per 4 KiB piece of a .delta (0: full speed)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bytes_of(self, suffix: str) -> list[int]:
+        with self.lock:
+            return [n for p, n in self.sent if p.endswith(suffix)]
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    served: Served
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        n, slow = 0, self.served.slow if self.path.endswith(".delta") else 0.0
+        try:
+            while chunk := source.read(4096 if slow else 1 << 20):
+                outputfile.write(chunk)
+                n += len(chunk)
+                if slow:
+                    outputfile.flush()
+                    time.sleep(slow)
+        finally:
+            with self.served.lock:
+                self.served.sent.append((self.path, n))
+
+
+@dataclass
+class World:
+    url: str
+    www: Path
+    served: Served
+    keys: Path
+    base: Path
+    v1: Path
+    v2: Path
+    builds: dict[str, Path]
+
+    def repo(self, name: str) -> Path:
+        """A fresh copy of the initial repository (same keys and root), served at URL/name."""
+        shutil.copytree(self.base, self.www / name)
+        return self.www / name
+
+
+@pytest.fixture(scope="module", name="world")
+def world_fixture(
+    build_pyz: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    from selfupdate.releases import publish
+
+    www = tmp_path_factory.mktemp("www")
+    served = Served()
+    handler = type("Handler", (_Handler,), {"served": served})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(www)))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    tmp = tmp_path_factory.mktemp("delta-world")
+    keys, base = tmp / "keys", tmp / "base"
+    root = publish.init(keys, base, "nsapp")
+    kw = {"trusted_root": root, "repo_url": f"{url}/base"}
+    v1, v2 = build_pyz("1.0.0", **kw), build_pyz("2.0.0", **kw)
+    builds = {
+        "app": rewritten(v2, tmp / "app.pyz", versioned(app_code_change, "2.0.1")),
+        "dep": rewritten(v2, tmp / "dep.pyz", versioned(dependency_bump, "2.0.1")),
+        "big": rewritten(v2, tmp / "big.pyz", versioned(bump_of("cryptography"), "2.0.1")),
+        "edited": rewritten(v2, tmp / "edited.pyz", app_code_change),  # 2.0.0, changed by hand
     }
+    try:
+        yield World(url, www, served, keys, base, v1, v2, builds)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(name="builds")
+def builds_fixture(world: World) -> dict[str, Path]:
+    return {"v1": world.v1, "v2": world.v2, **world.builds}
 
 
 def _delta(base: Path, target: Path) -> tuple[bytes, DeltaHeader]:
@@ -164,3 +256,264 @@ def test_a_base_that_differs_from_the_one_the_delta_was_made_from_is_caught(
     changed.write_bytes(bytes(data))
     with pytest.raises(DeltaError, match="sha256 differs"):
         _apply(delta, changed, header)
+
+
+# ---------------------------------------------------------------------------------------------
+# The publisher: deltas as signed targets, linked to what they rebuild; prune
+
+
+def _signed_targets(repo: Path) -> dict[str, Any]:
+    ts = json.loads((repo / "metadata" / "timestamp.json").read_bytes())
+    snap_v = ts["signed"]["meta"]["snapshot.json"]["version"]
+    snap = json.loads((repo / "metadata" / f"{snap_v}.snapshot.json").read_bytes())
+    tv = snap["signed"]["meta"]["targets.json"]["version"]
+    targets = json.loads((repo / "metadata" / f"{tv}.targets.json").read_bytes())
+    return targets["signed"]["targets"]  # type: ignore[no-any-return]
+
+
+def test_publish_links_deltas_to_their_base_and_target_and_prune_removes_stale_ones(
+    world: World, tmp_path: Path
+) -> None:
+    from selfupdate.releases import publish
+
+    repo = world.repo("publisher")
+    for build in (world.v1, world.v2):
+        publish.publish_build(world.keys, repo, build)
+    publish.publish_build(world.keys, repo, world.builds["app"], deltas=1)
+    targets = _signed_targets(repo)
+    deltas = {p: t for p, t in targets.items() if "selfupdate_delta" in t["custom"]}
+    assert sorted(deltas) == ["nsapp/stable/nsapp-1.0.0-to-2.0.0.delta",
+                              "nsapp/stable/nsapp-2.0.0-to-2.0.1.delta"]  # --deltas 1: one
+    fields = deltas["nsapp/stable/nsapp-2.0.0-to-2.0.1.delta"]["custom"]["selfupdate_delta"]
+    full = targets["nsapp/stable/nsapp-2.0.1.pyz"]
+    assert fields["target"] == "nsapp/stable/nsapp-2.0.1.pyz"
+    assert fields["target_sha256"] == full["hashes"]["sha256"]
+    assert fields["base"] == dict(zip(("length", "sha256"), file_digest(world.v2), strict=True))
+    for path, t in deltas.items():  # each is a target like any other: length and hash signed
+        d, _, name = path.rpartition("/")
+        f = repo / "targets" / d / f"{t['hashes']['sha256']}.{name}"
+        assert file_digest(f) == (t["length"], t["hashes"]["sha256"])
+    # A client gets no release out of a delta (it is not a release entry).
+    assert [r.version for r in publish.status(repo).releases[("nsapp", "stable")]] == [
+        "1.0.0", "2.0.0", "2.0.1"]
+    # prune --keep 2 removes 1.0.0 and so the delta from it; the other stays.
+    removed = publish.prune(world.keys, repo, 2)
+    assert removed == ["nsapp/stable/nsapp-1.0.0.pyz", "nsapp/stable/nsapp-1.0.0-to-2.0.0.delta"]
+    assert not list((repo / "targets" / "nsapp" / "stable").glob("*.nsapp-1.0.0-to-2.0.0.delta"))
+    # Withdrawing 2.0.1 leaves its delta until prune: no client is offered 2.0.1 meanwhile.
+    publish.yank(world.keys, repo, "nsapp", "2.0.1")
+    assert publish.prune(world.keys, repo, 2) == ["nsapp/stable/nsapp-2.0.0-to-2.0.1.delta"]
+
+
+def test_deltas_0_publishes_none(world: World) -> None:
+    from selfupdate.releases import publish
+
+    repo = world.repo("no-deltas")
+    publish.publish_build(world.keys, repo, world.v1)
+    result = publish.publish_build(world.keys, repo, world.v2, deltas=0)
+    assert result.deltas == [] and not any(
+        "selfupdate_delta" in t["custom"] for t in _signed_targets(repo).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: `nsapp update` in a real process against the server above
+
+
+@dataclass
+class Install:
+    pyz: Path
+    env: dict[str, str]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, str(self.pyz), *args], env=self.env, capture_output=True,
+                              text=True, timeout=120)
+
+
+def _install(build: Path, tmp_path: Path) -> Install:
+    d = tmp_path / "opt"
+    d.mkdir()
+    pyz = d / "nsapp.pyz"
+    shutil.copy(build, pyz)
+    pyz.chmod(0o755)
+    env = dict(os.environ, NSAPP_STATE_DIR=str(tmp_path / "state"),
+               SELFUPDATE_TRIAL_TIMEOUT="30")
+    env.pop("SELFUPDATE_TEST_STOP_AT", None)
+    return Install(pyz, env)
+
+
+def _released(world: World, name: str, *builds: Path) -> tuple[str, Path]:
+    """A repository with ``builds`` published in order (deltas from the ones before each)."""
+    from selfupdate.releases import publish
+
+    repo = world.repo(name)
+    for build in builds:
+        publish.publish_build(world.keys, repo, build)
+    return f"{world.url}/{name}", repo
+
+
+def _delta_file(repo: Path, name: str) -> Path:
+    (found,) = (repo / "targets" / "nsapp" / "stable").glob(f"*.{name}")
+    return found
+
+
+def _update(world: World, inst: Install, url: str) -> tuple[subprocess.CompletedProcess[str],
+                                                              list[int], list[int]]:
+    """Run `nsapp update`; return it and the bytes served for .delta and .pyz requests."""
+    with world.served.lock:
+        world.served.sent.clear()
+    r = inst.run("update", "--repo", url)
+    return r, world.served.bytes_of(".delta"), world.served.bytes_of(".pyz")
+
+
+def _fell_back(r: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (r.stdout + r.stderr).splitlines()
+            if "could not be used" in line and "downloading the whole build" in line]
+
+
+@pytest.mark.parametrize("change", ["app", "dep"])
+def test_update_downloads_only_the_delta(world: World, tmp_path: Path, change: str) -> None:
+    new = world.builds[change]
+    url, repo = _released(world, f"only-{change}", world.v1, world.v2, new)
+    inst = _install(world.v2, tmp_path)
+    check = inst.run("update", "--check", "--repo", url)
+    assert check.returncode == 100 and "(a delta; the whole build is 7.2 MB)" in check.stdout
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(new)  # exactly the new build, verified
+    assert fulls == [] and len(deltas) == 1, (deltas, fulls)
+    limit = 0.01 * new.stat().st_size
+    if change == "dep":
+        limit = dependency_share(new) + 0.05 * new.stat().st_size
+    assert deltas[0] <= limit
+    assert "a delta; the whole build is" in r.stdout + r.stderr
+
+
+def test_a_new_build_of_the_same_app_downloads_only_the_delta(
+    world: World, tmp_path: Path
+) -> None:
+    url, _ = _released(world, "rebuilt", world.v1, world.v2)
+    inst = _install(world.v1, tmp_path)
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(world.v2)
+    assert fulls == [] and len(deltas) == 1 and deltas[0] < 0.01 * world.v2.stat().st_size
+
+
+def _corrupt(f: Path) -> None:
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+def _truncate(f: Path) -> None:
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+
+
+def _oversize(f: Path) -> None:
+    with open(f, "ab") as fh:
+        fh.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (_corrupt, "does not match its signed metadata"),  # tampered: its sha256 differs
+    (_truncate, "ended after"),
+    (_oversize, "more than the"),  # endless data: cut at the signed length
+    ("other", "sent more than the"),  # another release's delta (a longer one) in its place
+])
+def test_a_bad_delta_on_the_server_falls_back_to_one_full_download(
+    world: World, tmp_path: Path, damage: Callable[[Path], None] | str, said: str
+) -> None:
+    url, repo = _released(world, f"bad-{getattr(damage, '__name__', damage)}", world.v1,
+                          world.v2, world.builds["app"])
+    f = _delta_file(repo, "nsapp-2.0.0-to-2.0.1.delta")
+    if damage == "other":
+        f.write_bytes(_delta_file(repo, "nsapp-1.0.0-to-2.0.0.delta").read_bytes())
+    else:
+        assert callable(damage)
+        damage(f)
+    inst = _install(world.v2, tmp_path)
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(world.builds["app"])
+    fell = _fell_back(r)
+    assert len(fell) == 1 and said in fell[0], r.stdout + r.stderr
+    assert len(deltas) == 1 and fulls == [world.builds["app"].stat().st_size]  # one full
+
+
+def test_an_installed_file_changed_by_hand_gets_the_whole_build(
+    world: World, tmp_path: Path
+) -> None:
+    url, _ = _released(world, "edited", world.v1, world.v2, world.builds["app"])
+    inst = _install(world.builds["edited"], tmp_path)  # 2.0.0, but not the published bytes
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(world.builds["app"])
+    assert deltas == [] and len(fulls) == 1
+    assert "(the whole build: no delta from the installed build is published)" in (
+        r.stdout + r.stderr)
+
+
+def test_a_full_disk_during_the_rebuild_falls_back_and_installs(
+    world: World, tmp_path: Path
+) -> None:
+    """The install directory is a tmpfs with room for the installed build, one new build and
+    2 MB: the delta (4.7 MB: a big dependency bumped) plus the rebuilt file do not fit, the
+    rebuild fails with ENOSPC half-way, the delta is removed and the whole build fits."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create user+mount namespaces here: {probe.stderr.strip()}")
+    new = world.builds["big"]
+    url, repo = _released(world, "full-disk", world.v1, world.v2, new)
+    delta = _delta_file(repo, "nsapp-2.0.0-to-2.0.1.delta").stat().st_size
+    room = 2 * 2**20
+    assert delta > room + 2**20  # the delta and the rebuilt file cannot both fit
+    size = world.v2.stat().st_size + new.stat().st_size + room
+    small = tmp_path / "small"
+    small.mkdir()
+    env = dict(os.environ, NSAPP_STATE_DIR=str(tmp_path / "state"), SELFUPDATE_TRIAL_TIMEOUT="30")
+    with world.served.lock:
+        world.served.sent.clear()
+    r = subprocess.run(["unshare", "-Urm", "sh", "-euc", (
+        f'mount -t tmpfs -o size={size},mode=0755 tmpfs "{small}"\n'
+        f'cp "{world.v2}" "{small}/nsapp.pyz"\n'
+        f'"{PY}" "{small}/nsapp.pyz" update --repo {url} || echo "status $?"\n'
+        f'sha256sum "{small}/nsapp.pyz"; ls -A "{small}"')],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert "status" not in r.stdout, (r.stdout, r.stderr)
+    fell = _fell_back(r)
+    assert len(fell) == 1 and "No space left on device" in fell[0], r.stdout + r.stderr
+    assert file_digest(new)[1] in r.stdout  # exactly the new build
+    assert ".nsapp.pyz.update" not in r.stdout
+    assert len(world.served.bytes_of(".pyz")) == 1
+
+
+def test_sigkill_during_the_rebuild_is_recovered_and_the_next_update_succeeds(
+    world: World, tmp_path: Path
+) -> None:
+    url, repo = _released(world, "killed", world.v1, world.v2, world.builds["dep"])
+    inst = _install(world.v2, tmp_path)
+    staging = inst.pyz.parent / ".nsapp.pyz.update"
+    world.served.slow = 0.02  # 4 KiB per 20 ms: the delta takes a few seconds
+    try:
+        p = subprocess.Popen([PY, str(inst.pyz), "update", "--repo", url], env=inst.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (staging / "delta").exists() or (staging / "delta").stat().st_size < 8192:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGKILL)
+        p.communicate()
+    finally:
+        world.served.slow = 0.0
+    assert file_digest(inst.pyz) == file_digest(world.v2)  # the old build, untouched
+    assert staging.exists()  # the half-built leftovers, until the next start
+    r = inst.run("history")  # any start but --version (its fast path recovers nothing)
+    assert r.returncode == 0, r.stderr
+    assert not staging.exists()  # the journal's recovery removed them
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(world.builds["dep"])
+    assert fulls == [] and len(deltas) == 1

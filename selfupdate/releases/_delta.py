@@ -34,7 +34,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from selfupdate import errors
 
@@ -44,6 +44,7 @@ __all__ = [
     "DeltaError",
     "DeltaHeader",
     "DeltaStats",
+    "Writer",
     "apply_delta",
     "file_digest",
     "make_delta",
@@ -57,6 +58,12 @@ _HEADER = struct.Struct(">8sQ32sQ32s")
 _U64 = struct.Struct(">Q")
 _U64X2 = struct.Struct(">QQ")
 _Key = tuple[str, int, int, int, int]  # name, CRC, compressed size, size, compression
+
+
+class Writer(Protocol):
+    """Where a delta or a rebuilt file goes: anything with ``write``."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class DeltaError(errors.SelfUpdateError):
@@ -135,7 +142,7 @@ def _same_bytes(a: BinaryIO, a_off: int, b: BinaryIO, b_off: int, length: int) -
 class _Writer:
     """Emits operations, merging adjacent COPYs and gathering literal bytes into pieces."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Writer) -> None:
         self.out = out
         self.length = 0
         self.copied = 0
@@ -190,7 +197,7 @@ class _Writer:
 
 
 def make_delta(
-    base: str | os.PathLike[str], target: str | os.PathLike[str], out: BinaryIO
+    base: str | os.PathLike[str], target: str | os.PathLike[str], out: Writer
 ) -> DeltaStats:
     """Write to ``out`` a delta that rebuilds ``target`` from ``base``; return what it holds.
 
@@ -271,7 +278,7 @@ def read_header(delta: BinaryIO) -> DeltaHeader:
     return DeltaHeader(bl, bs.hex(), tl, ts.hex())
 
 
-def apply_delta(delta: BinaryIO, base: BinaryIO, out: BinaryIO, expect: DeltaHeader) -> int:
+def apply_delta(delta: BinaryIO, base: BinaryIO, out: Writer, expect: DeltaHeader) -> int:
     """Rebuild the target into ``out`` from ``base`` and ``delta``; return its length.
 
     Args:

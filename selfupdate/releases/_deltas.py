@@ -206,7 +206,7 @@ def _write_delta(base: Path, target: Path, dest_dir: Path, name: str
     try:
         with os.fdopen(fd, "wb") as out:
             hashing = _Hashing(out)
-            make_delta(base, target, hashing)  # type: ignore[arg-type]
+            make_delta(base, target, hashing)
             out.flush()
             os.fchmod(out.fileno(), 0o644)
             os.fsync(out.fileno())
