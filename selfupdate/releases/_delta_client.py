@@ -22,6 +22,7 @@ leftovers, which the journal's recovery removes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -146,13 +147,8 @@ def _rebuild(
     ts = trusted_set(updater)
     info = ts.targets.targets.get(release.target_path)
     dinfo = ts.targets.targets.get(delta.target_path)
-    signed = None
-    if info is not None:
-        try:
-            signed = release_from_target(info.path, info.length, info.hashes, info.custom)
-        except ValueError:
-            signed = None
-    why = check_release(release, signed, client.app, client.channel, client._current)
+    # The same refusals as download_to's: only a listed release of this app and channel.
+    why = check_release(release, _as_release(info), client.app, client.channel, client._current)
     if why is not None or info is None or dinfo is None:
         raise errors.WrongReleaseError(release.target_path, why or "it is not listed")
 
@@ -175,6 +171,14 @@ def _rebuild(
         finally:
             path.unlink(missing_ok=True)
     fileobj.flush()
+
+
+def _as_release(info: Any) -> Release | None:
+    if info is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return release_from_target(info.path, info.length, info.hashes, info.custom)
+    return None
 
 
 class _Verifying:
