@@ -517,3 +517,15 @@ def test_sigkill_during_the_rebuild_is_recovered_and_the_next_update_succeeds(
     assert r.returncode == 0, r.stderr
     assert file_digest(inst.pyz) == file_digest(world.builds["dep"])
     assert fulls == [] and len(deltas) == 1
+
+
+def test_no_delta_is_made_from_a_base_file_that_is_not_its_signed_bytes(world: World) -> None:
+    from selfupdate.releases import publish
+
+    repo = world.repo("tampered-base")
+    publish.publish_build(world.keys, repo, world.v1)
+    (base_file,) = (repo / "targets" / "nsapp" / "stable").glob("*.nsapp-1.0.0.pyz")
+    _corrupt(base_file)
+    result = publish.publish_build(world.keys, repo, world.v2)
+    assert result.deltas == []
+    assert any("does not match its signed length and hash" in w for w in result.warnings)

@@ -170,7 +170,10 @@ def add_deltas(
                                 "in the repository")
                 continue
             name = f"{new.app}-{base.version}-to-{new.version}.delta"
-            made = _write_delta(base_file, file, dest_dir, name)
+            made = _write_delta(base_file, file, dest_dir, name, base)
+            if isinstance(made, str):
+                warnings.append(f"no delta from {base.version}: {made}")
+                continue
             if made is None:
                 continue  # not smaller than the build: useless
             path, length, sha256 = made
@@ -199,17 +202,23 @@ class _Hashing:
         return self.f.write(data)
 
 
-def _write_delta(base: Path, target: Path, dest_dir: Path, name: str
-                 ) -> tuple[Path, int, str] | None:
-    """Write the delta ``base`` -> ``target`` as ``dest_dir/SHA256.name`` (atomically)."""
+def _write_delta(base: Path, target: Path, dest_dir: Path, name: str, signed: Release
+                 ) -> tuple[Path, int, str] | str | None:
+    """Write the delta ``base`` -> ``target`` as ``dest_dir/SHA256.name`` (atomically).
+    Returns its path, length and sha256; None when it is not smaller than ``target``; a
+    reason when the base file is not the bytes ``signed`` says."""
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".delta.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             hashing = _Hashing(out)
-            make_delta(base, target, hashing)
+            stats = make_delta(base, target, hashing)
             out.flush()
             os.fchmod(out.fileno(), 0o644)
             os.fsync(out.fileno())
+        header = stats.header
+        if (header.base_length, header.base_sha256) != (signed.length, signed.sha256):
+            Path(tmp).unlink()
+            return f"its file {base} does not match its signed length and hash"
         if hashing.n >= target.stat().st_size:
             Path(tmp).unlink()
             return None
