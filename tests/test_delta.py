@@ -529,3 +529,35 @@ def test_no_delta_is_made_from_a_base_file_that_is_not_its_signed_bytes(world: W
     result = publish.publish_build(world.keys, repo, world.v2)
     assert result.deltas == []
     assert any("does not match its signed length and hash" in w for w in result.warnings)
+
+
+def _signed_as_delta(world: World, repo: Path, path: str, data: bytes) -> None:
+    """Replace the delta target ``path`` by ``data`` and sign it, as a publisher whose targets
+    key is compromised could: length and hash in the metadata are the hostile file's."""
+    from selfupdate.releases import _repo
+    from selfupdate.releases.publish import _Chain, _Repo
+
+    chain = _Chain(world.keys, _Repo(repo), _repo.expiry_days(world.keys, None), _repo.now_utc(None))
+    tf = chain.targets.signed.targets[path]
+    sha = hashlib.sha256(data).hexdigest()
+    d, _, name = path.rpartition("/")
+    (repo / "targets" / d / f"{sha}.{name}").write_bytes(data)
+    tf.length, tf.hashes = len(data), {"sha256": sha}
+    chain.from_targets()
+
+
+def test_a_hostile_but_signed_delta_falls_back_and_never_installs_a_wrong_file(
+    world: World, tmp_path: Path
+) -> None:
+    url, repo = _released(world, "hostile", world.v1, world.v2, world.builds["app"])
+    path = "nsapp/stable/nsapp-2.0.0-to-2.0.1.delta"
+    good = _delta_file(repo, "nsapp-2.0.0-to-2.0.1.delta").read_bytes()
+    # Its header names the right base and target; then a COPY from beyond the base's end.
+    _signed_as_delta(world, repo, path, good[:88] + op_copy(2**40, 10) + b"E")
+    inst = _install(world.v2, tmp_path)
+    r, deltas, fulls = _update(world, inst, url)
+    assert r.returncode == 0, r.stderr
+    assert file_digest(inst.pyz) == file_digest(world.builds["app"])
+    fell = _fell_back(r)
+    assert len(fell) == 1 and "beyond the end of the base" in fell[0], r.stdout + r.stderr
+    assert len(deltas) == 1 and len(fulls) == 1
