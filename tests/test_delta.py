@@ -537,7 +537,8 @@ def _signed_as_delta(world: World, repo: Path, path: str, data: bytes) -> None:
     from selfupdate.releases import _repo
     from selfupdate.releases.publish import _Chain, _Repo
 
-    chain = _Chain(world.keys, _Repo(repo), _repo.expiry_days(world.keys, None), _repo.now_utc(None))
+    days = _repo.expiry_days(world.keys, None)
+    chain = _Chain(world.keys, _Repo(repo), days, _repo.now_utc(None))
     tf = chain.targets.signed.targets[path]
     sha = hashlib.sha256(data).hexdigest()
     d, _, name = path.rpartition("/")
