@@ -156,11 +156,20 @@ def _rebuild(
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with os.fdopen(os.open(path, flags, 0o600), "w+b") as df:
         try:
-            download_verified(
-                client.fetcher, dinfo, df, base_url=f"{client._base}/targets/",
-                consistent_snapshot=bool(ts.root.consistent_snapshot),
-                label=f"{release.app} {release.version} (delta)",
-            )  # fmt: skip
+            label = f"{release.app} {release.version} (delta)"
+
+            def fetch(base: str) -> None:
+                download_verified(client.fetcher, dinfo, df, base_url=f"{base}/targets/",
+                                  consistent_snapshot=bool(ts.root.consistent_snapshot),
+                                  label=label)
+
+            # A fetcher with mirrors tries each in turn, as for the build (issue 15's
+            # MirrorFetcher.each_mirror); a plain one has the one repository URL.
+            each_mirror = getattr(client.fetcher, "each_mirror", None)
+            if each_mirror is not None:
+                each_mirror(label, fetch)
+            else:
+                fetch(client._base)
             df.seek(0)
             out = _Verifying(fileobj, info.hashes, info.path)
             with open(installed, "rb") as base:
