@@ -78,9 +78,11 @@ show nsapp history --add "used 1.0.0"
 show cat "$NSAPP_STATE_DIR/history.txt"
 
 step "5. Publish 2.0.0 (signed), and ask the installed 1.0.0 about it"
-show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V2" >/dev/null
-say "(publish read the version, the app and the trusted root from the build itself)"
-show nsapp update --check
+"$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V1" >/dev/null
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V2"
+say "(publish read the version, the app and the trusted root from the build itself, and made"
+say " a delta from 1.0.0, published before: the update below downloads only that)"
+show nsapp update --check || [ $? -eq 100 ]  # 100: an update is available
 
 step "6. nsapp update: download + verify, try 2.0.0 (migration, health check), switch, continue"
 printf '%s$ nsapp update &%s\n' "$B" "$N"
@@ -96,8 +98,8 @@ show cat "$NSAPP_STATE_DIR/history.jsonl"
 SHA_V2="$(pyz_sha)"; STATE_V2="$(cat "$NSAPP_STATE_DIR/history.jsonl")"
 
 step "7. A tampered release: 2.1.0 is published, then one byte of it is changed on the server"
-show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V21" >/dev/null
-TARGET="$(find "$REPO/targets" -type f -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)"
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" --deltas 0 "$V21" >/dev/null
+TARGET="$(find "$REPO/targets" -type f -name '*.pyz' -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)"
 "$PY" - "$TARGET" <<'PYEOF'
 import sys
 p = sys.argv[1]
@@ -123,7 +125,7 @@ else
 fi
 say "the new build's own log says why:"
 grep -E '^(FAILED|migration|post-update)' "$OPT/.nsapp.pyz.post-update.log" | sed 's/^/     /'
-show nsapp update --check
+show nsapp update --check || [ $? -eq 100 ]  # 100: an update is available
 
 step "9. nsapp rollback: 1.0.0 back in place, with the state it had"
 show nsapp rollback

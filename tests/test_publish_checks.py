@@ -390,12 +390,17 @@ def test_prune_keeps_the_newest_per_channel_and_removes_the_files(
     assert dry.returncode == 0, dry.stderr
     assert snapshot_tree(repo) == before
     gone = ["nsapp/stable/nsapp-1.0", "nsapp/stable/nsapp-1.1"]
-    assert dry.stdout.split() == [w for p in gone for w in ("would", "remove", p)]
+    # and the deltas from or to them (to 1.1: withdrawn, no client is offered it)
+    stale = sorted(p for p in targets(repo) if p.endswith(".delta")
+                   and ("-1.0-" in p or "-1.1-" in p or p.endswith("-to-1.1.delta")))
+    assert stale, sorted(targets(repo))
+    assert dry.stdout.split() == [w for p in gone + stale for w in ("would", "remove", p)]
     files = {p: targets(repo)[p]["hashes"]["sha256"] for p in gone}  # type: ignore[index]
     proc = su("prune", "--keys", keys, "--repo", repo, "--keep", "2")
     assert proc.returncode == 0, proc.stderr
     assert sorted(targets(repo)) == [
-        "nsapp/beta/nsapp-3.0b1", "nsapp/stable/nsapp-1.2", "nsapp/stable/nsapp-2.0",
+        "nsapp/beta/nsapp-3.0b1", "nsapp/stable/nsapp-1.2", "nsapp/stable/nsapp-1.2-to-2.0.delta",
+        "nsapp/stable/nsapp-2.0",
     ]
     for path, sha in files.items():
         d, _, name = path.rpartition("/")

@@ -278,6 +278,8 @@ def test_check_exit_status_json_and_release_notes(world: World, inst: Install) -
     publish_unchecked(world, repo, world.v2, V2, notes="Faster start.\nNew history format.")
     code, report = check_json(inst, url)
     assert code == 100, report
+    download = report.pop("download")  # what the update would download (tests/test_delta.py)
+    assert download["full"] == world.v2.stat().st_size >= download["bytes"] > 0, download
     assert report == {
         "app": "nsapp", "installed": V1, "available": V2, "status": "available",
         "channel": "stable", "notes": "Faster start.\nNew history format.", "detail": None,

@@ -30,7 +30,7 @@ from selfupdate.install._layout import (
     remove,
     untrusted_dir,
 )
-from selfupdate.install._staging import stage_download
+from selfupdate.install._staging import download_plan, stage_download
 from selfupdate.install._state import copy_state_from, rollback_state, snapshot_state
 from selfupdate.install._transaction import (
     Transaction,
@@ -71,7 +71,9 @@ class Outcome:
     # client knows of the installed version's withdrawal (or None); "unfinished": after the
     # commit point the bookkeeping failed (one sentence; the new build is installed, the next
     # start finishes); "rollout": a newer release not offered to this machine yet (or None);
-    # "served": which mirror served "metadata" and "release" (empty with one URL)
+    # "served": which mirror served "metadata" and "release" (empty with one URL); "download"
+    # (check only): what the update would download, a dict (bytes, full: the whole build's
+    # bytes, delta: bool, said: for a person), or None when the client cannot tell
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,8 +149,10 @@ def update(
         if release is None or (to is not None and same_version(release.version, current_version)):
             return Outcome("up-to-date", current_version, extra=extra)
         verdict = read_bad(layout, note).get(str(release.version))
+        plan = download_plan(client, release, installed)
         extra.update(bad=verdict is not None, verdict=verdict,
-                     notes=getattr(release, "notes", None))
+                     notes=getattr(release, "notes", None),
+                     download=plan.summary() if plan is not None else None)
         return Outcome("available", current_version, release.version, extra=extra)
     check_dirs(layout, "update")
     try:
@@ -180,8 +184,10 @@ def update(
         mode = os.stat(installed).st_mode & 0o7777
         tx.journal.new = new
         tx.record("download")
-        note(f"downloading {new} ...")
-        staged = stage_download(layout, client, release, mode)
+        plan = download_plan(client, release, installed)
+        note(f"downloading {new}: {plan.said()} ..." if plan is not None else
+             f"downloading {new} ...")
+        staged = stage_download(layout, client, release, mode, plan, note)
         if getattr(client, "served_by", None):  # several mirrors: say which one served
             note(f"downloaded {new} from {client.served_by.get('release')}")  # type: ignore[attr-defined]
         try:

@@ -13,6 +13,7 @@ from selfupdate.install._layout import Layout, dir_error, remove
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, BinaryIO, Protocol
 
     class ClientLike(Protocol):
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
         def check(self, current_version: str) -> Any: ...
         def download_to(self, release: Any, fileobj: BinaryIO) -> None: ...
 
-__all__ = ["Staged", "stage_download"]
+__all__ = ["Staged", "download_plan", "stage_download"]
 
 
 class _DownloadFile(io.FileIO):
@@ -76,10 +77,29 @@ class Staged:
             self._fd = -1
 
 
-def stage_download(layout: Layout, client: ClientLike, release: Any, mode: int) -> Staged:
+def download_plan(client: ClientLike, release: Any, installed: Any) -> Any:
+    """What the update will download (a delta or the whole build, with its size; see
+    :mod:`selfupdate.releases._delta_client`), or None for a client that only has
+    ``download_to``."""
+    import sys
+
+    framework = sys.modules.get("selfupdate.releases.client")  # loaded if the client is one
+    if framework is None or not isinstance(client, framework.UpdateClient):
+        return None
+    from selfupdate.releases import _delta_client
+
+    return _delta_client.plan_download(client, release, installed)
+
+
+def stage_download(
+    layout: Layout, client: ClientLike, release: Any, mode: int, plan: Any = None,
+    say: Callable[[str], None] | None = None,
+) -> Staged:
     """Download ``release`` into :attr:`Layout.staged`, created exclusively and without
     following a symlink (``O_CREAT|O_EXCL|O_NOFOLLOW``) in a staging directory made afresh
-    (mode 0700), and give it ``mode``.
+    (mode 0700), and give it ``mode``. With a ``plan`` (:func:`download_plan`) it may be
+    rebuilt from a delta and the installed file instead (``say``: the one line of a fallback
+    to the whole build).
 
     Raises:
         InstallError: the directory is not writable, the disk is full, the size differs from
@@ -97,7 +117,13 @@ def stage_download(layout: Layout, client: ClientLike, release: Any, mode: int) 
     try:
         try:
             with _DownloadFile(fd, "wb") as f:
-                client.download_to(release, f)
+                if plan is None:
+                    client.download_to(release, f)
+                else:  # a delta rebuilt beside the installed file, or the whole build
+                    from selfupdate.releases import _delta_client
+
+                    _delta_client.download(client, plan, f, layout.installed, layout.staging,
+                                           say or (lambda _msg: None))
                 os.fchmod(f.fileno(), mode)  # by descriptor: the file we wrote, whatever the path
                 st = os.fstat(f.fileno())
                 staged = Staged(f.fileno(), st.st_ino)

@@ -19,6 +19,7 @@ from packaging.version import Version
 from selfupdate import _durable, errors
 from selfupdate.releases import _keys, _repo
 from selfupdate.releases._archive import RefusedError
+from selfupdate.releases._deltas import stale_deltas
 from selfupdate.releases._repo import Chain, now_utc, open_repo
 from selfupdate.releases._trust import (
     Release,
@@ -125,8 +126,9 @@ def prune(
 ) -> list[str]:
     """Remove the releases no client can be offered any more: per app and channel, keep the
     ``keep`` newest (never fewer than one: the newest always stays) and what was withdrawn
-    after the oldest of them; remove the rest from the targets metadata, re-sign, then delete
-    their files. Returns the target paths removed (or, with ``dry_run``, that would be).
+    after the oldest of them; remove the rest from the targets metadata, and the deltas whose
+    base or full target is gone (or withdrawn, for the target), re-sign, then delete their
+    files. Returns the target paths removed (or, with ``dry_run``, that would be).
 
     Raises:
         selfupdate.errors.PublishError: ``keep`` < 1.
@@ -140,6 +142,7 @@ def prune(
         chain = Chain(keys_dir, repo, _repo.expiry_days(keys_dir, expiry_days), now_utc(now))
         targets = chain.targets.signed.targets
         plan = prune_plan(releases(targets), withdrawn(targets), keep)
+        plan += stale_deltas(targets, set(plan))  # from or to a build that is gone
         if not plan or dry_run:
             return plan
         chain.check_keys()

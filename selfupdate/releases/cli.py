@@ -4,7 +4,7 @@
 
     selfupdate init    --keys KEYS_DIR --repo REPO_DIR --app NAME [--expires ROLE=DAYS ...]
     selfupdate publish --keys KEYS_DIR --repo REPO_DIR FILE [--version V] [--channel CHANNEL]
-                       [--app NAME] [--notes FILE|TEXT] [--allow-downgrade]
+                       [--app NAME] [--notes FILE|TEXT] [--allow-downgrade] [--deltas N]
                        [--rollout PERCENT [--rollout-step P --rollout-every DURATION]]
                        [--critical]
     selfupdate rollout --keys KEYS_DIR --repo REPO_DIR APP VERSION --percent P|--pause|--resume
@@ -99,6 +99,12 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _whole_number(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -183,6 +189,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sp.add_argument("--critical", action="store_true",
                     help="offer it to every machine at once (no phases)")
+    sp.add_argument(
+        "--deltas", type=_whole_number, default=3, metavar="N",
+        help="also publish deltas to this build from the N newest releases before it on the "
+        "channel, so clients on them download only what changed (default 3; 0: none)",
+    )  # fmt: skip
     expires(sp)
 
     sp = command("rollout", "change the share of machines a release is offered to")
@@ -366,6 +377,7 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
             rollout=ns.rollout,
             schedule=_rc.schedule(ns),
             critical=ns.critical,
+            deltas=ns.deltas,
         )
         for w in result.warnings:
             _warn(f"{w}; published it anyway")
@@ -379,6 +391,8 @@ def _run(ns: argparse.Namespace, out: _Out) -> int:
             f" to {ns.rollout}% of the machines first" if ns.rollout not in (None, 100) else "")
         out.info(f"published {r.app} {r.version} on channel {r.channel} as {r.target_path}"
                  f"{phase}")
+        for path, length in result.deltas:
+            out.info(f"published the delta {path}: {length} bytes instead of {r.length}")
     elif ns.command == "rollout":
         for change in publish.set_rollout(
             ns.keys, ns.repo, ns.app, ns.release_version, percent=ns.percent, pause=ns.pause,

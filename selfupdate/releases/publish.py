@@ -46,7 +46,7 @@ from tuf.api.metadata import (
 )
 
 from selfupdate import _durable, errors
-from selfupdate.releases import _archive, _keys, _repo
+from selfupdate.releases import _archive, _deltas, _keys, _repo
 from selfupdate.releases._archive import RefusedError
 from selfupdate.releases._maintain import prune, yank
 from selfupdate.releases._repo import (
@@ -104,6 +104,7 @@ class PublishResult:
     release: Release
     warnings: list[str] = field(default_factory=list)
     build: _archive.BuildConfig | None = None  # what publish_build read from the build
+    deltas: list[tuple[str, int]] = field(default_factory=list)  # (target path, bytes) made
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ def publish_build(
     rollout: int | None = None,
     schedule: tuple[int, int] | None = None,
     critical: bool = False,
+    deltas: int = _deltas.DEFAULT_DELTAS,
 ) -> PublishResult:
     """Publish a build made by ``selfupdate build``, after checking it against what it is
     published as (what ``selfupdate publish`` does). Everything is checked before anything is
@@ -287,7 +289,7 @@ def publish_build(
     :mod:`selfupdate.releases._archive`) must name ``app`` (default: the repository's, from
     ``init``) and ``version`` (default: the build's own), and embed one of the repository's
     roots (any ``metadata/N.root.json``: clients walk the chain from it). ``channel``
-    defaults to the one the build follows.
+    defaults to the one the build follows. ``deltas``: as for :func:`publish`.
 
     ``rollout`` (a percentage, 1-100), ``schedule`` (``(step, every)``: percentage points
     added every ``every`` seconds) and ``critical`` (every machine at once) are signed with
@@ -330,9 +332,9 @@ def publish_build(
         result = _publish(
             keys_dir, repo, file, build.version, channel or build.channel, app, expiry_days,
             now, notes=notes, allow_downgrade=allow_downgrade, warnings=warnings,
-            phases=(rollout, schedule, critical),
+            phases=(rollout, schedule, critical), deltas=deltas,
         )  # fmt: skip
-        return PublishResult(result.release, result.warnings, build)
+        return PublishResult(result.release, result.warnings, build, result.deltas)
 
 
 def publish(
@@ -350,6 +352,7 @@ def publish(
     rollout: int | None = None,
     schedule: tuple[int, int] | None = None,
     critical: bool = False,
+    deltas: int = _deltas.DEFAULT_DELTAS,
 ) -> PublishResult:
     """Add ``file`` as release ``version`` of the app on ``channel``; re-sign targets,
     snapshot and timestamp.
@@ -357,6 +360,10 @@ def publish(
     This signs any file as asked, without looking inside (it warns when the file is not a
     runnable .pyz): for a build made by ``selfupdate build`` use :func:`publish_build`, which
     checks that the build is what it is published as.
+
+    With ``deltas`` > 0, deltas to this build are made from the ``deltas`` newest releases
+    before it on the channel (:mod:`selfupdate.releases._deltas`), each a target of its own;
+    a delta not smaller than the build is not published.
 
     Raises:
         selfupdate.errors.VersionNotNewerError: ``version`` is not newer than the newest
@@ -371,7 +378,7 @@ def publish(
         return _publish(
             keys_dir, repo, file, version, channel, app, expiry_days, now, notes=notes,
             allow_downgrade=allow_downgrade, warnings=inspect_file(file),
-            phases=(rollout, schedule, critical),
+            phases=(rollout, schedule, critical), deltas=deltas,
         )  # fmt: skip
 
 
@@ -393,6 +400,7 @@ def _publish(
     notes: str | None,
     allow_downgrade: bool,
     warnings: list[str],
+    deltas: int = _deltas.DEFAULT_DELTAS,
     phases: tuple[int | None, tuple[int, int] | None, bool] = (None, None, False),
 ) -> PublishResult:
     stamp = now_utc(now)
@@ -442,21 +450,26 @@ def _publish(
         {"custom": _with(custom_fields(app, channel, version, notes), staged)},
     )
     targets[target_path] = tf
+    release = Release(app, channel, version, target_path, length, sha256, notes)
     timestamp = repo.meta_dir / "timestamp.json"
     published_before = timestamp.read_bytes()
+    made: list[Path] = []
     try:
+        made, more, added = _deltas.add_deltas(repo, targets, release, file, deltas)
+        warnings = warnings + more
         chain.from_targets()
     except BaseException:
         # Until timestamp.json changes no client can reach the new target: remove the copy,
         # unless it was there before (the same build published earlier on this channel).
         copied = dest_dir / f"{sha256}.{name}"
         with contextlib.suppress(OSError):  # best effort: the original error is what counts
-            if copied not in known and timestamp.read_bytes() == published_before:
-                copied.unlink()
+            if timestamp.read_bytes() == published_before:
+                for f in [copied] if copied not in known else []:
+                    f.unlink()
+                for f in made:
+                    f.unlink()
         raise
-    return PublishResult(
-        Release(app, channel, version, target_path, length, sha256, notes), warnings
-    )
+    return PublishResult(release, warnings, deltas=added)
 
 
 def _with(custom: dict[str, Any], phases: dict[str, Any]) -> dict[str, Any]:

@@ -152,11 +152,14 @@ def _report_check(out: Any, as_json: bool) -> int:
     else:
         status = "available"
     notes, ro = out.extra.get("notes"), out.extra.get("rollout")
+    download = out.extra.get("download")
     _served(out.extra.get("served"))
     if as_json:
         print(json.dumps({
             "app": PROG, "installed": VERSION, "available": out.new, "status": status,
             "channel": out.extra.get("channel"), "notes": notes,
+            "download": None if download is None else {
+                k: download[k] for k in ("bytes", "full", "delta")},
             "detail": verdict.detail if verdict is not None else None,
             "withdrawn": None if w is None else {"when": w.withdrawn, "reason": w.reason},
             "rollout": None if ro is None else {"version": ro.version, "percent": ro.percent,
@@ -175,6 +178,8 @@ def _report_check(out: Any, as_json: bool) -> int:
                      f"`{PROG} update --force` tries it again")
         if w is not None:
             line += f"; the running {VERSION} was withdrawn by its publisher"
+        if download is not None and status == "available":
+            line += f"; the update downloads {download['said']}"
         print(line)
         for text in (notes or "").splitlines():
             print(f"  {text}")
@@ -296,7 +301,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    "status 0: nothing to install, 100: an update is available, 1: error")
     p.add_argument("--json", action="store_true",
                    help="with --check: print one JSON object (app, installed, available, "
-                   "status, channel, notes, detail, withdrawn)")
+                   "status, channel, notes, download, detail, withdrawn)")
     p.add_argument("--force", action="store_true",
                    help="try a release you rolled back from, or that failed its trial, again")
     p.add_argument("--to", metavar="VERSION",
