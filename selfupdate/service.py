@@ -283,11 +283,6 @@ class Service:
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already: the main loop is behind, not deaf
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        import signal
-
-        self._post(b"h" if signum == signal.SIGHUP else b"t" if signum == signal.SIGTERM else b"i")
-
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT (then drain and return 0 / 130); a committed update or
         a build switched in by hand replaces this process (same PID) and does not return.
@@ -296,8 +291,12 @@ class Service:
         import signal
         import threading
 
+        # A process-directed signal may land in any thread, and then does not interrupt the
+        # main thread's read below: the C-level handler writes its number to the wake-up pipe
+        # whichever thread it interrupts (signal.set_wakeup_fd), and that read sees it.
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, _ignore)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         # A handover blocked SIGHUP across the exec (its default would kill a service that is
         # still starting); one that arrived meanwhile is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -309,7 +308,7 @@ class Service:
         busy = reloading = False
         while True:
             for byte in os.read(self._wake_r, 64):
-                what = chr(byte)
+                what = _SIGNAL_CODES.get(byte) or chr(byte)
                 if what in "ti":
                     notify("STOPPING=1")
                     self._drain()
@@ -390,6 +389,14 @@ class Service:
             # starts the installed build afresh.
             self._log(f"cannot start the new build ({e.strerror or e}); exiting")
             os._exit(1)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the wake-up pipe carries the signal to the main loop."""
+
+
+# signal number -> the main loop's code for it (its own codes are letters, never these bytes)
+_SIGNAL_CODES = {1: "h", 15: "t", 2: "i"}  # SIGHUP, SIGTERM, SIGINT: the same on every Linux
 
 
 def _inode(path: object) -> int | None:
