@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_update_e2e import PY, selfupdate_cli, server_fixture  # noqa: F401 - the fixture
+from test_update_e2e import (  # noqa: F401 - server_fixture: the fixture, by its name
+    PY,
+    new_repository,
+    selfupdate_cli,
+    server_fixture,
+)
 
 from selfupdate.install import FAILPOINT_ENV
 
@@ -57,12 +62,7 @@ class Releases:
 def releases_fixture(server: tuple[str, Path, type], build_pyz: Callable[..., Path],
                      tmp_path_factory: pytest.TempPathFactory) -> Releases:
     url, www, _ = server
-    tmp = tmp_path_factory.mktemp("service-releases")
-    keys, base = tmp / "keys", tmp / "base"
-    selfupdate_cli("init", "--keys", str(keys), "--repo", str(base), "--app", "nsapp")
-    root = base / "metadata" / "root.json"
-    if not root.exists():
-        root = base / "metadata" / "1.root.json"
+    keys, base, root = new_repository(tmp_path_factory.mktemp("service-releases"))
     builds = {v: build_pyz(v, trusted_root=root, repo_url=f"{url}/base") for v in (V1, BAD, V2, V3)}
     return Releases(url, www, keys, base, builds)
 
