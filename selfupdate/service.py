@@ -494,6 +494,11 @@ class HTTPServer(http.server.ThreadingHTTPServer):
                     if key.data == "accept" and not self.draining:
                         self._handle_request_noblock()  # type: ignore[attr-defined]
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that went away mid-answer is no server error: no traceback for it.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         with self._lock:
             self._conns[request] = "fresh"
