@@ -379,8 +379,9 @@ class Service:
         import signal
 
         self._log(f"{self._why}: handing over to the new build (pid {os.getpid()})")
-        self._drain()
+        # Before the drain, not in the pause: only extractions no build holds are removed.
         self._app._clean_shiv()
+        self._drain()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             _exec_with_listeners(self._app._reexec_self)
@@ -419,13 +420,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     ``Connection: close`` and an idle connection is closed at its request boundary."""
 
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: the headers and the body are two writes, and Nagle's algorithm would hold
+    # the second until the client's delayed ACK (~40 ms) on a keep-alive connection.
+    disable_nagle_algorithm = True
     timeout = 60.0  # seconds an idle keep-alive connection may wait for its next request
     server: HTTPServer
 
     def handle_one_request(self) -> None:
-        if not self.server._next_request(self.connection):
-            self.close_connection = True  # draining: close here, between two requests
-            return
+        self.server._idle(self.connection)  # waiting for a request: the drain may end it here
         super().handle_one_request()
 
     def parse_request(self) -> bool:
@@ -441,9 +443,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-#: Seconds a drain gives a keep-alive connection that is idle when it starts to send one more
-#: request (answered with ``Connection: close``): a client under load sends within it, and its
-#: connection then ends cleanly instead of racing a close (RFC 9112, 9.6).
+#: Seconds a drain gives a keep-alive connection that is idle (when the drain starts, or once
+#: its answer is out) to send one more request, answered with ``Connection: close``: a client
+#: under load sends within it, and its connection then ends cleanly instead of racing a close
+#: (RFC 9112, 9.6).
 IDLE_GRACE = 0.05
 #: Seconds a drain gives a connection accepted but not yet sent anything to send its first.
 FIRST_REQUEST_GRACE = 1.0
@@ -478,8 +481,9 @@ class HTTPServer(http.server.ThreadingHTTPServer):
         self._log = log or (lambda m: print(f"{os.path.basename(sys.argv[0])}: {m}",
                                             file=sys.stderr, flush=True))
         self._lock = threading.Condition()
-        # every open connection: "fresh" (no request yet), "idle" (between two), "busy"
-        self._conns: dict[socket.socket, str] = {}
+        # every open connection: ("fresh" (no request yet) | "idle" (between two) | "busy",
+        # since when, time.monotonic())
+        self._conns: dict[socket.socket, tuple[str, float]] = {}
         self._wake_r, self._wake_w = socket.socketpair()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -500,8 +504,10 @@ class HTTPServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        import time
+
         with self._lock:
-            self._conns[request] = "fresh"
+            self._conns[request] = ("fresh", time.monotonic())
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
@@ -510,20 +516,18 @@ class HTTPServer(http.server.ThreadingHTTPServer):
             self._conns.pop(request, None)
             self._lock.notify_all()
 
-    def _next_request(self, conn: socket.socket) -> bool:
-        """Before reading a request: False if ``conn`` is to be closed (draining, and it has
-        had its answers); a fresh connection's first request is always read."""
+    def _idle(self, conn: socket.socket) -> None:
+        """``conn`` waits for its next request (a fresh one for its first)."""
+        import time
+
         with self._lock:
-            if self._conns.get(conn) == "fresh":
-                return True
-            if self.draining:
-                return False
-            self._conns[conn] = "idle"
-            return True
+            if self._conns.get(conn, ("",))[0] != "fresh":
+                self._conns[conn] = ("idle", time.monotonic())
+                self._lock.notify_all()  # a drain counts its grace from now
 
     def _busy(self, conn: socket.socket) -> None:
         with self._lock:
-            self._conns[conn] = "busy"
+            self._conns[conn] = ("busy", 0.0)
 
     def drain(self, deadline: float) -> None:
         """Stop accepting; let idle connections send one more request for
@@ -533,23 +537,28 @@ class HTTPServer(http.server.ThreadingHTTPServer):
         import time
 
         start = time.monotonic()
-        grace = {"idle": start + IDLE_GRACE, "fresh": start + FIRST_REQUEST_GRACE}
+        grace = {"idle": IDLE_GRACE, "fresh": FIRST_REQUEST_GRACE}
         shut: set[socket.socket] = set()
         with self._lock:
             self.draining = True
             self._wake_w.send(b"x")
             while self._conns and (now := time.monotonic()) < deadline:
-                for conn, state in self._conns.items():
-                    if conn not in shut and now >= grace.get(state, deadline):
-                        # The reader blocked on the next request line sees end of file; a
-                        # request already received is still read and answered.
-                        shut.add(conn)
-                        try:
-                            conn.shutdown(socket.SHUT_RD)
-                        except OSError:
-                            pass
-                pending = [grace[s] for c, s in self._conns.items() if s in grace and c not in shut]
-                self._lock.wait(min([deadline, *pending]) - now)
+                ends = []
+                for conn, (state, since) in self._conns.items():
+                    if conn in shut or state not in grace:
+                        continue
+                    end = max(since, start) + grace[state]
+                    if now < end:
+                        ends.append(end)
+                        continue
+                    # The reader blocked on the next request line sees end of file; a request
+                    # already received is still read and answered.
+                    shut.add(conn)
+                    try:
+                        conn.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+                self._lock.wait(min([deadline, *ends]) - now)
             if self._conns:
                 self._log(f"{len(self._conns)} connection(s) still busy at the drain deadline")
 
