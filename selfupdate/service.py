@@ -313,10 +313,15 @@ class Service:
                     notify("STOPPING=1")
                     self._drain()
                     return 0 if what == "t" else 130
-                if what == "h" and not busy:
-                    notify("RELOADING=1", _monotonic_usec())
-                    busy = reloading = True
-                    self._check_now.set()
+                if what == "h":
+                    # During a periodic check SIGHUP only joins it: the check running answers
+                    # the reload (Type=notify-reload waits for RELOADING=1, then READY=1).
+                    if not reloading:
+                        notify("RELOADING=1", _monotonic_usec())
+                        reloading = True
+                    if not busy:
+                        busy = True
+                        self._check_now.set()
                 elif what == "c":  # a periodic check began
                     busy = True
                 elif what == "r":  # a check ended: nothing to hand over
