@@ -89,7 +89,7 @@ class Svc:
         return subprocess.run([PY, str(self.pyz), *args], env=self.env, capture_output=True,
                               text=True, timeout=120)
 
-    def start(self, activated: bool = False) -> subprocess.Popen[str]:
+    def start(self, activated: bool = False, **extra: str) -> subprocess.Popen[str]:
         cmd = [PY, str(self.pyz), "serve", "--listen", f"127.0.0.1:{self.port}",
                "--repo", self.repo_url]
         if activated:
@@ -99,7 +99,7 @@ class Svc:
             # It passes on only a few variables of its own: env (an exec, same PID) sets ours.
             cmd = [tool, "-l", f"127.0.0.1:{self.port}", "--fdname=http", "env",
                    *(f"{k}={v}" for k, v in self.env.items()), *cmd]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, env=dict(self.env, **extra), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         return self.proc
 
@@ -352,49 +352,55 @@ def test_updates_a_failed_trial_and_a_rollback_under_load_lose_no_request(
 # kill -9 at a random moment of a handover
 
 
-def test_a_sigkill_at_a_random_moment_of_a_handover_leaves_old_or_new_serving(
-    releases: Releases, svc: Svc, tmp_path: Path
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+# (how the kill is placed, what the next start must serve: None = either)
+_KILLS = [("trial-running", V1), ("replaced", V2), ("handover", None), ("anywhere", None)]
+
+
+@pytest.mark.parametrize(("when", "expect"), _KILLS, ids=[w for w, _ in _KILLS])
+def test_a_sigkill_in_a_handover_leaves_old_or_new_serving(
+    releases: Releases, svc: Svc, when: str, expect: str | None
 ) -> None:
+    """kill -9 in the trial (old), right after the switch (new), in the drain / exec / new
+    build's start, and at a random moment across all of it: the next start serves a whole
+    build, reading its state."""
     repo = releases.www / svc.repo_url.rsplit("/", 1)[1]
     releases.publish(repo, V2)
-    rng = random.Random()
-    seen = []
-    for i in range(4):
-        # A fresh install of v1 each round.
-        svc.pyz = tmp_path / f"round{i}" / "nsapp.pyz"
-        svc.pyz.parent.mkdir()
-        shutil.copy(releases.builds[V1], svc.pyz)
-        svc.env["NSAPP_STATE_DIR"] = str(tmp_path / f"round{i}-state")
-        n = len(svc.notes)
-        p = svc.start()
-        svc.wait_note("READY=1", n)
-        n = len(svc.notes)
-        p.send_signal(signal.SIGHUP)
-        svc.wait_note("RELOADING=1", n)
-        if i % 2:
-            # In the handover itself: the drain, the exec, the new build's start.
-            assert p.stderr is not None
-            while "handing over" not in (line := p.stderr.readline()):
-                assert line, "the service ended before its handover"
-            time.sleep(rng.uniform(0.0, 0.3))
-        else:
-            # Anywhere across the download, the trial, the switch, the drain and the exec.
-            time.sleep(rng.uniform(0.0, 3.0))
-        p.kill()
-        p.communicate()
-        n = len(svc.notes)
-        p = svc.start()
-        svc.wait_note("READY=1", n)
-        conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=60)
-        conn.request("GET", "/history")
-        r = conn.getresponse()
-        doc = json.loads(r.read())
-        conn.close()
-        # The build that answers reads the state it finds (its format).
-        assert r.status == 200 and doc["version"] in (V1, V2), doc
-        assert svc.nsapp("--version").stdout.strip() == f"nsapp {doc['version']}"
-        assert svc.nsapp("history").returncode == 0
-        seen.append(doc["version"])
-        p.kill()
-        p.communicate()
-    print(f"\nafter a kill -9 in a handover: {seen}")
+    stop_at = {FAILPOINT_ENV: when} if when in ("trial-running", "replaced") else {}
+    p = svc.start(**stop_at)
+    svc.wait_note("READY=1", 0)
+    n = len(svc.notes)
+    p.send_signal(signal.SIGHUP)
+    svc.wait_note("RELOADING=1", n)
+    if stop_at:  # it stops itself (SIGSTOP) as it enters that phase of the update
+        deadline = time.monotonic() + 120
+        while not _stopped(p.pid):
+            assert time.monotonic() < deadline and p.poll() is None, "never reached " + when
+            time.sleep(0.01)
+    elif when == "handover":  # the drain, the exec, the new build's start
+        assert p.stderr is not None
+        while "handing over" not in (line := p.stderr.readline()):
+            assert line, "the service ended before its handover"
+        time.sleep(random.uniform(0.0, 0.3))
+    else:  # anywhere across the download, the trial, the switch, the drain and the exec
+        time.sleep(random.uniform(0.0, 2.0))
+    p.kill()
+    p.communicate()
+    n = len(svc.notes)
+    p = svc.start()
+    svc.wait_note("READY=1", n)
+    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=60)
+    conn.request("GET", "/history")
+    r = conn.getresponse()
+    doc = json.loads(r.read())
+    conn.close()
+    # The build that answers reads the state it finds (its format): a whole build, with its state.
+    assert r.status == 200 and doc["version"] in (V1, V2), doc
+    if expect is not None:
+        assert doc["version"] == expect, doc
+    assert svc.nsapp("--version").stdout.strip() == f"nsapp {doc['version']}"
+    assert svc.nsapp("history").returncode == 0
