@@ -26,7 +26,8 @@ UNPRIV_UID ?= 65534
 PYTHONS ?= $(shell scripts/pythons.sh $(PYTHON3))
 # Tools some tests need, as command:debian-package. As root with apt-get, `make test` installs
 # the missing ones (newuidmap drives the subordinate-id path; bwrap is the reference tool).
-SYSTEM_TOOLS := newuidmap:uidmap newgidmap:uidmap bwrap:bubblewrap setpriv:util-linux nginx:nginx
+SYSTEM_TOOLS := newuidmap:uidmap newgidmap:uidmap bwrap:bubblewrap setpriv:util-linux \
+	nginx:nginx systemd-socket-activate:systemd
 
 .PHONY: help venv demo test test-here test-python system-deps test-unprivileged lint bench build conformance clean
 

@@ -5,7 +5,8 @@
 #   nsapp 1.0.0 installed and used; 2.0.0 published; `nsapp update` verifies, tries, migrates
 #   the state, switches atomically and continues in the new build with the SAME PID;
 #   then a tampered release and a release whose migration fails are both refused, and the
-#   installed program and its state stay exactly as they were; finally `nsapp rollback`.
+#   installed program and its state stay exactly as they were; then `nsapp rollback`;
+#   finally `nsapp serve --listen` updated by SIGHUP while clients keep sending requests.
 #
 # Usage: PYTHON=.venv/bin/python scripts/demo.sh   (what `make demo` runs)
 # Everything lives in a temporary directory that is removed at the end (also on Ctrl-C).
@@ -130,5 +131,53 @@ show nsapp update --check || [ $? -eq 100 ]  # 100: an update is available
 step "9. nsapp rollback: 1.0.0 back in place, with the state it had"
 show nsapp rollback
 show nsapp history
+
+step "10. A service updated under load: nsapp serve --listen, 3.1.0 published, SIGHUP"
+V31="$(build 3.1.0)"
+SPORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+printf '%s$ nsapp serve --listen 127.0.0.1:%s &%s\n' "$B" "$SPORT" "$N"
+"$PY" "$APP" serve --listen "127.0.0.1:$SPORT" 2>"$WORK/serve.log" &
+SVC=$!
+# Four clients (two on a new connection per request, two on keep-alive ones) for the whole
+# step; each request's answer says which build and which PID answered it.
+"$PY" - "$SPORT" 3.1.0 >"$WORK/load.out" <<'PYEOF' &
+import http.client, json, sys, threading, time
+port, target = int(sys.argv[1]), sys.argv[2]
+done, lock, seen, errors = threading.Event(), threading.Lock(), {}, []
+def client(keep):
+    conn = None
+    while not done.is_set():
+        reused, conn = conn is not None, conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", "/"); r = conn.getresponse(); doc = json.loads(r.read())
+        except (ConnectionRefusedError, OSError, http.client.HTTPException) as e:
+            conn.close(); conn = None
+            if not (reused and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError))):
+                errors.append(repr(e))  # a keep-alive connection closed while idle is sent again
+            continue
+        with lock:
+            seen[(doc["version"], doc["pid"])] = seen.get((doc["version"], doc["pid"]), 0) + 1
+        if not keep or r.getheader("Connection") == "close":
+            conn.close(); conn = None
+for _ in range(60):
+    try: c = http.client.HTTPConnection("127.0.0.1", port, timeout=5); c.request("GET", "/healthz"); c.getresponse().read(); c.close(); break
+    except OSError: time.sleep(0.1)
+threads = [threading.Thread(target=client, args=(k,)) for k in (False, False, True, True)]
+for t in threads: t.start()
+end = time.monotonic() + 60
+while time.monotonic() < end and not any(v == target for v, _ in seen): time.sleep(0.05)
+time.sleep(0.5); done.set()
+for t in threads: t.join()
+for (v, pid), n in sorted(seen.items()): print(f"   {n:6d} answers from nsapp {v} (pid {pid})")
+print(f"   {sum(seen.values())} requests, {len(errors)} errors {errors[:3]}")
+PYEOF
+LOAD=$!
+sleep 1.5
+show "$PY" -m selfupdate publish --keys "$KEYS" --repo "$REPO" "$V31" >/dev/null
+show kill -HUP "$SVC"
+wait "$LOAD"
+cat "$WORK/load.out"
+grep -v '^$' "$WORK/serve.log" | sed 's/^/   /'
+kill -TERM "$SVC"; wait "$SVC" && say "SIGTERM: drained, exit status 0"
 
 step "Done in $((SECONDS - START)) s; removing $WORK"

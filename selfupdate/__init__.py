@@ -10,6 +10,9 @@ and its registered children pay nothing for it):
 - :class:`UpdateClient`, :class:`Release` (:mod:`selfupdate.releases.client`): find, download
   and verify the newest release of an app on its channel; :class:`FetchConfig`
   (:mod:`selfupdate.releases._fetch`): timeouts, deadline, minimum speed;
+- :mod:`selfupdate.service` (import it by name): a server that updates itself without
+  refusing a connection: ``listeners``, ``notify``, ``Service``, ``HTTPServer``,
+  ``RequestHandler``, ``serve_http``;
 - :func:`build_info` (:mod:`selfupdate._release`): what ``selfupdate build`` embedded in this
   single file (app, version, channel, repository URL, trusted root), or None outside one;
 - :mod:`errors` and its base :class:`SelfUpdateError` (``str(e)`` is one sentence saying what

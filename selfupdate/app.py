@@ -566,6 +566,7 @@ def start_auto_update(
     import threading
     import time
 
+    from selfupdate._jitter import next_wait
     from selfupdate.errors import SelfUpdateError
 
     if not isinstance(interval, int | float) or not math.isfinite(interval) or interval <= 0:
@@ -580,7 +581,7 @@ def start_auto_update(
 
     def loop() -> None:
         while True:
-            time.sleep(interval * jitter.uniform(0.9, 1.1))
+            time.sleep(next_wait(interval, jitter))
             try:
                 update(repo_url, handover="argv")
             except SelfUpdateError as e:

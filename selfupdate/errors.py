@@ -39,6 +39,7 @@ __all__ = [
     "RepositoryStateError",
     "RollbackError",
     "SelfUpdateError",
+    "ServiceError",
     "SignatureError",
     "SlowRetrievalError",
     "TargetError",
@@ -522,3 +523,17 @@ class ReleaseNotFoundError(SelfUpdateError):
     ) -> None:
         super().__init__(message)
         self.app, self.channel, self.version, self.available = app, channel, version, available
+
+
+class ServiceError(SelfUpdateError):
+    """A service could not get its listening sockets (:mod:`selfupdate.service`): an address
+    that is not ``HOST:PORT``, one that cannot be bound, or a socket handed over (systemd
+    socket activation, the previous build) that matches none of the requested addresses.
+
+    Attributes:
+        address: the address concerned (as given, or the inherited socket's), or "".
+    """
+
+    def __init__(self, message: str, address: str = "") -> None:
+        super().__init__(message)
+        self.address = address

@@ -378,7 +378,8 @@ def test_the_documented_systemd_unit_updates_and_rolls_back_as_its_user(
                  "ProtectSystem=strict", "ReadWritePaths=/opt/nsapp",
                  "Environment=NSAPP_STATE_DIR=/var/lib/nsapp XDG_CACHE_HOME=/var/cache "
                  "SHIV_ROOT=/var/cache/nsapp/shiv",
-                 "ExecStart=/usr/bin/python3 /opt/nsapp/nsapp.pyz serve --auto-update 3600"):
+                 "ExecStart=/usr/bin/python3 /opt/nsapp/nsapp.pyz serve --listen 127.0.0.1:8080 "
+                 "--auto-update 3600"):
         assert line in unit.splitlines(), line
     r = subprocess.run([NOBODY_PY, "-c", "import sys; print(sys.version_info >= (3, 11))"],
                        capture_output=True, text=True)

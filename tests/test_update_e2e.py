@@ -113,6 +113,16 @@ def derived_build(src: Path, out: Path, main_py: str) -> Path:
     return out
 
 
+def new_repository(tmp: Path) -> tuple[Path, Path, Path]:
+    """New keys and an empty repository for nsapp in ``tmp``: (keys, repository, root.json)."""
+    keys, base = tmp / "keys", tmp / "base"
+    selfupdate_cli("init", "--keys", str(keys), "--repo", str(base), "--app", "nsapp")
+    root = base / "metadata" / "root.json"
+    if not root.exists():
+        root = base / "metadata" / "1.root.json"
+    return keys, base, root
+
+
 @pytest.fixture(scope="module", name="world")
 def world_fixture(
     server: tuple[str, Path, type],
@@ -121,11 +131,7 @@ def world_fixture(
 ) -> World:
     url, www, handler = server
     tmp = tmp_path_factory.mktemp("world")
-    keys, base = tmp / "keys", tmp / "base"
-    selfupdate_cli("init", "--keys", str(keys), "--repo", str(base), "--app", "nsapp")
-    root = base / "metadata" / "root.json"
-    if not root.exists():
-        root = base / "metadata" / "1.root.json"
+    keys, base, root = new_repository(tmp)
     kw = dict(trusted_root=root, repo_url=f"{url}/base")
     v1 = build_pyz(V1, **kw)
     v2 = build_pyz(V2, **kw)

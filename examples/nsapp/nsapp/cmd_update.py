@@ -201,13 +201,24 @@ def run_rollback(ns: argparse.Namespace) -> int:
 
 
 def run_serve(ns: argparse.Namespace) -> int:
-    """``nsapp serve [--auto-update SECONDS]``: log ``pid=N version=V`` every second."""
-    import time
-
+    """``nsapp serve --listen HOST:PORT [--auto-update SECONDS]``: a small HTTP service that
+    updates itself without dropping a request; without ``--listen``, log ``pid=N version=V``
+    every second."""
     try:
         state.record("serve")
     except OSError as e:
         return _fail("serve", f"cannot write the history in {state.state_dir()} ({e.strerror})")
+    if ns.listen:
+        from selfupdate import service
+        from selfupdate.errors import SelfUpdateError
+
+        try:
+            return service.serve_http(_handler(), ns.listen, auto_update=ns.auto_update,
+                                      repo_url=ns.repo, drain_timeout=ns.drain_timeout)
+        except SelfUpdateError as e:
+            return _fail("serve", e)
+    import time
+
     if ns.auto_update is not None:
         su.start_auto_update(ns.auto_update, ns.repo)
     n = 0
@@ -216,6 +227,45 @@ def run_serve(ns: argparse.Namespace) -> int:
         n += 1
         time.sleep(ns.interval)
     return 0
+
+
+def _handler() -> type:
+    """The HTTP handler of ``serve --listen``: what a user's own service looks like."""
+    import json
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from selfupdate import service
+
+    class Handler(service.RequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            url = urlsplit(self.path)
+            if url.path == "/":
+                self._json(200, {"app": PROG, "version": VERSION, "pid": os.getpid()})
+            elif url.path == "/history":
+                self._json(200, {"version": VERSION, "entries": state.read()})
+            elif url.path == "/healthz":
+                self._json(200, {"ok": True})
+            elif url.path == "/sleep":  # a slow request: shows one in flight surviving an update
+                seconds = parse_qs(url.query).get("seconds", ["1"])[0]
+                try:
+                    time.sleep(min(max(float(seconds), 0.0), 30.0))
+                except ValueError:
+                    self._json(400, {"error": f"seconds={seconds!r} is not a number"})
+                    return
+                self._json(200, {"app": PROG, "version": VERSION, "pid": os.getpid()})
+            else:
+                self._json(404, {"error": f"no such path: {url.path}"})
+
+        def _json(self, status: int, doc: object) -> None:
+            body = json.dumps(doc, default=str).encode() + b"\n"
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
 
 
 def run_history(ns: argparse.Namespace) -> int:
@@ -327,13 +377,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     p = subparsers.add_parser(
         "serve",
-        help="a long-running command that logs its PID and version every second",
-        description="Log 'pid=N version=V' every second; with --auto-update, move to new "
-        "releases in place without changing PID.",
-        epilog="example:\n  nsapp serve --auto-update 3600\n"
+        help="an HTTP service (--listen) that updates itself without dropping a request",
+        description="With --listen: answer GET / with {app, version, pid} (also /history, "
+        "/healthz, /sleep?seconds=N); SIGHUP checks for an update now, SIGTERM drains and "
+        "exits; an update hands the listening sockets to the new build (same PID), no "
+        "connection refused, no request cut. Without --listen: log 'pid=N version=V' every "
+        "second. With --auto-update, move to new releases in place without changing PID.",
+        epilog="examples:\n  nsapp serve --listen 127.0.0.1:8080 --auto-update 3600\n"
         "  -> checks about hourly (each wait within 10 % of it, so a fleet does not check\n"
-        "     in lockstep); an update continues in the new build with the same PID",
+        "     in lockstep); an update continues in the new build with the same PID\n"
+        "  kill -HUP PID                 # check now (also after `nsapp rollback`: hand over)\n",
     )
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="serve HTTP on this address (repeatable; sockets handed over by "
+                   "systemd are used first)")
+    p.add_argument("--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="at most this long to finish requests in flight before a handover "
+                   "or exit (default 30)")
     p.add_argument("--auto-update", type=_seconds, metavar="SECONDS",
                    help="check for updates about every SECONDS seconds (> 0)")
     p.add_argument("--repo", metavar="URL", help="release repository (default: built in)")
