@@ -384,6 +384,25 @@ def test_run_entry_and_threaded_caller_get_the_sandbox() -> None:
     assert done.stdout.split() == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1", "16"]
 
 
+def test_threaded_caller_gets_the_strict_preset() -> None:
+    # The fresh interpreter's set-up imports the seccomp installer before Landlock holds (the
+    # package lies outside the implicit read-only set: this tree, a venv, a .pyz).
+    done = api(
+        """
+        import sys, threading, time
+        import reexec_core
+        from reexec_core import namespaces
+
+        if reexec_core.init():
+            sys.exit(0)
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        namespaces.run(["sh", "-c", "grep NoNewPrivs /proc/self/status"], sandbox="strict")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NoNewPrivs:", "1"]
+
+
 # --------------------------------------------------------------------------------------------
 # Landlock
 

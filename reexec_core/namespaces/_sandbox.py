@@ -278,6 +278,12 @@ def enter(box: dict[str, Any], program: str | None) -> None:
     Raises:
         Failure: a step was refused; its detail is the one sentence for the user.
     """
+    # Imported now, before Landlock holds: a fresh interpreter's set-up (a threaded caller)
+    # has not imported them yet, and the package may lie outside what the workload may read.
+    if box["landlock"] is not None:
+        from reexec_core.namespaces import _landlock
+    if box["seccomp"]:
+        from reexec_core.namespaces import _seccomp
     for fd in box["cgroup_fds"]:
         try:
             os.write(fd, b"0")  # "0": the writing process itself (cgroups(7))
@@ -286,8 +292,6 @@ def enter(box: dict[str, Any], program: str | None) -> None:
         os.close(fd)
     ruleset = None
     if box["landlock"] is not None:
-        from reexec_core.namespaces import _landlock
-
         ruleset = _landlock.build(box["landlock"], program)
     if box["rlimits"]:
         import resource
@@ -322,12 +326,8 @@ def enter(box: dict[str, Any], program: str | None) -> None:
         except OSError as e:
             raise _failure(e, "cannot set no_new_privs") from e
     if ruleset is not None:
-        from reexec_core.namespaces import _landlock
-
         _landlock.restrict(ruleset)
     if box["seccomp"]:
-        from reexec_core.namespaces import _seccomp
-
         try:
             _seccomp.install(bytes.fromhex(box["seccomp"]))  # last: runc's order (PR #789)
         except OSError as e:
