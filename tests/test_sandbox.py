@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _support_users import NOBODY, ROOT, second_user
+from _support_users import NOBODY, ROOT, second_user, tmp_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
@@ -423,8 +423,11 @@ def test_landlock_denies_writes_outside_rw(user_dir: Path) -> None:
 
 @pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
 def test_landlock_rules_follow_the_mounts(user_dir: Path) -> None:
-    # Under the strict preset a tmpfs and a bind target are writable, a ro-bind one is not.
-    (user_dir / "src").mkdir()
+    # Under the strict preset a tmpfs and a bind target are writable, a ro-bind one is not
+    # (a root caller's workload is nobody on the host: the bind source is made writable).
+    (user_dir / "src").mkdir(mode=0o777)
+    user_dir.chmod(0o755)
+    (user_dir / "src").chmod(0o777)
     done = nsapp(
         "--sandbox", "strict", "--bind", f"{user_dir}/src:/mnt",
         "--ro-bind", f"{user_dir}/src:/media", "--tmpfs", "/tmp", "--", "sh", "-c",
@@ -458,6 +461,7 @@ def test_without_landlock_paths_are_refused_and_strict_runs_without(user_dir: Pa
             capture_output=True, text=True, env=_env(), timeout=TIMEOUT,
         )  # fmt: skip
 
+    user_dir.chmod(0o777)  # a root caller's strict workload is nobody on the host
     asked = run("--landlock-rw", str(user_dir), "--", "true")
     assert asked.returncode == 125 and asked.stderr.count("\n") == 1
     assert "cannot restrict the workload with Landlock: this kernel has no Landlock" in asked.stderr
@@ -472,6 +476,7 @@ def test_without_landlock_paths_are_refused_and_strict_runs_without(user_dir: Pa
 
 
 def test_strict_preset_runs_sh_without_capabilities(user_dir: Path) -> None:
+    user_dir.chmod(0o777)  # so that Landlock, not DAC, is what refuses the write
     done = nsapp(
         "--sandbox", "strict", "--", "sh", "-c",
         f"echo ok; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; touch {user_dir}/x; "
@@ -584,3 +589,37 @@ def test_malformed_seccomp_profile_is_one_sentence(user_dir: Path) -> None:
     assert done.returncode == 125
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"the seccomp profile {profile} is not valid JSON" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# A root caller: the strict preset's workload is no host root
+
+
+@pytest.mark.skipif(not ROOT, reason="the caller must be root: its strict workload is nobody")
+def test_strict_as_root_cannot_read_or_write_roots_files() -> None:
+    # A plain run as root is root mapped onto root: it reads the 0600 file and writes the 0644
+    # one (the control). Under the strict preset it is root of its namespace only, mapped
+    # onto nobody: DAC stops it at both (in a bind mount, which Landlock allows).
+    with tmp_dir("strict-root-", 0o755) as d:
+        (d / "secret").write_text("s3cret\n")
+        (d / "secret").chmod(0o600)
+        (d / "target").write_text("kept\n")
+        (d / "target").chmod(0o644)
+        attack = f"id -u; cat {d}/secret; echo owned > {d}/target"
+        plain = nsapp("--bind", f"{d}:{d}", "--", "sh", "-c", attack)
+        assert plain.stdout.split() == ["0", "s3cret"], plain.stderr
+        assert (d / "target").read_text() == "owned\n"
+        (d / "target").write_text("kept\n")
+        # With a cgroup limit too: the workload joins its cgroup before it takes its ids.
+        strict = nsapp(
+            "--sandbox", "strict", "--pids-limit", "32", "--bind", f"{d}:{d}", "--",
+            "sh", "-c", attack,
+        )  # fmt: skip
+        assert strict.stdout.split() == ["0"], strict.stderr  # still root inside its namespace
+        assert strict.stderr.count("Permission denied") == 2, strict.stderr
+        assert (d / "target").read_text() == "kept\n"
+        # Without a user namespace there is none to be root of: it is nobody on the host.
+        bare = nsapp("--ns", "pid,mount", "--sandbox", "strict", "--", "sh", "-c", attack)
+        assert bare.stdout.split() == [str(NOBODY)], bare.stderr
+        assert bare.stderr.count("Permission denied") == 2, bare.stderr
+        assert (d / "target").read_text() == "kept\n"

@@ -9,7 +9,9 @@ filter last):
 1. join the workload's own cgroup (descriptors the runner opened, see ``_cgroup``);
 2. build the Landlock ruleset (its paths are opened as the workload will see them);
 3. resource limits (``setrlimit``; before CAP_SYS_RESOURCE can be dropped);
-4. capabilities (``_caps.apply``: bounding, then effective/permitted/inheritable, ambient);
+4. capabilities: the bounding set (``_caps.drop_bounding``); for a root caller's strict
+   preset the unprivileged ids (``setid``: root of its user namespace mapped onto nobody, or
+   nobody itself without one); then effective/permitted/inheritable, ambient (``_caps.apply``);
 5. ``PR_SET_NO_NEW_PRIVS``;
 6. ``landlock_restrict_self``;
 7. the seccomp filter (compiled in the caller by ``_seccomp.load``), last.
@@ -261,6 +263,7 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     if box["rlimits"]:
         import resource  # noqa: F401
     box["cgroup_fds"] = []
+    box["setid"] = None  # [uid, gid] for the workload's process to take (set by _spec)
     return box
 
 
@@ -279,7 +282,8 @@ def enter(box: dict[str, Any], program: str | None) -> None:
         Failure: a step was refused; its detail is the one sentence for the user.
     """
     # Imported now, before Landlock holds: a fresh interpreter's set-up (a threaded caller)
-    # has not imported them yet, and the package may lie outside what the workload may read.
+    # has not imported them yet, and the package may lie outside what the workload may read
+    # (or what the ids it takes may read, see _setid).
     if box["landlock"] is not None:
         from reexec_core.namespaces import _landlock
     if box["seccomp"]:
@@ -310,16 +314,20 @@ def enter(box: dict[str, Any], program: str | None) -> None:
                     f"cannot set the {name} limit: a hard limit above {cap} needs "
                     "CAP_SYS_RESOURCE outside the namespaces; give one at most that high",
                 ) from e
-    if box["caps"] is not None:
-        try:
+    try:
+        if box["caps"] is not None:
+            _caps.drop_bounding(box["caps"])  # needs CAP_SETPCAP: before the ids change
+        if box["setid"] is not None:
+            _setid(*box["setid"])
+        if box["caps"] is not None:
             _caps.apply(box["caps"])
-        except OSError as e:
-            raise _failure(
-                e,
-                f"cannot set the workload's capabilities ({e.filename})",
-                "a capability can be added only where the set-up holds it: inside a user "
-                "namespace, or as root",
-            ) from e
+    except OSError as e:
+        raise _failure(
+            e,
+            f"cannot set the workload's capabilities ({e.filename})",
+            "a capability can be added only where the set-up holds it: inside a user "
+            "namespace, or as root",
+        ) from e
     if box["nnp"]:
         try:
             _caps.set_no_new_privs()
@@ -332,6 +340,26 @@ def enter(box: dict[str, Any], program: str | None) -> None:
             _seccomp.install(bytes.fromhex(box["seccomp"]))  # last: runc's order (PR #789)
         except OSError as e:
             raise _failure(e, "cannot install the seccomp filter") from e
+
+
+def _setid(uid: int, gid: int) -> None:
+    """Take the workload's ids (a root caller's strict preset), and no supplementary group of
+    the caller: an unmapped group still passes the host's DAC checks. After the cgroup join (the
+    runner's descriptor, written with the set-up's ids), the rlimits and the bounding set (which
+    need the set-up's capabilities without a user namespace), before capset.
+
+    Raises:
+        OSError: the kernel refused (``filename`` names the call).
+    """
+    for name, call, args in (
+        ("setgroups", os.setgroups, ([],)),
+        ("setresgid", os.setresgid, (gid, gid, gid)),
+        ("setresuid", os.setresuid, (uid, uid, uid)),
+    ):
+        try:
+            call(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, f"{name} to uid {uid}, gid {gid}") from e
 
 
 def _failure(e: OSError, what: str, hint: str = "") -> Failure:
