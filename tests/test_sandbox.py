@@ -271,6 +271,22 @@ def test_workload_runs_in_its_own_cgroup_hidden_and_removed_after_a_kill(version
     assert not made[0].exists()  # removed, though the workload was killed
 
 
+def test_a_cgroup_mounted_inside_shows_only_the_workloads_own() -> None:
+    # Root inside (CAP_SYS_ADMIN of its namespaces) mounts a cgroup hierarchy of its own: its
+    # root is the cgroup namespace's, which must be the workload's cgroup, or writing its pid
+    # into that root's cgroup.procs leaves its limits (v1 checks no cgroup namespace on a move,
+    # v2 refuses a move above it).
+    refusal = cgroup_refusal("pids")
+    if refusal is not None:
+        pytest.skip(f"no pids cgroup for this user: {refusal}")
+    kind = "cgroup2" if _version("pids") == 2 else "cgroup -o pids"
+    done = nsapp(
+        "--pids-limit", "32", "--tmpfs", "/mnt", "--", "sh", "-c",
+        f"mount -t {kind} none /mnt && echo $$ > /mnt/cgroup.procs; cat /mnt/pids.max",
+    )  # fmt: skip
+    assert done.stdout == "32\n", done.stderr
+
+
 def test_cgroup_of_a_runner_killed_by_sigkill_is_removed_by_the_next_run() -> None:
     refusal = cgroup_refusal("pids")
     if refusal is not None:

@@ -294,6 +294,16 @@ def enter(box: dict[str, Any], program: str | None) -> None:
         except OSError as e:
             raise _failure(e, "cannot move the workload into its cgroup") from e
         os.close(fd)
+    if box["cgroup_fds"]:
+        # A cgroup namespace rooted at the cgroup just joined: a hierarchy the workload mounts
+        # itself shows that cgroup as its root, not the runner's (whose cgroup.procs would
+        # take it out of its limits), and cgroup v2 refuses any move above it.
+        from reexec_core.namespaces import _linux
+
+        try:
+            _linux.unshare_raw(_linux.CLONE_NEWCGROUP)
+        except OSError as e:
+            raise _failure(e, "cannot give the workload a cgroup namespace of its own") from e
     ruleset = None
     if box["landlock"] is not None:
         ruleset = _landlock.build(box["landlock"], program)
