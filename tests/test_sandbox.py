@@ -304,6 +304,32 @@ def test_cgroup_of_a_runner_killed_by_sigkill_is_removed_by_the_next_run() -> No
     assert not made.exists()
 
 
+def test_an_empty_cgroup_left_under_the_runners_own_pid_is_reused() -> None:
+    # A runner kill -9'ed leaves reexec-PID-1 behind; once its pid is reused by a new runner,
+    # the sweep cannot tell the leftover from the new runner's, and mkdir found it there.
+    refusal = cgroup_refusal("pids")
+    if refusal is not None:
+        pytest.skip(f"no pids cgroup for this user: {refusal}")
+    version = _version("pids")
+    pick = '" - cgroup2 " in line' if version == 2 else '" - cgroup " in line and ",pids" in line'
+    own = "0::" if version == 2 else "pids"
+    done = api(
+        f"""
+        import os
+        from pathlib import Path
+        from reexec_core import namespaces
+
+        own = next(line.rstrip().split(":", 2)[2] for line in open("/proc/self/cgroup")
+                   if {own!r} in line)
+        mount = next(line.split()[4] for line in open("/proc/self/mountinfo") if {pick})
+        left = Path(mount + own.rstrip("/"), f"reexec-{{os.getpid()}}-1")
+        left.mkdir()
+        print(namespaces.run(["true"], pids_limit=8), left.exists())
+        """
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr
+
+
 def test_cpus_is_a_cfs_quota_of_the_workloads_cgroup() -> None:
     refusal = cgroup_refusal("cpu")
     if refusal is not None:
