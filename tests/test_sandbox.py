@@ -480,6 +480,32 @@ def test_landlock_rules_follow_the_mounts(user_dir: Path) -> None:
     assert (user_dir / "src" / "g").read_text() == "b\n"
 
 
+@pytest.mark.skipif(landlock_abi() < 6, reason="Landlock scopes need ABI 6 (Linux 6.12)")
+def test_strict_cannot_reach_the_hosts_abstract_sockets_or_signal_out() -> None:
+    # Without a network namespace of its own (to reach the network) the workload shares the
+    # host's abstract unix sockets (D-Bus, X11: no path for Landlock to judge), and without a
+    # PID namespace it sees the caller's processes: the Landlock domain's scopes close both.
+    import socket
+
+    name = f"reexec-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind("\0" + name)
+        server.listen(1)
+        probe = (
+            "import os, socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect('\\0' + sys.argv[1]); print('connected')\n"
+            "except OSError as e:\n    print('connect', e.errno)\n"
+            "try:\n    os.kill(int(sys.argv[2]), 0); print('signalled')\n"
+            "except OSError as e:\n    print('kill', e.errno)\n"
+        )
+        done = nsapp(
+            "--ns", "user,mount", "--sandbox", "strict", "--",
+            "/usr/bin/python3", "-c", probe, name, str(os.getpid()),
+        )  # fmt: skip
+    assert done.stdout.split() == ["connect", "1", "kill", "1"], done.stderr  # EPERM, EPERM
+
+
 #: Starts ``nsapp run ARGS`` under a seccomp filter that answers ENOSYS to
 #: landlock_create_ruleset: a kernel without Landlock, as the runner sees it.
 NO_LANDLOCK = """

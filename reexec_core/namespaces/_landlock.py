@@ -12,7 +12,10 @@ rule allows is then denied (EACCES) to the workload and every descendant. Rules:
 * implicitly read-write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
   ``/dev/urandom``, ``/dev/tty`` and ``/dev/pts`` (a terminal workload);
 * derived from the run's mounts: a ``bind`` or ``tmpfs`` target read-write, a ``ro-bind``
-  target read-only (what the caller mounted in is the workload's to use).
+  target read-only (what the caller mounted in is the workload's to use);
+* ABI 6+: scoped, so that it can neither connect to an abstract unix socket nor send a
+  signal to a process outside its domain (without a network or PID namespace of its own it
+  would share the host's D-Bus and X11 sockets, and see the caller's processes).
 
 Paths are opened in the workload's process after every mount and a new root, so they mean
 what the workload will see; an implicit one that does not exist there is left out, one given
@@ -42,6 +45,8 @@ _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
 _READ = _EXECUTE | _READ_FILE | _READ_DIR
 _CREATE_RULESET_VERSION = 1
+# ABI 6 (Linux 6.12): what a domain may not reach outside itself.
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 _RULE_PATH_BENEATH = 1
 # The syscalls have the same numbers on every architecture (asm-generic/unistd.h).
 _NR_CREATE, _NR_ADD_RULE, _NR_RESTRICT = 444, 445, 446
@@ -107,9 +112,15 @@ def build(rules: dict[str, Any], program: str | None) -> int:
             return -1  # the preset asks for it only where the kernel has it
         raise Failure("sandbox", 0, 0, UNAVAILABLE)
     rights = handled(version)
-    attr = _libc.libc().buffer(struct.pack("=Q", rights))
+    if version >= 6:
+        # struct landlock_ruleset_attr {handled_access_fs, handled_access_net, scoped}: no
+        # connecting to an abstract unix socket, no signal, to anything outside the domain.
+        fields = struct.pack("=QQQ", rights, 0, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+    else:
+        fields = struct.pack("=Q", rights)
+    attr = _libc.libc().buffer(fields)
     try:
-        ruleset = _syscall(_NR_CREATE, attr, 8, 0)
+        ruleset = _syscall(_NR_CREATE, attr, len(fields), 0)
     except OSError as e:
         raise Failure("sandbox", e.errno or 0, 0, f"cannot create a Landlock ruleset: {e}") from e
     ro = implicit_ro(rules.get("entry", False)) + ([program] if program else [])
