@@ -506,6 +506,25 @@ def test_strict_cannot_reach_the_hosts_abstract_sockets_or_signal_out() -> None:
     assert done.stdout.split() == ["connect", "1", "kill", "1"], done.stderr  # EPERM, EPERM
 
 
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_strict_cannot_open_another_terminal() -> None:
+    # Another terminal of the caller's (a pty it owns, 0620): the workload could read what is
+    # typed there, or write to it, by its /dev/pts path. Its own terminal stays its own.
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        if ROOT:
+            os.chown(path, NOBODY, -1)  # as a root caller's strict workload is
+        done = nsapp(
+            "--sandbox", "strict", "--", "sh", "-c", f"echo x > {path} || echo refused",
+        )  # fmt: skip
+        assert done.stdout == "refused\n", done.stderr
+        assert "Permission denied" in done.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 #: Starts ``nsapp run ARGS`` under a seccomp filter that answers ENOSYS to
 #: landlock_create_ruleset: a kernel without Landlock, as the runner sees it.
 NO_LANDLOCK = """

@@ -10,7 +10,8 @@ rule allows is then denied (EACCES) to the workload and every descendant. Rules:
   passwd), ``/proc``, the command itself, and for an entry point the interpreter, its prefix
   and ``sys.path`` (the program's own files);
 * implicitly read-write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
-  ``/dev/urandom``, ``/dev/tty`` and ``/dev/pts`` (a terminal workload);
+  ``/dev/urandom``, ``/dev/tty`` and the terminal its stdio is (not the rest of
+  ``/dev/pts``: the caller's other terminals);
 * derived from the run's mounts: a ``bind`` or ``tmpfs`` target read-write, a ``ro-bind``
   target read-only (what the caller mounted in is the workload's to use);
 * ABI 6+: scoped, so that it can neither connect to an abstract unix socket nor send a
@@ -61,8 +62,21 @@ UNAVAILABLE = (
 
 IMPLICIT_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc")
 IMPLICIT_RW = (
-    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts",
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
 )  # fmt: skip
+
+
+def own_terminals() -> list[str]:
+    """The terminals the workload's stdin, stdout and stderr are (its pty, or the caller's):
+    read-write by path too, where all of ``/dev/pts`` would give it every other terminal of
+    the same owner (what is typed there, or written to it)."""
+    paths = []
+    for fd in (0, 1, 2):
+        try:
+            paths.append(os.ttyname(fd))
+        except OSError:
+            pass
+    return paths
 
 
 def _syscall(nr: int, *args: Any) -> int:
@@ -127,7 +141,7 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     mounted = rules.get("mounts", [])
     for paths, allowed, explicit in (
         (ro, _READ, False),
-        (IMPLICIT_RW, rights, False),
+        ([*IMPLICIT_RW, *own_terminals()], rights, False),
         ([dst for kind, dst in mounted if kind == "ro-bind"], _READ, False),
         ([dst for kind, dst in mounted if kind != "ro-bind"], rights, False),
         (rules["ro"], _READ, True),
