@@ -502,6 +502,28 @@ def test_unreadable_or_odd_profile_paths_are_one_sentence(tmp_path: Path) -> Non
     )
 
 
+def test_a_profile_that_is_no_regular_file_is_never_opened(tmp_path: Path) -> None:
+    # A link planted where the profile is read (to /dev/watchdog, a tape, a FIFO a writer
+    # waits on): opening a device or FIFO acts on it, so it is judged before it is opened.
+    # inotify reports every real open (IN_OPEN), and none of an O_PATH descriptor.
+    import ctypes
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    planted = tmp_path / "profile.json"
+    planted.symlink_to(fifo)
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert watch >= 0 and libc.inotify_add_watch(watch, bytes(fifo), 0x20) >= 0  # IN_OPEN
+    try:
+        with pytest.raises(SeccompProfileError, match="is not a regular file"):
+            _seccomp.load(str(planted))
+        with pytest.raises(BlockingIOError):
+            os.read(watch, 4096)  # no event: it was never opened
+    finally:
+        os.close(watch)
+
+
 def test_profile_too_large_for_the_kernel_is_one_sentence(tmp_path: Path) -> None:
     rules = [{"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
               "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}]} for v in range(1100)]
