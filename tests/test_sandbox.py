@@ -525,6 +525,28 @@ def test_strict_cannot_open_another_terminal() -> None:
         os.close(slave)
 
 
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_strict_cannot_read_the_terminal_it_was_given_to_write_only() -> None:
+    # stdout is the caller's terminal, stdin is not: opening the terminal by its path to read
+    # would give the workload what is typed there (racing the caller's shell for it).
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        if ROOT:
+            os.chown(path, NOBODY, -1)  # as a root caller's strict workload is
+        done = subprocess.run(
+            [sys.executable, "-m", "nsapp", "run", "--sandbox", "strict", "--", "sh", "-c",
+             f"echo out > {path} && echo wrote >&2; exec 3< {path} && echo read >&2"],
+            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, text=True,
+            env=_env(), timeout=TIMEOUT,
+        )  # fmt: skip
+        assert "wrote\n" in done.stderr and "read\n" not in done.stderr, done.stderr
+        assert "Permission denied" in done.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 #: Starts ``nsapp run ARGS`` under a seccomp filter that answers ENOSYS to
 #: landlock_create_ruleset: a kernel without Landlock, as the runner sees it.
 NO_LANDLOCK = """

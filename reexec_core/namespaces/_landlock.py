@@ -10,8 +10,8 @@ rule allows is then denied (EACCES) to the workload and every descendant. Rules:
   passwd), ``/proc``, the command itself, and for an entry point the interpreter, its prefix
   and ``sys.path`` (the program's own files);
 * implicitly read-write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
-  ``/dev/urandom``, ``/dev/tty`` and the terminal its stdio is (not the rest of
-  ``/dev/pts``: the caller's other terminals);
+  ``/dev/urandom``, ``/dev/tty``; the terminal its stdin is, readable, the one its stdout or
+  stderr is, writable (not the rest of ``/dev/pts``: the caller's other terminals);
 * derived from the run's mounts: a ``bind`` or ``tmpfs`` target read-write, a ``ro-bind``
   target read-only (what the caller mounted in is the workload's to use);
 * ABI 6+: scoped, so that it can neither connect to an abstract unix socket nor send a
@@ -66,16 +66,18 @@ IMPLICIT_RW = (
 )  # fmt: skip
 
 
-def own_terminals() -> list[str]:
-    """The terminals the workload's stdin, stdout and stderr are (its pty, or the caller's):
-    read-write by path too, where all of ``/dev/pts`` would give it every other terminal of
-    the same owner (what is typed there, or written to it)."""
-    paths = []
-    for fd in (0, 1, 2):
+def own_terminals() -> dict[str, int]:
+    """The terminals the workload's stdin, stdout and stderr are (its pty, or the caller's) ->
+    the rights to reopen each by path: read for stdin's, write for stdout's and stderr's, as
+    the descriptors were given (a terminal given as stdout only is no keyboard to read), and
+    its ioctls. All of ``/dev/pts`` would give it every other terminal of the same owner."""
+    paths: dict[str, int] = {}
+    for fd, right in ((0, _READ_FILE), (1, _WRITE_FILE), (2, _WRITE_FILE)):
         try:
-            paths.append(os.ttyname(fd))
+            path = os.ttyname(fd)
         except OSError:
-            pass
+            continue
+        paths[path] = paths.get(path, _IOCTL_DEV) | right
     return paths
 
 
@@ -141,7 +143,7 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     mounted = rules.get("mounts", [])
     for paths, allowed, explicit in (
         (ro, _READ, False),
-        ([*IMPLICIT_RW, *own_terminals()], rights, False),
+        (IMPLICIT_RW, rights, False),
         ([dst for kind, dst in mounted if kind == "ro-bind"], _READ, False),
         ([dst for kind, dst in mounted if kind != "ro-bind"], rights, False),
         (rules["ro"], _READ, True),
@@ -149,6 +151,8 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     ):
         for path in paths:
             _add(ruleset, path, allowed & rights, explicit)
+    for path, allowed in own_terminals().items():
+        _add(ruleset, path, allowed & rights, False)
     return ruleset
 
 
