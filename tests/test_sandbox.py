@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -506,45 +507,43 @@ def test_strict_cannot_reach_the_hosts_abstract_sockets_or_signal_out() -> None:
     assert done.stdout.split() == ["connect", "1", "kill", "1"], done.stderr  # EPERM, EPERM
 
 
-@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
-def test_strict_cannot_open_another_terminal() -> None:
-    # Another terminal of the caller's (a pty it owns, 0620): the workload could read what is
-    # typed there, or write to it, by its /dev/pts path. Its own terminal stays its own.
+@contextmanager
+def _callers_pty() -> Iterator[tuple[str, int]]:
+    """(path, slave descriptor) of a pty of the caller's, owned as its strict workload is."""
     master, slave = os.openpty()
     try:
         path = os.ttyname(slave)
         if ROOT:
-            os.chown(path, NOBODY, -1)  # as a root caller's strict workload is
-        done = nsapp(
-            "--sandbox", "strict", "--", "sh", "-c", f"echo x > {path} || echo refused",
-        )  # fmt: skip
-        assert done.stdout == "refused\n", done.stderr
-        assert "Permission denied" in done.stderr
+            os.chown(path, NOBODY, -1)  # a root caller's strict workload is nobody
+        yield path, slave
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
+def test_strict_cannot_open_another_terminal() -> None:
+    # Another terminal of the caller's (a pty it owns, 0620): the workload could read what is
+    # typed there, or write to it, by its /dev/pts path. Its own terminal stays its own.
+    with _callers_pty() as (path, _):
+        done = nsapp("--sandbox", "strict", "--", "sh", "-c", f"echo x > {path} || echo refused")
+    assert done.stdout == "refused\n", done.stderr
+    assert "Permission denied" in done.stderr
 
 
 @pytest.mark.skipif(landlock_abi() == 0, reason="this kernel has no Landlock")
 def test_strict_cannot_read_the_terminal_it_was_given_to_write_only() -> None:
     # stdout is the caller's terminal, stdin is not: opening the terminal by its path to read
     # would give the workload what is typed there (racing the caller's shell for it).
-    master, slave = os.openpty()
-    try:
-        path = os.ttyname(slave)
-        if ROOT:
-            os.chown(path, NOBODY, -1)  # as a root caller's strict workload is
+    with _callers_pty() as (path, slave):
         done = subprocess.run(
             [sys.executable, "-m", "nsapp", "run", "--sandbox", "strict", "--", "sh", "-c",
              f"echo out > {path} && echo wrote >&2; exec 3< {path} && echo read >&2"],
             stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, text=True,
             env=_env(), timeout=TIMEOUT,
         )  # fmt: skip
-        assert "wrote\n" in done.stderr and "read\n" not in done.stderr, done.stderr
-        assert "Permission denied" in done.stderr
-    finally:
-        os.close(master)
-        os.close(slave)
+    assert "wrote\n" in done.stderr and "read\n" not in done.stderr, done.stderr
+    assert "Permission denied" in done.stderr
 
 
 #: Starts ``nsapp run ARGS`` under a seccomp filter that answers ENOSYS to
