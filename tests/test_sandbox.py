@@ -726,6 +726,13 @@ def test_strict_as_root_cannot_read_or_write_roots_files() -> None:
         assert strict.stdout.split() == ["0"], strict.stderr  # still root inside its namespace
         assert strict.stderr.count("Permission denied") == 2, strict.stderr
         assert (d / "target").read_text() == "kept\n"
+        # A program nobody may not reach is said as such (126), not as a mode or mount problem.
+        hidden = Path(tempfile.mkdtemp(dir=d))  # 0700, root's
+        (hidden / "tool").write_bytes(Path("/bin/true").read_bytes())
+        (hidden / "tool").chmod(0o755)
+        denied = nsapp("--sandbox", "strict", "--", str(hidden / "tool"))
+        assert denied.returncode == 126, denied.stderr
+        assert f"cannot run {hidden}/tool as nobody (the strict preset" in denied.stderr
         # Without a user namespace there is none to be root of: it is nobody on the host.
         bare = nsapp("--ns", "pid,mount", "--sandbox", "strict", "--", "sh", "-c", attack)
         assert bare.stdout.split() == [str(NOBODY)], bare.stderr
