@@ -267,6 +267,41 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     return box
 
 
+#: Where the sockets of the caller's session live (D-Bus and systemd --user in /run/user,
+#: ssh-agent and X11 in /tmp, ...): the strict preset covers each with an empty tmpfs.
+#: Landlock (ABI <= 7) does not judge connect(2) to a named unix socket, and the session bus
+#: alone runs any command outside the sandbox (systemd-run --user).
+SOCKET_DIRS = ("/run", "/tmp", "/var/tmp", "/dev/shm", "/home")
+
+
+def socket_dirs_to_hide(keep: Iterable[str]) -> list[str]:
+    """The :data:`SOCKET_DIRS` there are, but those a path of ``keep`` (a mount target, the
+    command, the working directory, an entry point's files) lies in, at or above."""
+    kept = [os.path.abspath(p) for p in keep if p]
+    out = []
+    for d in SOCKET_DIRS:
+        real = os.path.realpath(d)
+        inside = (d + "/", real + "/")
+        clash = any(
+            p in (d, real) or p.startswith(inside) or d.startswith(p.rstrip("/") + "/")
+            for p in kept
+        )
+        if not clash and os.path.isdir(d) and not os.path.islink(d):
+            out.append(d)
+    return out
+
+
+def preload(box: dict[str, Any]) -> None:
+    """Import what :func:`enter` will need, in a fresh interpreter's set-up before its mounts:
+    those may cover the directory this package lies in (the strict preset's socket dirs)."""
+    if box["landlock"] is not None:
+        from reexec_core.namespaces import _landlock  # noqa: F401
+    if box["seccomp"]:
+        from reexec_core.namespaces import _seccomp  # noqa: F401
+    if box["rlimits"]:
+        import resource  # noqa: F401
+
+
 def uses_fds(box: dict[str, Any] | None) -> list[int]:
     """The descriptors the workload's process needs from the set-up (its cgroup's)."""
     return list(box["cgroup_fds"]) if box else []

@@ -503,6 +503,10 @@ def entry_main(specfd: str, errfd: str, ackfd: str) -> int:
     every user can read (``/proc/PID/cmdline``): it may hold ``env=`` secrets.
     """
     spec = Spec.from_json(_wire.read_spec(int(specfd)))
+    if spec.sandbox is not None:
+        from reexec_core.namespaces import _sandbox
+
+        _sandbox.preload(spec.sandbox)
     _pid1.block()
     for fd in (int(errfd), int(ackfd), *_kept(spec)):
         os.set_inheritable(fd, False)  # passed to us, not to be passed on to the workload

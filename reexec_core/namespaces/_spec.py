@@ -9,6 +9,7 @@ as JSON, on a memfd, to a re-executed child (see ``_runner`` and ``_wire``).
 from __future__ import annotations
 
 import os
+import sys
 
 from reexec_core.namespaces import _linux
 from reexec_core.namespaces.errors import IdMapError
@@ -334,6 +335,17 @@ def make_spec(
             # its limits (one it cannot unmount without CAP_SYS_ADMIN: --cap-drop).
             if os.path.isdir("/sys/fs/cgroup"):
                 spec.mounts.append(("tmpfs", "", "/sys/fs/cgroup"))
+        if spec.sandbox and sandbox == "strict" and mnt and spec.root is None:
+            # Named unix sockets of the caller's session out of sight (see SOCKET_DIRS).
+            keep = [dst for _, _, dst in spec.mounts] + [spec.cwd or ""]
+            if spec.argv is not None and "/" in spec.argv[0]:
+                keep.append(spec.argv[0])
+            elif spec.argv is not None:  # found on PATH later: none of its directories hidden
+                keep += (env or os.environ).get("PATH", os.defpath).split(os.pathsep)
+            else:
+                keep += [sys.executable, *sys.path]
+            for hidden in _sandbox.socket_dirs_to_hide(keep):
+                spec.mounts.append(("tmpfs", "", hidden))
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:
