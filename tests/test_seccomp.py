@@ -100,6 +100,15 @@ U64 = 2**64 - 1
 CLONE_NEWUSER, CLONE_FS = 0x10000000, 0x200
 TIOCSTI = 0x5412
 
+def _uring(answer: int) -> int:
+    """What io_uring answers without a filter: ``answer``, or EPERM where a sysctl disables it."""
+    try:
+        disabled = int(Path("/proc/sys/kernel/io_uring_disabled").read_text())
+    except (OSError, ValueError):
+        disabled = 0
+    return errno.EPERM if disabled == 2 else answer
+
+
 # name -> (call, what the kernel answers without the filter, what the default filter answers)
 ATTACKS: dict[str, tuple[list[object], int, int]] = {
     "keyctl": ([NR.get("keyctl"), 0xDEAD], errno.EOPNOTSUPP, errno.EPERM),
@@ -123,6 +132,12 @@ ATTACKS: dict[str, tuple[list[object], int, int]] = {
     "name_to_handle_at": ([NR.get("name_to_handle_at"), U64, 0, 0, 0, 0], errno.EFAULT,
                           errno.EPERM),
     "open_by_handle_at": ([NR.get("open_by_handle_at"), U64, 0, 0], errno.EFAULT, errno.EPERM),
+    # io_uring runs operations in kernel threads the filter never sees (Docker denies it too)
+    "io_uring_setup": ([NR.get("io_uring_setup"), 1, 0], _uring(errno.EFAULT), errno.EPERM),
+    "io_uring_enter": ([NR.get("io_uring_enter"), -1, 0, 0, 0, 0, 0], _uring(errno.EBADF),
+                       errno.EPERM),
+    "io_uring_register": ([NR.get("io_uring_register"), -1, 0, 0, 0], _uring(errno.EINVAL),
+                          errno.EPERM),
     "getppid (allowed)": ([NR.get("getppid")], 0, 0),
     # -1 is how a tracer skips a call: no x32 call, so the default action, not a kill
     "syscall(-1)": ([-1], errno.ENOSYS, errno.ENOSYS),
@@ -500,6 +515,28 @@ def test_unreadable_or_odd_profile_paths_are_one_sentence(tmp_path: Path) -> Non
     assert str(caught.value) == (
         f"the seccomp profile {fifo} is not a regular file; give a JSON file"
     )
+
+
+def test_a_profile_that_is_no_regular_file_is_never_opened(tmp_path: Path) -> None:
+    # A link planted where the profile is read (to /dev/watchdog, a tape, a FIFO a writer
+    # waits on): opening a device or FIFO acts on it, so it is judged before it is opened.
+    # inotify reports every real open (IN_OPEN), and none of an O_PATH descriptor.
+    import ctypes
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    planted = tmp_path / "profile.json"
+    planted.symlink_to(fifo)
+    libc = ctypes.CDLL(None, use_errno=True)
+    watch = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert watch >= 0 and libc.inotify_add_watch(watch, bytes(fifo), 0x20) >= 0  # IN_OPEN
+    try:
+        with pytest.raises(SeccompProfileError, match="is not a regular file"):
+            _seccomp.load(str(planted))
+        with pytest.raises(BlockingIOError):
+            os.read(watch, 4096)  # no event: it was never opened
+    finally:
+        os.close(watch)
 
 
 def test_profile_too_large_for_the_kernel_is_one_sentence(tmp_path: Path) -> None:

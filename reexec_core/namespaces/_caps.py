@@ -108,15 +108,24 @@ def _prctl(*args: int) -> int:
     return _libc.call("prctl", *cargs)
 
 
-def apply(keep: int) -> None:
-    """Leave this process (about to exec the workload) with exactly the capabilities ``keep``.
+def drop_bounding(keep: int) -> None:
+    """Drop every capability but ``keep`` from the bounding set (step 1; needs CAP_SETPCAP).
 
     Raises:
-        OSError: the kernel refused a step (``filename`` names it).
+        OSError: the kernel refused (``filename`` names the call).
     """
     for cap in range(last_cap() + 1):
         if not keep >> cap & 1:
             _step("PR_CAPBSET_DROP", _prctl, _PR_CAPBSET_DROP, cap)
+
+
+def apply(keep: int) -> None:
+    """After :func:`drop_bounding`: leave this process (about to exec the workload) with
+    exactly the capabilities ``keep`` in its effective, permitted, inheritable and ambient sets.
+
+    Raises:
+        OSError: the kernel refused a step (``filename`` names it).
+    """
     lib = _libc.libc()
     header = lib.buffer(struct.pack("=Ii", _VERSION_3, 0))
     low, high = keep & 0xFFFFFFFF, keep >> 32

@@ -117,7 +117,14 @@ class Cgroup:
 
     def _make(self, parent: str, controllers: list[str]) -> str:
         path = os.path.join(parent, _name())
-        os.mkdir(path, 0o755)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            # Left by a runner that was kill -9'ed and whose pid is ours now (the sweep spares
+            # a live pid's): an empty cgroup goes (rmdir refuses one with processes or
+            # children), then it is made anew, its limits and files ours.
+            os.rmdir(path)
+            os.mkdir(path, 0o755)
         self.dirs.append(path)  # removed by remove(), also when what follows fails
         for c in controllers:
             self._by_controller[c] = path

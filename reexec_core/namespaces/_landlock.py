@@ -10,9 +10,13 @@ rule allows is then denied (EACCES) to the workload and every descendant. Rules:
   passwd), ``/proc``, the command itself, and for an entry point the interpreter, its prefix
   and ``sys.path`` (the program's own files);
 * implicitly read-write: ``/dev/null``, ``/dev/zero``, ``/dev/full``, ``/dev/random``,
-  ``/dev/urandom``, ``/dev/tty`` and ``/dev/pts`` (a terminal workload);
+  ``/dev/urandom``, ``/dev/tty``; the terminal its stdin is, readable, the one its stdout or
+  stderr is, writable (not the rest of ``/dev/pts``: the caller's other terminals);
 * derived from the run's mounts: a ``bind`` or ``tmpfs`` target read-write, a ``ro-bind``
-  target read-only (what the caller mounted in is the workload's to use).
+  target read-only (what the caller mounted in is the workload's to use);
+* ABI 6+: scoped, so that it can neither connect to an abstract unix socket nor send a
+  signal to a process outside its domain (without a network or PID namespace of its own it
+  would share the host's D-Bus and X11 sockets, and see the caller's processes).
 
 Paths are opened in the workload's process after every mount and a new root, so they mean
 what the workload will see; an implicit one that does not exist there is left out, one given
@@ -42,6 +46,8 @@ _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
 _READ = _EXECUTE | _READ_FILE | _READ_DIR
 _CREATE_RULESET_VERSION = 1
+# ABI 6 (Linux 6.12): what a domain may not reach outside itself.
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 _RULE_PATH_BENEATH = 1
 # The syscalls have the same numbers on every architecture (asm-generic/unistd.h).
 _NR_CREATE, _NR_ADD_RULE, _NR_RESTRICT = 444, 445, 446
@@ -56,8 +62,23 @@ UNAVAILABLE = (
 
 IMPLICIT_RO = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc")
 IMPLICIT_RW = (
-    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts",
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
 )  # fmt: skip
+
+
+def own_terminals() -> dict[str, int]:
+    """The terminals the workload's stdin, stdout and stderr are (its pty, or the caller's) ->
+    the rights to reopen each by path: read for stdin's, write for stdout's and stderr's, as
+    the descriptors were given (a terminal given as stdout only is no keyboard to read), and
+    its ioctls. All of ``/dev/pts`` would give it every other terminal of the same owner."""
+    paths: dict[str, int] = {}
+    for fd, right in ((0, _READ_FILE), (1, _WRITE_FILE), (2, _WRITE_FILE)):
+        try:
+            path = os.ttyname(fd)
+        except OSError:
+            continue
+        paths[path] = paths.get(path, _IOCTL_DEV) | right
+    return paths
 
 
 def _syscall(nr: int, *args: Any) -> int:
@@ -107,9 +128,15 @@ def build(rules: dict[str, Any], program: str | None) -> int:
             return -1  # the preset asks for it only where the kernel has it
         raise Failure("sandbox", 0, 0, UNAVAILABLE)
     rights = handled(version)
-    attr = _libc.libc().buffer(struct.pack("=Q", rights))
+    if version >= 6:
+        # struct landlock_ruleset_attr {handled_access_fs, handled_access_net, scoped}: no
+        # connecting to an abstract unix socket, no signal, to anything outside the domain.
+        fields = struct.pack("=QQQ", rights, 0, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+    else:
+        fields = struct.pack("=Q", rights)
+    attr = _libc.libc().buffer(fields)
     try:
-        ruleset = _syscall(_NR_CREATE, attr, 8, 0)
+        ruleset = _syscall(_NR_CREATE, attr, len(fields), 0)
     except OSError as e:
         raise Failure("sandbox", e.errno or 0, 0, f"cannot create a Landlock ruleset: {e}") from e
     ro = implicit_ro(rules.get("entry", False)) + ([program] if program else [])
@@ -124,6 +151,8 @@ def build(rules: dict[str, Any], program: str | None) -> int:
     ):
         for path in paths:
             _add(ruleset, path, allowed & rights, explicit)
+    for path, allowed in own_terminals().items():
+        _add(ruleset, path, allowed & rights, False)
     return ruleset
 
 

@@ -56,13 +56,19 @@ def mount_all(spec: Spec, await_maps: Callable[[], None]) -> None:
     if root and not os.path.isdir(root):
         raise Failure("pivot_root", 0, 0, f"{root}: it is not a directory")
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if root else -1
+    tmpfs_options = "mode=0755"
+    setid = spec.sandbox["setid"] if spec.sandbox else None
+    if setid is not None:
+        # The workload takes other ids than ours (a root caller's strict preset): its tmpfs
+        # is its own (ids as the workload's namespace sees them), else it could not write it.
+        tmpfs_options += f",uid={setid[0]},gid={setid[1]}"
     try:
         for kind, src, dst in spec.mounts:
             shown = (root or "") + dst
             if kind == "tmpfs":
                 flags = _linux.MS_NOSUID | _linux.MS_NODEV
                 with _Target(rootfd, dst, shown, kind, "dir") as target:
-                    _step(kind, shown, _linux.mount, "tmpfs", target, "tmpfs", flags, "mode=0755")
+                    _step(kind, shown, _linux.mount, "tmpfs", target, "tmpfs", flags, tmpfs_options)
                 continue
             what = "dir" if os.path.isdir(src) or not os.path.exists(src) else "file"
             with _Target(rootfd, dst, shown, kind, what) as target:

@@ -90,6 +90,10 @@ def _execute_auto(
             spec.flags &= ~_linux.CLONE_NEWUSER
             spec.uid_map, spec.gid_map = [], []
             spec.parent_maps = spec.deny_setgroups = spec.use_newidmap = False
+            if spec.sandbox is not None and spec.sandbox["setid"] is not None:
+                from reexec_core.namespaces._spec import NOBODY
+
+                spec.sandbox["setid"] = [NOBODY, NOBODY]  # no namespace to be root of
             return _execute(spec, stdin, stdout, stderr, forward_signals)
         raise
 

@@ -9,7 +9,9 @@ filter last):
 1. join the workload's own cgroup (descriptors the runner opened, see ``_cgroup``);
 2. build the Landlock ruleset (its paths are opened as the workload will see them);
 3. resource limits (``setrlimit``; before CAP_SYS_RESOURCE can be dropped);
-4. capabilities (``_caps.apply``: bounding, then effective/permitted/inheritable, ambient);
+4. capabilities: the bounding set (``_caps.drop_bounding``); for a root caller's strict
+   preset the unprivileged ids (``setid``: root of its user namespace mapped onto nobody, or
+   nobody itself without one); then effective/permitted/inheritable, ambient (``_caps.apply``);
 5. ``PR_SET_NO_NEW_PRIVS``;
 6. ``landlock_restrict_self``;
 7. the seccomp filter (compiled in the caller by ``_seccomp.load``), last.
@@ -261,7 +263,43 @@ def make(root_inside: bool, user_ns: bool, entry: bool, **options: Any) -> dict[
     if box["rlimits"]:
         import resource  # noqa: F401
     box["cgroup_fds"] = []
+    box["setid"] = None  # [uid, gid] for the workload's process to take (set by _spec)
     return box
+
+
+#: Where the sockets of the caller's session live (D-Bus and systemd --user in /run/user,
+#: ssh-agent and X11 in /tmp, ...): the strict preset covers each with an empty tmpfs.
+#: Landlock (ABI <= 7) does not judge connect(2) to a named unix socket, and the session bus
+#: alone runs any command outside the sandbox (systemd-run --user).
+SOCKET_DIRS = ("/run", "/tmp", "/var/tmp", "/dev/shm", "/home")
+
+
+def socket_dirs_to_hide(keep: Iterable[str]) -> list[str]:
+    """The :data:`SOCKET_DIRS` there are, but those a path of ``keep`` (a mount target, the
+    command, the working directory, an entry point's files) lies in, at or above."""
+    kept = [os.path.abspath(p) for p in keep if p]
+    out = []
+    for d in SOCKET_DIRS:
+        real = os.path.realpath(d)
+        inside = (d + "/", real + "/")
+        clash = any(
+            p in (d, real) or p.startswith(inside) or d.startswith(p.rstrip("/") + "/")
+            for p in kept
+        )
+        if not clash and os.path.isdir(d) and not os.path.islink(d):
+            out.append(d)
+    return out
+
+
+def preload(box: dict[str, Any]) -> None:
+    """Import what :func:`enter` will need, in a fresh interpreter's set-up before its mounts:
+    those may cover the directory this package lies in (the strict preset's socket dirs)."""
+    if box["landlock"] is not None:
+        from reexec_core.namespaces import _landlock  # noqa: F401
+    if box["seccomp"]:
+        from reexec_core.namespaces import _seccomp  # noqa: F401
+    if box["rlimits"]:
+        import resource  # noqa: F401
 
 
 def uses_fds(box: dict[str, Any] | None) -> list[int]:
@@ -278,16 +316,31 @@ def enter(box: dict[str, Any], program: str | None) -> None:
     Raises:
         Failure: a step was refused; its detail is the one sentence for the user.
     """
+    # Imported now, before Landlock holds: a fresh interpreter's set-up (a threaded caller)
+    # has not imported them yet, and the package may lie outside what the workload may read
+    # (or what the ids it takes may read, see _setid).
+    if box["landlock"] is not None:
+        from reexec_core.namespaces import _landlock
+    if box["seccomp"]:
+        from reexec_core.namespaces import _seccomp
     for fd in box["cgroup_fds"]:
         try:
             os.write(fd, b"0")  # "0": the writing process itself (cgroups(7))
         except OSError as e:
             raise _failure(e, "cannot move the workload into its cgroup") from e
         os.close(fd)
+    if box["cgroup_fds"]:
+        # A cgroup namespace rooted at the cgroup just joined: a hierarchy the workload mounts
+        # itself shows that cgroup as its root, not the runner's (whose cgroup.procs would
+        # take it out of its limits), and cgroup v2 refuses any move above it.
+        from reexec_core.namespaces import _linux
+
+        try:
+            _linux.unshare_raw(_linux.CLONE_NEWCGROUP)
+        except OSError as e:
+            raise _failure(e, "cannot give the workload a cgroup namespace of its own") from e
     ruleset = None
     if box["landlock"] is not None:
-        from reexec_core.namespaces import _landlock
-
         ruleset = _landlock.build(box["landlock"], program)
     if box["rlimits"]:
         import resource
@@ -306,32 +359,52 @@ def enter(box: dict[str, Any], program: str | None) -> None:
                     f"cannot set the {name} limit: a hard limit above {cap} needs "
                     "CAP_SYS_RESOURCE outside the namespaces; give one at most that high",
                 ) from e
-    if box["caps"] is not None:
-        try:
+    try:
+        if box["caps"] is not None:
+            _caps.drop_bounding(box["caps"])  # needs CAP_SETPCAP: before the ids change
+        if box["setid"] is not None:
+            _setid(*box["setid"])
+        if box["caps"] is not None:
             _caps.apply(box["caps"])
-        except OSError as e:
-            raise _failure(
-                e,
-                f"cannot set the workload's capabilities ({e.filename})",
-                "a capability can be added only where the set-up holds it: inside a user "
-                "namespace, or as root",
-            ) from e
+    except OSError as e:
+        raise _failure(
+            e,
+            f"cannot set the workload's capabilities ({e.filename})",
+            "a capability can be added only where the set-up holds it: inside a user "
+            "namespace, or as root",
+        ) from e
     if box["nnp"]:
         try:
             _caps.set_no_new_privs()
         except OSError as e:
             raise _failure(e, "cannot set no_new_privs") from e
     if ruleset is not None:
-        from reexec_core.namespaces import _landlock
-
         _landlock.restrict(ruleset)
     if box["seccomp"]:
-        from reexec_core.namespaces import _seccomp
-
         try:
             _seccomp.install(bytes.fromhex(box["seccomp"]))  # last: runc's order (PR #789)
         except OSError as e:
             raise _failure(e, "cannot install the seccomp filter") from e
+
+
+def _setid(uid: int, gid: int) -> None:
+    """Take the workload's ids (a root caller's strict preset), and no supplementary group of
+    the caller: an unmapped group still passes the host's DAC checks. After the cgroup join (the
+    runner's descriptor, written with the set-up's ids), the rlimits and the bounding set (which
+    need the set-up's capabilities without a user namespace), before capset.
+
+    Raises:
+        OSError: the kernel refused (``filename`` names the call).
+    """
+    for name, call, args in (
+        ("setgroups", os.setgroups, ([],)),
+        ("setresgid", os.setresgid, (gid, gid, gid)),
+        ("setresuid", os.setresuid, (uid, uid, uid)),
+    ):
+        try:
+            call(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, f"{name} to uid {uid}, gid {gid}") from e
 
 
 def _failure(e: OSError, what: str, hint: str = "") -> Failure:

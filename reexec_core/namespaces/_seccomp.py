@@ -66,10 +66,46 @@ def _kernel() -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _open_regular(path: str) -> int:
+    """A read descriptor of ``path`` if it is a regular file, judged *before* it is opened:
+    opening a device or a FIFO acts on it (a link planted to ``/dev/watchdog`` arms it, a FIFO
+    wakes its writer). An ``O_PATH`` descriptor is fstat'ed, then that same inode is opened
+    again through ``/proc/self/fd`` (no second walk of the path, no race); without ``/proc``,
+    the path is opened and must be the inode that was judged.
+
+    Raises:
+        OSError: the path cannot be opened; SeccompProfileError: it is no regular file.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        judged = os.fstat(probe)
+        if not stat.S_ISREG(judged.st_mode):
+            raise SeccompProfileError(
+                f"the seccomp profile {path} is not a regular file; give a JSON file", 0, "seccomp"
+            )
+        try:
+            return os.open(f"/proc/self/fd/{probe}", flags)
+        except FileNotFoundError:
+            fd = os.open(path, flags | os.O_NOFOLLOW)
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (judged.st_dev, judged.st_ino):
+            os.close(fd)
+            raise SeccompProfileError(
+                f"the seccomp profile {path} changed while it was read; give a file no other "
+                "user can replace",
+                0,
+                "seccomp",
+            )
+        return fd
+    finally:
+        os.close(probe)
+
+
 def _read_profile(path: str) -> bytes:
     """The profile's bytes: a regular file only (a FIFO or a device would block or never end)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = _open_regular(path)
     except OSError as e:
         raise SeccompProfileError(
             f"cannot read the seccomp profile {path}: {e.strerror}; give the path of a "
@@ -78,11 +114,6 @@ def _read_profile(path: str) -> bytes:
             "seccomp",
         ) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SeccompProfileError(
-                f"the seccomp profile {path} is not a regular file; give a JSON file", 0, "seccomp"
-            )
         chunks = []
         size = 0
         while chunk := os.read(fd, 1 << 16):

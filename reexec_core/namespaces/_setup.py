@@ -39,7 +39,7 @@ import _signal  # type: ignore[import-not-found]  # no enum: signal costs ms
 import gc
 import os
 import sys
-from errno import ENOENT
+from errno import EACCES, ENOENT
 
 from reexec_core.namespaces import _linux, _mounts, _pid1, _wire
 from reexec_core.namespaces._spec import Spec
@@ -437,11 +437,22 @@ def _fork_exec(spec: Spec, errfd: int, path: str, argv: list[str], env: Env) -> 
             _child_setup(spec, errfd, path)
             os.execve(path, argv, env)
         except OSError as e:
-            _wire.report(errfd, Failure("exec", e.errno or 0, 0, argv[0]))
+            _wire.report(errfd, _exec_failure(spec, e.errno or 0, argv[0]))
             os._exit(127 if e.errno == ENOENT else 126)
         finally:
             os._exit(127)
     return pid
+
+
+def _exec_failure(spec: Spec, errno: int, name: str) -> Failure:
+    """The workload's exec failed: said with the ids it ran as, when those are not the caller's
+    (a root caller's strict preset: a program under a root-only directory is out of reach)."""
+    if errno == EACCES and spec.sandbox is not None and spec.sandbox["setid"] is not None:
+        name += (
+            " as nobody (the strict preset runs a root caller's workload as uid 65534 on the "
+            "host, who must be able to read and run it; or give map_root to run it as root)"
+        )
+    return Failure("exec", errno, 0, name)
 
 
 def find_program(name: str, env: Env) -> str:
@@ -481,7 +492,7 @@ def _start_entry(spec: Spec, env: dict[str, str], errfd: int) -> int:
             restore_signals=True,
         )
     except OSError as e:
-        raise Failure("exec", e.errno or 0, 0, spec.name) from e
+        raise _exec_failure(spec, e.errno or 0, spec.name) from e
     return proc.pid
 
 
@@ -492,6 +503,10 @@ def entry_main(specfd: str, errfd: str, ackfd: str) -> int:
     every user can read (``/proc/PID/cmdline``): it may hold ``env=`` secrets.
     """
     spec = Spec.from_json(_wire.read_spec(int(specfd)))
+    if spec.sandbox is not None:
+        from reexec_core.namespaces import _sandbox
+
+        _sandbox.preload(spec.sandbox)
     _pid1.block()
     for fd in (int(errfd), int(ackfd), *_kept(spec)):
         os.set_inheritable(fd, False)  # passed to us, not to be passed on to the workload

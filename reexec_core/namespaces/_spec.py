@@ -9,6 +9,7 @@ as JSON, on a memfd, to a re-executed child (see ``_runner`` and ``_wire``).
 from __future__ import annotations
 
 import os
+import sys
 
 from reexec_core.namespaces import _linux
 from reexec_core.namespaces.errors import IdMapError
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 #: Signals the runner, the relay and PID 1 pass on to the workload (as tini does).
 FORWARDED = (1, 2, 3, 10, 12, 15, 28)  # HUP INT QUIT USR1 USR2 TERM WINCH
 SIGCHLD = 17
+#: The overflow id (nobody/nogroup): what a root caller's strict-preset workload is on the host.
+NOBODY = 65534
 
 _FIELDS = (
     "flags",
@@ -223,12 +226,18 @@ def make_spec(
     if asked_map and not user:
         raise ValueError("uid/gid mapping options need the user namespace in the list")
     spec.use_newidmap = False
+    # The strict preset run by root: the workload must not be the host's root (it would pass
+    # every DAC check on the host files it sees, /etc/shadow included), so root inside is
+    # mapped onto nobody instead; the set-up processes keep the caller's ids (bind sources
+    # under root-only directories stay reachable) and the workload's own process takes the
+    # mapped ids just before its exec (_sandbox.enter). A map asked for explicitly wins.
+    unprivileged = sandbox == "strict" and uid == 0 and not asked_map
     if user:
         inside_uid, inside_gid = (uid, gid) if map_current else (0, 0)
         if umap is None:
-            umap = [(inside_uid, uid, 1)]
+            umap = [(inside_uid, NOBODY if unprivileged else uid, 1)]
         if gmap is None:
-            gmap = [(inside_gid, gid, 1)]
+            gmap = [(inside_gid, NOBODY if unprivileged else gid, 1)]
         if subids:
             if map_current:
                 raise ValueError("subids maps the ranges above root inside: use it with map_root")
@@ -308,8 +317,14 @@ def make_spec(
     if any(v is not None for v in boxed.values()):
         from reexec_core.namespaces import _sandbox
 
-        root_inside = umap[0][0] == 0 if user else uid == 0
+        root_inside = umap[0][0] == 0 if user else uid == 0 and not unprivileged
         spec.sandbox = _sandbox.make(root_inside, user, spec.entry is not None, **boxed)
+        if spec.sandbox is not None:
+            # [uid, gid] the workload's process switches to (inside its user namespace, or
+            # on the host without one), or None: it keeps the set-up's.
+            spec.sandbox["setid"] = None
+            if unprivileged:
+                spec.sandbox["setid"] = [0, 0] if user else [NOBODY, NOBODY]
         if spec.sandbox and spec.sandbox["landlock"] is not None:
             # What the caller mounted in is the workload's to use: bind and tmpfs targets
             # read-write, ro-bind targets read-only (the hiding tmpfs below is not).
@@ -320,6 +335,17 @@ def make_spec(
             # its limits (one it cannot unmount without CAP_SYS_ADMIN: --cap-drop).
             if os.path.isdir("/sys/fs/cgroup"):
                 spec.mounts.append(("tmpfs", "", "/sys/fs/cgroup"))
+        if spec.sandbox and sandbox == "strict" and mnt and spec.root is None:
+            # Named unix sockets of the caller's session out of sight (see SOCKET_DIRS).
+            keep = [dst for _, _, dst in spec.mounts] + [spec.cwd or ""]
+            if spec.argv is not None and "/" in spec.argv[0]:
+                keep.append(spec.argv[0])
+            elif spec.argv is not None:  # found on PATH later: none of its directories hidden
+                keep += (env or os.environ).get("PATH", os.defpath).split(os.pathsep)
+            else:
+                keep += [sys.executable, *sys.path]
+            for hidden in _sandbox.socket_dirs_to_hide(keep):
+                spec.mounts.append(("tmpfs", "", hidden))
     if spec.argv is not None:
         spec.name = spec.argv[0]
     elif spec.entry:
