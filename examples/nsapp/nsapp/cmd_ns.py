@@ -348,7 +348,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "onto you; stdin, stdout, stderr and the terminal pass through.",
         epilog="examples:\n  nsapp run -- id -u                  # 0: root inside, you outside\n"
         "  nsapp run --ns user,pid,mount --tmpfs /tmp -- sh -c 'echo $$; ls /tmp'\n"
-        "  nsapp run --sandbox strict --tmpfs /tmp --pids-limit 64 -- python3 untrusted.py\n\n"
+        "  nsapp run --sandbox strict --ro-bind .:/mnt -- /usr/bin/python3 /mnt/untrusted.py\n\n"
         + status,
     )
     _common(p)
