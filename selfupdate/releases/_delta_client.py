@@ -163,13 +163,7 @@ def _rebuild(
                                   consistent_snapshot=bool(ts.root.consistent_snapshot),
                                   label=label)
 
-            # A fetcher with mirrors tries each in turn, as for the build (issue 15's
-            # MirrorFetcher.each_mirror); a plain one has the one repository URL.
-            each_mirror = getattr(client.fetcher, "each_mirror", None)
-            if each_mirror is not None:
-                each_mirror(label, fetch)
-            else:
-                fetch(client._base)
+            client.fetcher.each_mirror(label, fetch)  # each mirror in turn, as for the build
             df.seek(0)
             out = _Verifying(fileobj, info.hashes, info.path)
             with open(installed, "rb") as base:
